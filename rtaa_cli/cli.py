@@ -1,0 +1,59 @@
+"""Thin Typer app: each command lives in ``rtaa_cli/commands/<name>.py`` with a ``register(app)``."""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from rtaa_cli.errors import RtaaError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    help="Replay, emulate, serve and soak-test real-time call transcription (Exotel -> Deepgram).",
+)
+
+_err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Replay, emulate, serve and soak-test real-time call transcription (Exotel -> Deepgram)."""
+
+
+def _register_commands() -> None:
+    from rtaa_cli.commands import COMMAND_MODULES
+
+    for module in COMMAND_MODULES:
+        module.register(app)
+
+
+def main() -> None:
+    """Console entry point: user errors are one line on stderr, never a traceback."""
+    _register_commands()
+    try:
+        app(standalone_mode=False)
+    except RtaaError as exc:
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None)
+        sys.exit(code if code is not None else getattr(exc, "code", 0))
+    except typer.Abort:
+        _err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the CLI promises no tracebacks
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage errors
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("RTAA_DEBUG"):
+            raise
+        _err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set RTAA_DEBUG=1 for a traceback)", highlight=False)
+        sys.exit(1)

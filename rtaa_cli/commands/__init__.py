@@ -1,0 +1,4 @@
+"""CLI commands, one module each. Add a module here to add a command."""
+from rtaa_cli.commands import version
+
+COMMAND_MODULES = [version]
