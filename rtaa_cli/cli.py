@@ -36,7 +36,8 @@ def main() -> None:
     """Console entry point: user errors are one line on stderr, never a traceback."""
     _register_commands()
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False makes typer *return* the exit code of `raise typer.Exit(n)`.
+        sys.exit(app(standalone_mode=False) or 0)
     except RtaaError as exc:
         _err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)

@@ -1,4 +1,4 @@
 """CLI commands, one module each. Add a module here to add a command."""
-from rtaa_cli.commands import version
+from rtaa_cli.commands import replay, version
 
-COMMAND_MODULES = [version]
+COMMAND_MODULES = [version, replay]
