@@ -1,0 +1,101 @@
+"""Server -> client JSON messages of Deepgram's live API (DEEPGRAM.md §3), serialised with orjson."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import orjson
+
+from rtaa_cli.emulator.params import MODELS
+from rtaa_cli.emulator.transcribers import Word
+
+NET0001 = ("Deepgram did not receive audio data or a text message within the timeout window. "
+           "See https://dpgr.am/net0001")
+# Assumption [??]: DEEPGRAM.md could not confirm the current DATA-0000 code/text; 1008 per the brief.
+DATA0000 = "DATA-0000: The payload cannot be decoded as audio. See https://dpgr.am/data0000"
+# Reason of the injected mid-stream 1011 fault (Deepgram's own internal-error texts vary).
+INTERNAL_FAULT = "Deepgram encountered an internal error while processing the stream (rtaa fault injection)."
+
+_UUID_NS = uuid.UUID("6f1c1d8e-1d7c-4a39-9d5e-2b7b0c6a9e11")
+
+
+def model_uuid(model: str) -> str:
+    return str(uuid.uuid5(_UUID_NS, model))
+
+
+def model_info(model: str) -> dict[str, str]:
+    name, version, arch = MODELS[model]
+    return {"name": name, "version": version, "arch": arch}
+
+
+class MessageFactory:
+    """Builds one stream's messages; the per-stream parts (metadata block, channel count) are made once."""
+
+    def __init__(self, request_id: str, model: str, punctuated: bool) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.punctuated = punctuated
+        self._metadata = {"request_id": request_id, "model_info": model_info(model), "model_uuid": model_uuid(model)}
+
+    def results(self, *, channel: int, channels: int, start: float, end: float, words: Sequence[Word],
+                is_final: bool, speech_final: bool, from_finalize: bool) -> bytes:
+        word_objs = []
+        texts = []
+        last = len(words) - 1
+        for i, (word, w_start, w_end, conf) in enumerate(words):
+            obj = {"word": word, "start": w_start, "end": w_end, "confidence": conf}
+            if self.punctuated:
+                shown = word.capitalize() if i == 0 else word
+                if i == last and speech_final:
+                    shown += "."
+                obj["punctuated_word"] = shown
+                texts.append(shown)
+            else:
+                texts.append(word)
+            word_objs.append(obj)
+        confidence = round(sum(w[3] for w in words) / len(words), 4) if words else 0.0
+        return orjson.dumps({
+            "type": "Results",
+            "channel_index": [channel, channels],
+            "duration": round(end - start, 3),
+            "start": round(start, 3),
+            "is_final": is_final,
+            "speech_final": speech_final,
+            "channel": {"alternatives": [{"transcript": " ".join(texts), "confidence": confidence,
+                                          "words": word_objs}]},
+            "metadata": self._metadata,
+            "from_finalize": from_finalize,
+        })
+
+    def metadata(self, *, sha256: str, created: str, duration: float, channels: int) -> bytes:
+        msg: dict = {"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
+                     "sha256": sha256, "created": created, "duration": round(duration, 6), "channels": channels}
+        if duration > 0:  # models/model_info only when audio was processed (DEEPGRAM.md §3)
+            uid = model_uuid(self.model)
+            msg["models"] = [uid]
+            msg["model_info"] = {uid: model_info(self.model)}
+        return orjson.dumps(msg)
+
+    @staticmethod
+    def utterance_end(channel: int, channels: int, last_word_end: float) -> bytes:
+        return orjson.dumps({"type": "UtteranceEnd", "channel": [channel, channels], "last_word_end": last_word_end})
+
+    @staticmethod
+    def speech_started(channel: int, channels: int, timestamp: float) -> bytes:
+        return orjson.dumps({"type": "SpeechStarted", "channel": [channel, channels], "timestamp": round(timestamp, 3)})
+
+    @staticmethod
+    def schema_error(description: str, original: str) -> bytes:
+        return orjson.dumps({"type": "Error", "variant": "SchemaError", "description": description,
+                             "message": original})
+
+    def configure_reply(self, keyterms: list | None, nova3: bool) -> bytes:
+        # Assumption [??]: known only from the SDK 7.16 types (DEEPGRAM.md §2).
+        if keyterms is not None and not nova3:
+            return orjson.dumps({"type": "ConfigureFailure", "request_id": self.request_id,
+                                 "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+                                 "description": "Keyterms are only supported with Nova-3 models."})
+        msg: dict = {"type": "ConfigureSuccess", "request_id": self.request_id}
+        if keyterms is not None:
+            msg["keyterms"] = keyterms
+        return orjson.dumps(msg)

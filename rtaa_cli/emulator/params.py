@@ -1,0 +1,206 @@
+"""Query-string validation for ``/v1/listen``, as Deepgram does it at the handshake (DEEPGRAM.md §1).
+
+Pure code: ``parse_listen_params(pairs)`` returns a :class:`StreamParams` or raises
+:class:`HandshakeRejected` carrying the HTTP status and Deepgram's error body fields.
+Parameters the emulator does not know (``filler_words``, ``no_delay``, ...) are accepted unchecked,
+as Deepgram accepts them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+BAD_REQUEST = "Bad Request"
+
+# Encodings the emulator decodes (raw, sample-based) vs. encodings Deepgram knows but the emulator does not.
+DECODABLE_ENCODINGS = {"linear16": 2, "mulaw": 1, "alaw": 1}
+OTHER_DEEPGRAM_ENCODINGS = {"linear32", "flac", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex", "g729"}
+
+# model name -> (model_info.name, version, arch). The uuids are derived from the name (see messages.py).
+# Assumption [??]: names/versions imitate the wire capture in DEEPGRAM.md §3; exact values are not contractual.
+MODELS: dict[str, tuple[str, str, str]] = {
+    "nova-3": ("general-nova-3", "2025-07-31.0", "nova-3"),
+    "nova-3-general": ("general-nova-3", "2025-07-31.0", "nova-3"),
+    "nova-3-medical": ("medical-nova-3", "2025-07-31.0", "nova-3"),
+    "nova-2": ("general-nova", "2024-01-18.26916", "nova-2"),
+    "nova": ("general-nova", "2023-11-14.3290", "nova"),
+    "enhanced": ("general-enhanced", "2022-05-18.0", "enhanced"),
+    "base": ("general", "2021-11-10.1", "base"),
+}
+for _domain in ("general", "meeting", "phonecall", "finance", "conversationalai", "voicemail", "video",
+                "medical", "drivethru", "automotive", "atc"):
+    MODELS.setdefault(f"nova-2-{_domain}", (f"2-{_domain}-nova", "2024-02-07.20824", "nova-2"))
+for _domain in ("general", "meeting", "phonecall", "finance"):
+    MODELS.setdefault(f"enhanced-{_domain}", (f"{_domain}-enhanced", "2022-05-18.0", "enhanced"))
+    MODELS.setdefault(f"base-{_domain}", (f"{_domain}", "2021-11-10.1", "base"))
+# Assumption [??]: the real default when `model` is absent; the SDK always sends one.
+DEFAULT_MODEL = "base"
+
+# BCP-47-looking tags (en, en-US, pt-BR, zh-Hant...). Anything else (e.g. "english") is a 400.
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+# Models that only do English (domain-tuned nova-2/enhanced/base and nova-3-medical).
+_ENGLISH_ONLY = re.compile(r"^(nova-2-(?!general).+|nova-3-medical|enhanced-.+|base-.+)$")
+
+_BOOL_PARAMS = ("interim_results", "punctuate", "smart_format", "multichannel", "vad_events", "numerals",
+                "profanity_filter", "dictation", "diarize", "mip_opt_out", "detect_entities", "paragraphs",
+                "utterances", "filler_words", "no_delay")
+_REDACT_VALUES = {"true", "false", "pci", "numbers", "aggressive_numbers", "ssn"}
+DEFAULT_ENDPOINTING_MS = 10
+
+
+class HandshakeRejected(Exception):
+    """A handshake Deepgram would refuse: HTTP ``status``, body ``err_code``/``err_msg``."""
+
+    def __init__(self, status: int, err_code: str, err_msg: str) -> None:
+        super().__init__(err_msg)
+        self.status = status
+        self.err_code = err_code
+        self.err_msg = err_msg
+
+
+def _bad(msg: str) -> HandshakeRejected:
+    return HandshakeRejected(400, BAD_REQUEST, msg)
+
+
+def _invalid(name: str, value: str) -> HandshakeRejected:
+    # Same wording as the real dg-error seen for utterance_end_ms (DEEPGRAM.md §1).
+    return _bad(f"Invalid '{name}' value of '{value}'.")
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    model: str = DEFAULT_MODEL
+    language: str = "en"
+    encoding: str | None = None  # None = containerised audio (only WAV is understood)
+    sample_rate: int | None = None
+    channels: int = 1
+    multichannel: bool = False
+    interim_results: bool = False
+    punctuate: bool = False
+    smart_format: bool = False
+    endpointing_ms: int | None = DEFAULT_ENDPOINTING_MS  # None = endpointing=false
+    utterance_end_ms: int | None = None
+    vad_events: bool = False
+    keyterms: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def interaction_id(self) -> str | None:
+        """rtaa's convention: ``tag``, else ``extra=interaction_id:<id>``."""
+        if self.tags:
+            return self.tags[0]
+        return self.extra.get("interaction_id")
+
+    @property
+    def punctuated(self) -> bool:
+        return self.punctuate or self.smart_format
+
+
+def _one(pairs: dict[str, list[str]], name: str) -> str | None:
+    values = pairs.get(name)
+    if not values:
+        return None
+    return values[-1]
+
+
+def _bool(pairs: dict[str, list[str]], name: str, default: bool = False) -> bool:
+    value = _one(pairs, name)
+    if value is None:
+        return default
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise _invalid(name, value)  # "True"/"False"/"1" are rejected: Deepgram wants lowercase literals
+
+
+def _int(pairs: dict[str, list[str]], name: str, lo: int, hi: int) -> int | None:
+    value = _one(pairs, name)
+    if value is None:
+        return None
+    if not value.isdigit() or not lo <= int(value) <= hi:
+        raise _invalid(name, value)
+    return int(value)
+
+
+def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
+    """Validate a decoded query string (``urllib.parse.parse_qsl`` pairs, repeats kept)."""
+    pairs: dict[str, list[str]] = {}
+    for key, value in query:
+        pairs.setdefault(key, []).append(value)
+
+    for name in _BOOL_PARAMS:
+        _bool(pairs, name)
+
+    model = _one(pairs, "model") or DEFAULT_MODEL
+    if model not in MODELS:
+        raise _bad("No such model/language/tier combination found.")
+    language = _one(pairs, "language") or "en"
+    if language != "multi" and not _LANGUAGE_RE.match(language):
+        raise _bad("No such model/language/tier combination found.")
+    if language == "multi" and model not in ("nova-3", "nova-3-general", "nova-2", "nova-2-general"):
+        raise _bad("No such model/language/tier combination found.")
+    if _ENGLISH_ONLY.match(model) and not (language == "en" or language.startswith("en-")):
+        raise _bad("No such model/language/tier combination found.")
+
+    encoding = _one(pairs, "encoding")
+    if encoding is not None and encoding not in DECODABLE_ENCODINGS:
+        if encoding in OTHER_DEEPGRAM_ENCODINGS:
+            # Deepgram accepts these; the emulator cannot decode them, so it says so at the handshake.
+            raise _bad(f"Encoding '{encoding}' is not supported by the rtaa emulator "
+                       f"(use linear16, mulaw or alaw).")
+        raise _invalid("encoding", encoding)
+    sample_rate = _int(pairs, "sample_rate", 1000, 192000)
+    if encoding is not None and sample_rate is None:
+        raise _bad("Missing 'sample_rate': it is required when 'encoding' is set.")
+    channels = _int(pairs, "channels", 1, 8) or 1
+
+    endpointing_ms: int | None = DEFAULT_ENDPOINTING_MS
+    raw_endpointing = _one(pairs, "endpointing")
+    if raw_endpointing == "false":
+        endpointing_ms = None
+    elif raw_endpointing == "true":
+        endpointing_ms = DEFAULT_ENDPOINTING_MS
+    elif raw_endpointing is not None:
+        endpointing_ms = _int(pairs, "endpointing", 0, 60000)
+
+    interim = _bool(pairs, "interim_results")
+    utterance_end_ms = _int(pairs, "utterance_end_ms", 0, 60000)
+    if utterance_end_ms is not None and utterance_end_ms < 1000:
+        raise _invalid("utterance_end_ms", str(utterance_end_ms))
+    if utterance_end_ms is not None and not interim:
+        raise _bad("'utterance_end_ms' requires 'interim_results=true'.")
+
+    keyterms = tuple(pairs.get("keyterm", ()))
+    if pairs.get("keywords") and MODELS[model][2] == "nova-3":
+        raise _bad("Keywords are not supported with Nova-3; use 'keyterm' instead.")
+    if keyterms and MODELS[model][2] != "nova-3":
+        raise _bad("Keyterm prompting is only supported with Nova-3 models.")
+    for kw in pairs.get("keywords", ()):
+        word, _, boost = kw.rpartition(":")
+        if word and boost and not re.fullmatch(r"-?\d+(\.\d+)?", boost):
+            raise _invalid("keywords", kw)
+
+    redact = pairs.get("redact", ())
+    for value in redact:
+        if value not in _REDACT_VALUES:
+            raise _invalid("redact", value)
+    diarize_model = _one(pairs, "diarize_model")
+    if diarize_model is not None and diarize_model not in ("v1", "latest"):
+        raise _invalid("diarize_model", diarize_model)
+
+    extra: dict[str, str] = {}
+    for item in pairs.get("extra", ()):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise _invalid("extra", item)  # Deepgram's extra is key:value metadata
+        extra[key] = value
+
+    return StreamParams(
+        model=model, language=language, encoding=encoding, sample_rate=sample_rate, channels=channels,
+        multichannel=_bool(pairs, "multichannel"), interim_results=interim, punctuate=_bool(pairs, "punctuate"),
+        smart_format=_bool(pairs, "smart_format"), endpointing_ms=endpointing_ms,
+        utterance_end_ms=utterance_end_ms, vad_events=_bool(pairs, "vad_events"), keyterms=keyterms,
+        tags=tuple(pairs.get("tag", ())), extra=extra,
+    )

@@ -1,0 +1,142 @@
+"""Deterministic energy-based segmentation of one audio channel (pure code, no clock: audio time only).
+
+Audio is cut into 10 ms blocks; a block is *voiced* when its mean square exceeds a fixed threshold
+(-45 dBFS by default: phone speech sits around -30..-15, line noise below -50). The per-frame work is
+one cumulative sum plus a short Python loop over the frame's blocks (3-4 for 36 ms frames).
+
+Timing model (Deepgram's, DEEPGRAM.md §3 and the endpointing docs):
+- A *window* runs from the end of the previous final to now. Finals tile the audio: each final covers
+  ``[window_start, end)`` and the next window starts at that ``end``.
+- Endpoint: after speech, ``endpointing_ms`` of silence (rounded up to whole blocks) ends the window with
+  ``is_final`` and ``speech_final``. ``endpointing=false`` disables that.
+- Long speech: a window is also finalised (``speech_final`` false) after ``max_window_ms`` of audio, so
+  continuous talk still yields a final every few seconds. Pure silence is finalised as an empty final at
+  the same cadence.
+- Interim results (when requested) about every ``interim_every_ms`` of audio since the last result,
+  empty during silence.
+- ``SpeechStarted`` at each silence -> voiced transition (when vad events are requested).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK_MS = 10
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of one channel's audio in samples; ``voiced_*`` bound the speech inside it (None: silence)."""
+
+    start: int
+    end: int
+    voiced_start: int | None
+    voiced_end: int | None
+
+
+@dataclass(frozen=True)
+class SegmentEvent:
+    kind: str  # "speech_started" | "interim" | "final"
+    window: Window
+    speech_final: bool = False
+    from_finalize: bool = False
+
+
+class Segmenter:
+    def __init__(self, sample_rate: int, *, endpointing_ms: int | None, interim: bool, vad_events: bool,
+                 threshold_dbfs: float = -45.0, interim_every_ms: int = 1000, max_window_ms: int = 5000) -> None:
+        self.rate = sample_rate
+        self.block = max(1, sample_rate * BLOCK_MS // 1000)
+        # Threshold on the *sum* of squares of a block of int16 samples.
+        self._threshold = float(self.block) * (32768.0 * 10 ** (threshold_dbfs / 20.0)) ** 2
+        self._endpoint = None if endpointing_ms is None else max(self.block, -(-endpointing_ms * sample_rate // 1000))
+        self._interim_every = interim_every_ms * sample_rate // 1000 if interim else None
+        self._max_window = max_window_ms * sample_rate // 1000
+        self._vad_events = vad_events
+        # The partial block carried to the next frame is kept as two scalars (sum of squares, samples),
+        # so a frame costs no concatenation.
+        self._rest_energy = 0.0
+        self._rest_count = 0
+        self.position = 0  # samples classified so far
+        self._window_start = 0
+        self._voiced_start: int | None = None
+        self._voiced_end: int | None = None
+        self._in_speech = False
+        self._silence = 0
+        self._last_result = 0
+        self._events: list[SegmentEvent] = []
+
+    @property
+    def pending_speech(self) -> bool:
+        """Whether the open window holds speech that no final has covered yet."""
+        return self._voiced_start is not None
+
+    def feed(self, samples: np.ndarray) -> list[SegmentEvent]:
+        """Classify whole blocks of ``samples`` (int16, 1-D); a partial block waits for the next frame."""
+        n = samples.shape[0]
+        if n == 0:
+            return self._drain()
+        block = self.block
+        first = block - self._rest_count  # samples of this frame that complete the carried block
+        csum = np.square(samples, dtype=np.float64).cumsum()
+        if first > n:  # not even one block completed
+            self._rest_energy += float(csum[-1])
+            self._rest_count += n
+            return self._drain()
+        ends = csum[first - 1::block].tolist()  # cumulative energy at each completed block's end
+        threshold = self._threshold
+        previous = -self._rest_energy
+        for end in ends:
+            self._step(end - previous > threshold, block)
+            previous = end
+        self._rest_count = (n - first) % block
+        self._rest_energy = float(csum[-1]) - previous if self._rest_count else 0.0
+        return self._drain()
+
+    def flush(self, *, from_finalize: bool) -> list[SegmentEvent]:
+        """Finalise pending speech now (Finalize / CloseStream). Nothing is emitted when there is none."""
+        if self._rest_count:
+            voiced = self._rest_energy > self._threshold * self._rest_count / self.block
+            count, self._rest_count, self._rest_energy = self._rest_count, 0, 0.0
+            self._step(voiced, count)
+        if self._voiced_start is not None:
+            self._final(speech_final=False, from_finalize=from_finalize)
+            self._in_speech = False
+        return self._drain()
+
+    def _drain(self) -> list[SegmentEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _window(self) -> Window:
+        return Window(self._window_start, self.position, self._voiced_start, self._voiced_end)
+
+    def _final(self, *, speech_final: bool, from_finalize: bool = False) -> None:
+        self._events.append(SegmentEvent("final", self._window(), speech_final, from_finalize))
+        self._window_start = self._last_result = self.position
+        self._voiced_start = self._voiced_end = None
+
+    def _step(self, voiced: bool, size: int) -> None:
+        start = self.position
+        self.position += size
+        if voiced:
+            if not self._in_speech:
+                self._in_speech = True
+                if self._vad_events:
+                    self._events.append(SegmentEvent("speech_started", Window(start, start, start, None)))
+            if self._voiced_start is None:
+                self._voiced_start = start
+            self._voiced_end = self.position
+            self._silence = 0
+        elif self._in_speech:
+            self._silence += size
+            if self._endpoint is not None and self._silence >= self._endpoint:
+                self._in_speech = False
+                self._final(speech_final=True)
+                return
+        if self.position - self._window_start >= self._max_window:
+            self._final(speech_final=False)
+        elif self._interim_every is not None and self.position - self._last_result >= self._interim_every:
+            self._last_result = self.position
+            self._events.append(SegmentEvent("interim", self._window()))

@@ -1,0 +1,252 @@
+"""Sans-I/O core of one ``/v1/listen`` stream: frames and a clock in, timed messages and a close out.
+
+Modelled on ``websockets.protocol``: the I/O shell calls ``receive_audio`` / ``receive_text`` /
+``check_idle`` / ``fail`` with the current time, then drains ``data_to_send()``, a list of
+:class:`Send` (a JSON text frame due at a time) and at most one final :class:`Close`. No sockets, no
+real clock: tests drive it with a fake one.
+
+Timing contract (what makes the soak's latency ground truth exact): a message about audio that arrived
+at ``now`` is due at ``now + delay`` where ``delay`` is the configured result latency plus a jitter draw;
+due times never decrease, so messages keep Deepgram's order even with jitter.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from rtaa_cli.closecodes import Close as CloseCode
+from rtaa_cli.emulator.audio import AudioDecoder, UndecodableAudio
+from rtaa_cli.emulator.messages import DATA0000, NET0001, MessageFactory
+from rtaa_cli.emulator.params import MODELS, StreamParams
+from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
+from rtaa_cli.emulator.transcribers import Transcriber
+
+
+@dataclass(slots=True)
+class Send:
+    due: float
+    data: bytes
+    kind: str  # "Results", "Metadata", "UtteranceEnd", "SpeechStarted", "Error", "Configure..."
+
+
+@dataclass(slots=True)
+class Close:
+    due: float
+    code: int
+    reason: str
+
+
+class _Track:
+    """One transcribed channel: its segmenter, its word source, its UtteranceEnd bookkeeping."""
+
+    __slots__ = ("segmenter", "transcriber", "last_word_end", "fed")
+
+    def __init__(self, segmenter: Segmenter, transcriber: Transcriber) -> None:
+        self.segmenter = segmenter
+        self.transcriber = transcriber
+        self.fed = 0  # samples given to the transcriber
+        self.last_word_end: float | None = None  # pending UtteranceEnd
+
+
+class Session:
+    def __init__(self, params: StreamParams, *, request_id: str, created: str, now: float,
+                 idle_timeout_s: float, delay_s: Callable[[], float],
+                 transcriber_factory: Callable[[int], Transcriber],
+                 segmenter_options: dict | None = None) -> None:
+        self.params = params
+        self.request_id = request_id
+        self.created = created
+        self.idle_timeout_s = idle_timeout_s
+        self._delay_s = delay_s
+        self._transcriber_factory = transcriber_factory
+        self._segmenter_options = segmenter_options or {}
+        self._messages = MessageFactory(request_id, params.model, params.punctuated)
+        self._decoder = AudioDecoder(params.encoding, params.sample_rate, params.channels)
+        self._sha = hashlib.sha256()
+        self._tracks: list[_Track] = []
+        self._out: list[Send | Close] = []
+        self._last_due = 0.0
+        self.last_activity = now
+        self.closing: Close | None = None
+        # accounting
+        self.audio_bytes = 0
+        self.audio_frames = 0  # sample frames (one sample per channel)
+        self.keepalives = 0
+        self.finalizes = 0
+        self.close_stream_seen = False
+        self.schema_errors = 0
+
+    # ----------------------------------------------------------------------------------------- inputs
+
+    @property
+    def audio_seconds(self) -> float:
+        rate = self._decoder.sample_rate
+        return self.audio_frames / rate if rate else 0.0
+
+    @property
+    def idle_deadline(self) -> float:
+        return self.last_activity + self.idle_timeout_s
+
+    def receive_audio(self, data: bytes, now: float) -> None:
+        if self.closing is not None:
+            return
+        self.last_activity = now
+        if not data:  # legacy end-of-stream signal: same as CloseStream (DEEPGRAM.md §2)
+            self._close_stream(now)
+            return
+        self.audio_bytes += len(data)
+        try:
+            samples = self._decoder.decode(data)
+        except UndecodableAudio as exc:
+            self.fail(CloseCode.POLICY_VIOLATION, f"{DATA0000} ({exc})"[:123], now)
+            return
+        self._sha.update(data)
+        if not self._tracks:
+            self._open_tracks()
+        frames = samples.shape[0]
+        self.audio_frames += frames
+        if samples.ndim == 1:
+            self._feed(0, samples, now)
+        elif self.params.multichannel:
+            for channel in range(samples.shape[1]):
+                self._feed(channel, np.ascontiguousarray(samples[:, channel]), now)
+        else:
+            self._feed(0, samples.mean(axis=1).astype(np.int16), now)
+
+    def receive_text(self, text: str, now: float) -> None:
+        if self.closing is not None:
+            return
+        self.last_activity = now  # any frame resets the idle timer, even a bad one (NET-0001 is about silence)
+        try:
+            msg = orjson.loads(text)
+            kind = msg.get("type") if isinstance(msg, dict) else None
+        except orjson.JSONDecodeError:
+            msg, kind = None, None
+        if kind == "KeepAlive":
+            self.keepalives += 1
+        elif kind == "Finalize":
+            self.finalizes += 1
+            self._flush(now, from_finalize=True)
+        elif kind == "CloseStream":
+            self._close_stream(now)
+        elif kind == "Configure":
+            keyterms = msg.get("keyterms")
+            nova3 = MODELS[self.params.model][2] == "nova-3"
+            self._emit(now, self._messages.configure_reply(keyterms, nova3), "Configure")
+        else:
+            # Assumption [??]: the socket stays open after a SchemaError (unknown in DEEPGRAM.md §2).
+            self.schema_errors += 1
+            why = "Unknown message type." if isinstance(msg, dict) else "Could not parse the text message as JSON."
+            self._emit(now, self._messages.schema_error(why, text[:1000]), "Error")
+
+    def check_idle(self, now: float) -> bool:
+        """Close with Metadata + 1011 NET-0001 if nothing arrived for ``idle_timeout_s``."""
+        if self.closing is None and now >= self.idle_deadline:
+            self._emit_metadata(now, immediate=True)
+            self._close(now, CloseCode.INTERNAL_ERROR, NET0001, immediate=True)
+            return True
+        return False
+
+    def fail(self, code: int, reason: str, now: float) -> None:
+        """Close now with ``code`` (undecodable audio, injected faults); nothing pending is flushed."""
+        if self.closing is None:
+            self._close(now, code, reason, immediate=True)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def data_to_send(self) -> list[Send | Close]:
+        out, self._out = self._out, []
+        return out
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _open_tracks(self) -> None:
+        rate = self._decoder.sample_rate or 8000
+        n = self._decoder.channels if self.params.multichannel else 1
+        p = self.params
+        for _ in range(n):
+            seg = Segmenter(rate, endpointing_ms=p.endpointing_ms, interim=p.interim_results,
+                            vad_events=p.vad_events, **self._segmenter_options)
+            self._tracks.append(_Track(seg, self._transcriber_factory(rate)))
+
+    def _due(self, now: float, immediate: bool = False) -> float:
+        due = now if immediate else now + self._delay_s()
+        if due < self._last_due:
+            due = self._last_due
+        self._last_due = due
+        return due
+
+    def _emit(self, now: float, data: bytes, kind: str, immediate: bool = False) -> None:
+        self._out.append(Send(self._due(now, immediate), data, kind))
+
+    def _feed(self, channel: int, samples: np.ndarray, now: float) -> None:
+        track = self._tracks[channel]
+        events = track.segmenter.feed(samples)
+        # The word source gets the audio exactly up to each result's window end before it is asked for
+        # words (frames may be long: a 5 s frame must not put later words into an earlier final).
+        base = track.fed
+        done = 0
+        for ev in events:
+            if ev.kind != "speech_started":
+                cut = min(max(ev.window.end - base, done), samples.shape[0])
+                if cut > done:
+                    track.transcriber.feed(samples[done:cut])
+                    done = cut
+            self._handle(channel, track, ev, now)
+        if done < samples.shape[0]:
+            track.transcriber.feed(samples[done:])
+        track.fed = base + samples.shape[0]
+        self._check_utterance_end(channel, track, now)
+
+    def _handle(self, channel: int, track: _Track, ev: SegmentEvent, now: float) -> None:
+        rate = track.segmenter.rate
+        channels = len(self._tracks) if self.params.multichannel else 1
+        w = ev.window
+        if ev.kind == "speech_started":
+            self._emit(now, self._messages.speech_started(channel, channels, w.start / rate), "SpeechStarted")
+            return
+        final = ev.kind == "final"
+        words = track.transcriber.words(w, final)
+        self._emit(now, self._messages.results(
+            channel=channel, channels=channels, start=w.start / rate, end=w.end / rate, words=words,
+            is_final=final, speech_final=ev.speech_final, from_finalize=ev.from_finalize), "Results")
+        if final and words and self.params.utterance_end_ms is not None:
+            track.last_word_end = words[-1][2]
+
+    def _check_utterance_end(self, channel: int, track: _Track, now: float) -> None:
+        if track.last_word_end is None or track.segmenter.pending_speech:
+            return
+        position = track.segmenter.position / track.segmenter.rate
+        if (position - track.last_word_end) * 1000.0 >= self.params.utterance_end_ms:
+            channels = len(self._tracks) if self.params.multichannel else 1
+            self._emit(now, self._messages.utterance_end(channel, channels, track.last_word_end), "UtteranceEnd")
+            track.last_word_end = None
+
+    def _flush(self, now: float, *, from_finalize: bool) -> None:
+        for channel, track in enumerate(self._tracks):
+            for ev in track.segmenter.flush(from_finalize=from_finalize):
+                self._handle(channel, track, ev, now)
+
+    def _emit_metadata(self, now: float, immediate: bool = False) -> None:
+        channels = (self._decoder.channels if self.audio_frames else 0)
+        data = self._messages.metadata(sha256=self._sha.hexdigest(), created=self.created,
+                                       duration=self.audio_seconds, channels=channels)
+        self._emit(now, data, "Metadata", immediate)
+
+    def _close_stream(self, now: float) -> None:
+        self.close_stream_seen = True
+        self._flush(now, from_finalize=False)
+        self._emit_metadata(now)
+        self._close(now, CloseCode.NORMAL, "")
+
+    def _close(self, now: float, code: int, reason: str, immediate: bool = False) -> None:
+        self.closing = Close(self._due(now, immediate), int(code), reason)
+        self._out.append(self.closing)
+        for track in self._tracks:
+            track.transcriber.close()
