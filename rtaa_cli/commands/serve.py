@@ -1,0 +1,139 @@
+"""`rtaa serve`: the whole pipeline on one port (ingest, transcript feeds, /health, /metrics)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import orjson
+import typer
+
+from rtaa_cli import logs
+from rtaa_cli.errors import RtaaError
+from rtaa_cli.pipeline.config import IngestConfig, PipelineConfig, ProviderConfig, WorkerConfig
+from rtaa_cli.pipeline.providers import PROVIDERS
+
+
+def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str], fake_engine: str, model: str,
+                 ingest_path: str, interaction_key: str, auth: str, basic_user: Optional[str],
+                 basic_password: Optional[str], jwt_public_key: Optional[Path], max_calls: int,
+                 max_message_bytes: int, max_rate: float, keepalive_s: float, finalize_timeout_s: float,
+                 reconnect_grace_s: float, jsonl: Optional[Path]) -> PipelineConfig:
+    if provider not in PROVIDERS:
+        raise RtaaError(f"--provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    if fake_engine not in ("segmenter", "sphinx"):
+        raise RtaaError(f"--fake-engine must be segmenter or sphinx, not {fake_engine!r}")
+    if not (interaction_key in ("call_sid", "stream_sid") or
+            (interaction_key.startswith("custom:") and len(interaction_key) > 7)):
+        raise RtaaError(f"--interaction-key must be call_sid, stream_sid or custom:<name>, not {interaction_key!r}")
+    if not ingest_path.startswith("/") or ingest_path.startswith("/v1/transcripts") or ingest_path in ("/health", "/metrics"):
+        raise RtaaError(f"--ingest-path {ingest_path!r} must start with / and not clash with the feeds, /health or /metrics")
+    pem = None
+    if jwt_public_key is not None:
+        try:
+            pem = jwt_public_key.read_text()
+        except OSError as exc:
+            raise RtaaError(f"--jwt-public-key {jwt_public_key}: {exc.strerror or exc}") from None
+    for name, value in (("--keepalive-s", keepalive_s), ("--finalize-timeout-s", finalize_timeout_s),
+                        ("--max-rate", max_rate)):
+        if value <= 0:
+            raise RtaaError(f"{name} must be > 0")
+    return PipelineConfig(
+        host=host, port=port, jsonl_path=str(jsonl) if jsonl else None,
+        provider=ProviderConfig(name=provider, deepgram_url=deepgram_url, model=model, fake_engine=fake_engine,
+                                api_key=os.environ.get("DEEPGRAM_API_KEY")),
+        worker=WorkerConfig(keepalive_interval_s=keepalive_s, finalize_timeout_s=finalize_timeout_s),
+        ingest=IngestConfig(path=ingest_path, interaction_key=interaction_key, auth=auth,
+                            basic_user=basic_user, basic_password=basic_password, jwt_public_key=pem,
+                            max_calls=max_calls, max_message_bytes=max_message_bytes,
+                            max_messages_per_s=max_rate, rate_burst=max(2 * max_rate, 10.0),
+                            reconnect_grace_s=reconnect_grace_s),
+    )
+
+
+async def run_server(cfg: PipelineConfig, as_json: bool) -> None:
+    from rtaa_cli.pipeline.server import PipelineServer
+
+    server = PipelineServer(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise RtaaError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+    info = {"ingest": server.ingest_url, "transcripts": server.transcripts_url,
+            "health": server.http_url + "/health", "metrics": server.http_url + "/metrics",
+            "provider": cfg.provider.name, "pid": os.getpid()}
+    if as_json:
+        print(orjson.dumps(info).decode(), flush=True)
+    else:
+        print(f"rtaa serve: ingest {info['ingest']}  transcripts {info['transcripts']}/<call_sid>  "
+              f"health {info['health']}  metrics {info['metrics']}  (provider {cfg.provider.name}; "
+              "Ctrl-C or SIGTERM to stop)", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+        port: int = typer.Option(8080, help="Port for everything (0 = pick a free one)."),
+        provider: str = typer.Option("fake", help="deepgram | sphinx | fake (in-process emulator)."),
+        deepgram_url: Optional[str] = typer.Option(None, help="Deepgram-compatible ws:// base URL (e.g. rtaa fake-deepgram)."),
+        fake_engine: str = typer.Option("segmenter", help="Engine of --provider fake: segmenter | sphinx (real words)."),
+        model: str = typer.Option("nova-3", help="Deepgram model."),
+        ingest_path: str = typer.Option("/v1/ingest", help="Path of the Exotel ingest WebSocket."),
+        interaction_key: str = typer.Option("call_sid", help="call_sid | stream_sid | custom:<custom_parameters key>."),
+        auth: str = typer.Option("none", help="Ingest auth: none | basic | jwt (RS256)."),
+        basic_user: Optional[str] = typer.Option(None, envvar="RTAA_BASIC_USER", help="--auth basic user."),
+        basic_password: Optional[str] = typer.Option(None, envvar="RTAA_BASIC_PASSWORD", help="--auth basic password."),
+        jwt_public_key: Optional[Path] = typer.Option(None, help="--auth jwt: RS256 public key (PEM file)."),
+        max_calls: int = typer.Option(1000, help="Concurrent calls; beyond -> close 1013."),
+        max_message_bytes: int = typer.Option(256 * 1024, help="Largest ingest message; beyond -> close 1009."),
+        max_rate: float = typer.Option(200.0, help="Messages/s per caller connection; beyond -> close 1008."),
+        keepalive_s: float = typer.Option(4.0, help="Send KeepAlive after this long without audio."),
+        finalize_timeout_s: float = typer.Option(5.0, help="Wait at most this long for a call's final results."),
+        reconnect_grace_s: float = typer.Option(5.0, help="Keep a dropped stream's call this long for a resume."),
+        jsonl: Optional[Path] = typer.Option(None, help="Also append every feed message to this JSONL file."),
+        log_level: str = typer.Option("info", help="debug | info | warning | error (JSON lines on stderr)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the endpoints as one JSON line on start."),
+    ) -> None:
+        """Run the pipeline: Exotel ingest -> bus -> ASR worker -> transcript feeds, plus /health and /metrics.
+
+        One port serves the ingest WebSocket (/v1/ingest), the transcript feeds (/v1/transcripts/<call_sid> and the /v1/transcripts firehose, see docs/transcript-feed.md), /health and /metrics. Logs are JSON lines on stderr. SIGTERM/SIGINT: callers are closed 1001, in-flight finals are flushed, exit 0. More in docs/serve.md.
+
+        Examples:
+
+          rtaa serve --port 8080   (offline, built-in emulator)
+
+          rtaa serve --provider fake --fake-engine sphinx   (offline, real words)
+
+          DEEPGRAM_API_KEY=... rtaa serve --provider deepgram --host 0.0.0.0
+
+          rtaa serve --provider deepgram --deepgram-url ws://127.0.0.1:8765   (an rtaa fake-deepgram)
+
+          RTAA_BASIC_USER=exotel RTAA_BASIC_PASSWORD=s3cret rtaa serve --auth basic
+
+          rtaa replay fixtures/audio/call.wav --url ws://127.0.0.1:8080/v1/ingest --transcripts ws://127.0.0.1:8080
+        """
+        if log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise RtaaError(f"--log-level must be debug, info, warning or error, not {log_level!r}")
+        cfg = build_config(host, port, provider, deepgram_url, fake_engine, model, ingest_path, interaction_key, auth,
+                           basic_user, basic_password, jwt_public_key, max_calls, max_message_bytes, max_rate,
+                           keepalive_s, finalize_timeout_s, reconnect_grace_s, jsonl)
+        from rtaa_cli.pipeline.auth import make_check
+        from rtaa_cli.pipeline.providers import make_provider
+
+        make_check(auth, basic_user, basic_password, cfg.ingest.jwt_public_key)  # fail fast, one line
+        if provider == "deepgram":
+            make_provider(cfg.provider)  # missing key -> one line before anything listens
+        logs.setup(sys.stderr, log_level)
+        asyncio.run(run_server(cfg, as_json))

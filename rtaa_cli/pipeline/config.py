@@ -1,0 +1,58 @@
+"""Every knob of the pipeline in one dataclass; ``rtaa serve`` options map onto it 1:1."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ProviderConfig:
+    name: str = "fake"  # deepgram | sphinx | fake
+    deepgram_url: str | None = None  # ws://host:port (the emulator) instead of wss://api.deepgram.com
+    api_key: str | None = None  # DEEPGRAM_API_KEY
+    model: str = "nova-3"
+    language: str = "en"
+    endpointing_ms: int = 300
+    utterance_end_ms: int | None = 1000
+    fake_engine: str = "segmenter"  # the in-process emulator's engine for provider "fake"
+    open_timeout_s: float = 10.0
+
+
+@dataclass
+class WorkerConfig:
+    keepalive_interval_s: float = 4.0  # Deepgram closes 1011 after ~10 s of no audio/text
+    finalize_timeout_s: float = 5.0  # bound on waiting for the final results after CloseStream
+    reconnect_attempts: int = 5  # consecutive failed opens before a call's provider is declared down
+    reconnect_base_s: float = 0.2  # backoff: base * 2**n, capped, times jitter in [0.5, 1)
+    reconnect_cap_s: float = 5.0
+    replay_limit_s: float = 15.0  # audio not yet covered by a final, kept for replay after a reconnect (240 KB at 8 kHz, worst case)
+    latency_window_frames: int = 512  # per call: (audio end, receive time) of the last ~18 s, for e2e latency
+
+
+@dataclass
+class IngestConfig:
+    path: str = "/v1/ingest"
+    interaction_key: str = "call_sid"  # call_sid | stream_sid | custom:<name>
+    sample_rates: tuple[int, ...] = (8000, 16000, 24000)
+    max_message_bytes: int = 256 * 1024  # websockets max_size -> 1009 (Exotel's max chunk is 100 KB)
+    max_calls: int = 1000  # concurrent calls; beyond -> 1013 try again later
+    max_messages_per_s: float = 200.0  # per connection, token bucket (36 ms frames are ~28/s)
+    rate_burst: float = 400.0
+    reconnect_grace_s: float = 5.0  # a stream that drops without `stop` may be resumed this long
+    auth: str = "none"  # none | basic | jwt
+    basic_user: str | None = None
+    basic_password: str | None = None
+    jwt_public_key: str | None = None  # PEM text (RS256)
+
+
+@dataclass
+class PipelineConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    bus_queue_frames: int = 256  # per call (~9 s of 36 ms frames)
+    bus_publish_timeout_s: float = 2.0  # ingest waits this long on a full queue, then closes 1011
+    subscriber_queue: int = 1000  # transcript feed messages per subscriber before 1008
+    jsonl_path: str | None = None
+    shutdown_timeout_s: float = 10.0

@@ -1,0 +1,295 @@
+"""Exotel ingest: one WebSocket per stream, events parsed by :mod:`rtaa_cli.exotel`, audio onto the bus.
+
+Outcomes (all counted in ``rtaa_bad_input_total{kind}`` or ``rtaa_caller_closes_total{code}`` and logged
+with the interaction id when known; no bad input affects another call):
+
+| input | outcome |
+|---|---|
+| malformed JSON, missing/mistyped field, bad base64, odd-length PCM | close 1007 with the codec's reason |
+| start with a sample rate not served, or differing from the call's earlier stream | close 1007 |
+| media before start | close 1008 "media before start" |
+| media after stop | close 1008 "media after stop" (the audio is reported, never sent) |
+| unknown event | counted + logged, **ignored** (Exotel adds events; one should not kill a call) |
+| binary frame | close 1003 "binary frames are not Exotel messages" |
+| frame over ``max_message_bytes`` | close 1009 (websockets' max_size) |
+| more than ``max_messages_per_s`` (token bucket) | close 1008 "message rate limit exceeded" |
+| a new call beyond ``max_calls`` | close 1013 "at capacity, try again later" |
+| bus full for ``bus_publish_timeout_s`` | close 1011 "pipeline overloaded" |
+| provider down for good | close 1011 "transcription provider unavailable" |
+| a newer stream of the same call | older stream closed 1001 "superseded by a newer stream for this call" |
+| server shutdown | close 1001 "server shutting down" |
+
+A stream that drops without ``stop`` keeps its call (and provider stream, with KeepAlive) for
+``reconnect_grace_s``: a new stream with the same call_sid continues it seamlessly; otherwise the call
+ends with reason "stream dropped".
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from rtaa_cli import logs
+from rtaa_cli.closecodes import Close
+from rtaa_cli.exotel import ExotelProtocolError, Media, Start, Stop, parse_event
+from rtaa_cli.pipeline import bus as busmod
+from rtaa_cli.pipeline.config import IngestConfig
+from rtaa_cli.pipeline.metrics import PipelineMetrics
+from rtaa_cli.pipeline.ratelimit import TokenBucket
+
+log = logs.get("rtaa.ingest")
+
+SUPERSEDED_REASON = "superseded by a newer stream for this call"
+MAX_INTERACTION_ID = 128  # it names metrics-free state, log lines, feed paths and the provider's tag
+
+
+def _kind_of(exc: ExotelProtocolError) -> str:
+    reason = exc.reason
+    if "not valid JSON" in reason or "JSON object" in reason:
+        return "malformed_json"
+    if "base64" in reason:
+        return "bad_base64"
+    if "16-bit" in reason:
+        return "bad_audio"
+    return "invalid_field"
+
+
+class StreamConn:
+    """One caller connection (one Exotel stream)."""
+
+    __slots__ = ("ws", "interaction_id", "stream_sid", "channel", "stopped", "superseded", "closing",
+                 "close_task", "_unsubscribe")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.interaction_id: str | None = None
+        self.stream_sid = ""
+        self.channel: busmod.CallChannel | None = None
+        self.stopped = False
+        self.superseded = False
+        self.closing = False
+        self.close_task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+
+class Ingest:
+    def __init__(self, cfg: IngestConfig, bus: busmod.MemoryBus, metrics: PipelineMetrics,
+                 on_call_started: Callable[[str, str], None]) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.metrics = metrics
+        self.on_call_started = on_call_started
+        self.current: dict[str, StreamConn] = {}  # interaction -> its newest stream
+        self.connections: set[StreamConn] = set()
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self.accepting = True
+        key = cfg.interaction_key
+        if key not in ("call_sid", "stream_sid") and not key.startswith("custom:"):
+            raise ValueError(f"interaction key must be call_sid, stream_sid or custom:<name>, not {key!r}")
+
+    # -- closing helpers ---------------------------------------------------------------------------
+    async def _close(self, s: StreamConn, code: int, reason: str) -> None:
+        """Start the closing handshake without waiting for it: the handler keeps reading (and discarding)
+        so the caller's queued frames cannot stall the handshake (websockets pauses reading while its
+        receive queue is full)."""
+        if s.closing:
+            return
+        s.closing = True
+        self.metrics.caller_closes.labels(code=str(code)).inc()
+        s.close_task = asyncio.get_running_loop().create_task(s.ws.close(code, reason))
+
+    async def _bad(self, s: StreamConn, kind: str, code: int, reason: str) -> None:
+        self.metrics.bad_input.labels(kind=kind).inc()
+        log.warning("bad_input", interaction_id=s.interaction_id, stream_sid=s.stream_sid, kind=kind,
+                    close_code=code, reason=reason)
+        await self._close(s, code, reason)
+
+    def _interaction_id(self, ev: Start) -> str | None:
+        key = self.cfg.interaction_key
+        if key == "call_sid":
+            return ev.call_sid
+        if key == "stream_sid":
+            return ev.stream_sid
+        return ev.custom_parameters.get(key[len("custom:"):]) or None
+
+    # -- one caller ----------------------------------------------------------------------------------
+    async def handle(self, ws: ServerConnection) -> None:
+        s = StreamConn(ws)
+        self.connections.add(s)
+        bucket = TokenBucket(self.cfg.max_messages_per_s, self.cfg.rate_burst, time.perf_counter())
+        frames_in = self.metrics.frames_in
+        try:
+            async for message in ws:
+                now = time.perf_counter()
+                if s.closing:
+                    continue  # draining until the close completes
+                if not bucket.take(now):
+                    await self._bad(s, "rate_limit", Close.POLICY_VIOLATION, "message rate limit exceeded")
+                    continue
+                if type(message) is bytes:
+                    await self._bad(s, "binary_frame", Close.UNSUPPORTED_DATA, "binary frames are not Exotel messages")
+                    continue
+                try:
+                    ev = parse_event(message)
+                except ExotelProtocolError as exc:
+                    if exc.close_code == Close.UNSUPPORTED_DATA:  # unknown event: count, log, ignore
+                        self.metrics.bad_input.labels(kind="unknown_event").inc()
+                        log.warning("bad_input", interaction_id=s.interaction_id, kind="unknown_event",
+                                    reason=exc.reason, action="ignored")
+                        continue
+                    await self._bad(s, _kind_of(exc), exc.close_code, exc.reason)
+                    continue
+                if type(ev) is Media:  # the hot path
+                    channel = s.channel
+                    if channel is None or s.stopped:
+                        if s.stopped:
+                            self.metrics.audio_after_end.inc()
+                            await self._bad(s, "media_after_stop", Close.POLICY_VIOLATION, "media after stop")
+                        else:
+                            await self._bad(s, "media_before_start", Close.POLICY_VIOLATION, "media before start")
+                        continue
+                    frames_in.inc()
+                    if s.superseded:
+                        continue
+                    try:
+                        await channel.publish((busmod.AUDIO, ev.payload, now))
+                    except busmod.BusOverloaded:
+                        self.metrics.bus_overloaded.inc()
+                        log.error("bus_overloaded", interaction_id=s.interaction_id)
+                        await self._close(s, Close.INTERNAL_ERROR, "pipeline overloaded")
+                        continue
+                    except busmod.ChannelClosed:
+                        self.metrics.audio_after_end.inc()
+                        await self._bad(s, "media_after_stop", Close.POLICY_VIOLATION, "media after the call ended")
+                        continue
+                elif type(ev) is Start:
+                    if not await self._start(s, ev):
+                        continue
+                elif type(ev) is Stop:
+                    await self._stop(s, ev.reason or "stopped")
+                # connected, dtmf, mark, clear: nothing to do for transcription
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections.discard(s)
+            if s._unsubscribe is not None:
+                s._unsubscribe()
+            self._disconnected(s)
+
+    async def _start(self, s: StreamConn, ev: Start) -> bool:
+        if s.channel is not None:
+            await self._bad(s, "duplicate_start", Close.POLICY_VIOLATION, "second start on one stream")
+            return False
+        if not self.accepting:
+            await self._close(s, Close.GOING_AWAY, "server shutting down")
+            return False
+        iid = self._interaction_id(ev)
+        s.stream_sid = ev.stream_sid
+        if iid is None:
+            await self._bad(s, "invalid_field", Close.INVALID_PAYLOAD,
+                            f"start.custom_parameters.{self.cfg.interaction_key[7:]}: missing (interaction key)")
+            return False
+        if len(iid) > MAX_INTERACTION_ID:
+            await self._bad(s, "invalid_field", Close.INVALID_PAYLOAD,
+                            f"interaction id ({self.cfg.interaction_key}) longer than {MAX_INTERACTION_ID} characters")
+            return False
+        s.interaction_id = iid
+        if ev.sample_rate not in self.cfg.sample_rates:
+            await self._bad(s, "wrong_sample_rate", Close.INVALID_PAYLOAD,
+                            f"sample rate {ev.sample_rate} not served (use one of {list(self.cfg.sample_rates)})")
+            return False
+        existing = self.bus.channels.get(iid)
+        if existing is None and len(self.bus.channels) >= self.cfg.max_calls:
+            self.metrics.bad_input.labels(kind="over_capacity").inc()
+            log.warning("over_capacity", interaction_id=iid, max_calls=self.cfg.max_calls)
+            await self._close(s, Close.TRY_AGAIN_LATER, "at capacity, try again later")
+            return False
+        if existing is not None and existing.sample_rate not in (None, ev.sample_rate):
+            await self._bad(s, "wrong_sample_rate", Close.INVALID_PAYLOAD,
+                            f"sample rate {ev.sample_rate} differs from this call's {existing.sample_rate}")
+            return False
+        channel = self.bus.open(iid)
+        if channel.sample_rate is None:
+            channel.sample_rate = ev.sample_rate
+        s.channel = channel
+        timer = self._grace.pop(iid, None)
+        if timer is not None:
+            timer.cancel()
+        older = self.current.get(iid)
+        self.current[iid] = s
+        if older is not None and older is not s and not older.stopped:
+            # Newest wins: the older stream stops feeding this call before the new one's first frame.
+            older.superseded = True
+            self.metrics.streams_superseded.inc()
+            log.info("stream_superseded", interaction_id=iid, old_stream_sid=older.stream_sid,
+                     new_stream_sid=ev.stream_sid)
+            asyncio.get_running_loop().create_task(self._close(older, Close.GOING_AWAY, SUPERSEDED_REASON))
+        self.metrics.streams_total.inc()
+        s._unsubscribe = channel.on_failure(
+            lambda reason: asyncio.get_running_loop().create_task(self._close(s, Close.INTERNAL_ERROR, reason)))
+        new_call = existing is None
+        await channel.publish((busmod.START, ev.stream_sid, ev.sample_rate))
+        log.info("stream_started", interaction_id=iid, stream_sid=ev.stream_sid, sample_rate=ev.sample_rate,
+                 new_call=new_call)
+        if new_call:
+            self.on_call_started(iid, ev.stream_sid)
+        return True
+
+    async def _stop(self, s: StreamConn, reason: str) -> None:
+        if s.channel is None or s.stopped or s.superseded:
+            return
+        s.stopped = True
+        if self.current.get(s.interaction_id or "") is s:
+            del self.current[s.interaction_id]  # type: ignore[arg-type]
+        try:
+            await s.channel.publish((busmod.END, reason))
+        except (busmod.BusOverloaded, busmod.ChannelClosed):
+            pass
+        log.info("stream_stopped", interaction_id=s.interaction_id, stream_sid=s.stream_sid, reason=reason)
+
+    def _disconnected(self, s: StreamConn) -> None:
+        """A stream closed. If it was the call's current one and never sent stop, start the resume grace."""
+        iid = s.interaction_id
+        if iid is None or s.channel is None or s.stopped or s.superseded or self.current.get(iid) is not s:
+            return
+        del self.current[iid]
+        channel = s.channel
+        if not self.accepting:
+            self._end_later(channel, "shutdown")
+            return
+        log.info("stream_dropped", interaction_id=iid, stream_sid=s.stream_sid, grace_s=self.cfg.reconnect_grace_s)
+        self._grace[iid] = asyncio.get_running_loop().call_later(
+            self.cfg.reconnect_grace_s, self._grace_expired, iid, channel)
+
+    def _grace_expired(self, iid: str, channel: busmod.CallChannel) -> None:
+        self._grace.pop(iid, None)
+        if self.current.get(iid) is None:
+            self._end_later(channel, "stream dropped")
+
+    def _end_later(self, channel: busmod.CallChannel, reason: str) -> None:
+        async def end() -> None:
+            try:
+                await channel.publish((busmod.END, reason))
+            except (busmod.BusOverloaded, busmod.ChannelClosed):
+                pass
+        asyncio.get_running_loop().create_task(end())
+
+    async def shutdown(self) -> None:
+        """Stop accepting; close every caller 1001 and end its call now (no resume grace)."""
+        self.accepting = False
+        for iid, timer in list(self._grace.items()):
+            timer.cancel()
+            channel = self.bus.channels.get(iid)
+            if channel is not None:
+                self._end_later(channel, "shutdown")
+        self._grace.clear()
+        for s in list(self.connections):
+            iid = s.interaction_id
+            if iid is not None and s.channel is not None and self.current.get(iid) is s and not s.stopped:
+                s.stopped = True  # its call ends now; later frames from it are reported, not sent
+                del self.current[iid]
+                self._end_later(s.channel, "shutdown")
+            await self._close(s, Close.GOING_AWAY, "server shutting down")

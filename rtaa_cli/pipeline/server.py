@@ -1,0 +1,175 @@
+"""``rtaa serve`` in one object: one port for the ingest WebSocket, the transcript feeds, ``/health`` and
+``/metrics`` (websockets 17 asyncio server; plain HTTP answered in ``process_request``).
+
+    async with PipelineServer(PipelineConfig(port=0)) as server:
+        server.ingest_url      # ws://127.0.0.1:PORT/v1/ingest
+"""
+from __future__ import annotations
+
+import asyncio
+import http
+from typing import IO, Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from rtaa_cli import logs
+from rtaa_cli.pipeline import bus as busmod
+from rtaa_cli.pipeline.auth import make_check
+from rtaa_cli.pipeline.config import PipelineConfig
+from rtaa_cli.pipeline.ingest import Ingest
+from rtaa_cli.pipeline.metrics import PipelineMetrics
+from rtaa_cli.pipeline.providers import make_provider
+from rtaa_cli.pipeline.providers.base import Provider
+from rtaa_cli.pipeline.transcripts import TranscriptHub
+from rtaa_cli.pipeline.worker import Worker
+
+log = logs.get("rtaa.server")
+
+TRANSCRIPTS = "/v1/transcripts"
+
+
+class PipelineServer:
+    def __init__(self, cfg: PipelineConfig, provider: Provider | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = PipelineMetrics()
+        self.provider = provider or make_provider(cfg.provider)
+        self._jsonl: IO[bytes] | None = None
+        self.hub: TranscriptHub | None = None
+        self.bus = busmod.MemoryBus(cfg.bus_queue_frames, cfg.bus_publish_timeout_s)
+        self._auth = make_check(cfg.ingest.auth, cfg.ingest.basic_user, cfg.ingest.basic_password,
+                                cfg.ingest.jwt_public_key)
+        self._server: Server | None = None
+        self.shutting_down = False
+        self.port = 0
+        self.metrics.queue_depth.labels(queue="bus").set_function(self.bus.depth)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.cfg.jsonl_path:
+            self._jsonl = open(self.cfg.jsonl_path, "ab")
+        hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl)
+        self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
+        self.worker = Worker(self.provider, self.cfg.worker, self.metrics, self.bus, hub.publish, hub.call_ended)
+        self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics, hub.call_started)
+        await self.provider.start()
+        try:
+            self._server = await serve(
+                self._handler, self.cfg.host, self.cfg.port,
+                process_request=self._process_request,
+                max_size=self.cfg.ingest.max_message_bytes,
+                compression=None,  # Exotel does not negotiate it; saves CPU per frame
+            )
+        except BaseException:
+            await self.provider.stop()
+            if self._jsonl is not None:
+                self._jsonl.close()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1] if self.cfg.port == 0 else self.cfg.port
+        log.info("serving", host=self.cfg.host, port=self.port, provider=self.provider.name,
+                 ingest_path=self.cfg.ingest.path)
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, close callers 1001, finish in-flight finals (bounded), flush, close."""
+        if self._server is None or self.shutting_down:
+            return
+        self.shutting_down = True
+        log.info("shutting_down")
+        self._server.close(close_connections=False)  # stops accepting; feeds stay open for the finals
+        await self.ingest.shutdown()
+        await self.bus.drain(self.cfg.shutdown_timeout_s)
+        assert self.hub is not None
+        await self.hub.close_all(1001, "server shutting down")
+        try:
+            async with asyncio.timeout(5.0):
+                await self._server.wait_closed()
+        except TimeoutError:
+            log.warning("close_timeout")
+        await self.provider.stop()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        log.info("stopped")
+
+    async def __aenter__(self) -> "PipelineServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        host = self.cfg.host if self.cfg.host not in ("0.0.0.0", "") else "127.0.0.1"
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def ingest_url(self) -> str:
+        return self.base_url + self.cfg.ingest.path
+
+    @property
+    def transcripts_url(self) -> str:
+        return self.base_url + TRANSCRIPTS
+
+    @property
+    def http_url(self) -> str:
+        return "http" + self.base_url[2:]
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        reasons: list[str] = []
+        if self.shutting_down:
+            reasons.append("shutting down")
+        reasons.extend(self.provider.health())
+        body = {
+            "status": "ok" if not reasons else "unavailable",
+            "reasons": reasons,
+            "provider": self.provider.name,
+            "calls_active": len(self.worker.interactions),
+            "streams": len(self.ingest.connections),
+        }
+        return (200 if not reasons else 503), body
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == self.cfg.ingest.path:
+            reason = self._auth(request.headers.get("Authorization"))
+            if reason is not None:
+                self.metrics.bad_input.labels(kind="auth").inc()
+                log.warning("auth_failed", reason=reason, remote=str(conn.remote_address))
+                return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps({"error": reason}), "application/json",
+                                 {"WWW-Authenticate": 'Basic realm="rtaa"'} if self.cfg.ingest.auth == "basic" else {})
+            return None
+        if path == TRANSCRIPTS or path.startswith(TRANSCRIPTS + "/"):
+            return None
+        if path == "/health":
+            status, body = self.health()
+            return _response(http.HTTPStatus(status), orjson.dumps(body), "application/json")
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, self.metrics.render(), self.metrics.content_type)
+        return _response(http.HTTPStatus.NOT_FOUND, b'{"error":"not found"}', "application/json")
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        path = ws.request.path.split("?", 1)[0]
+        if path == self.cfg.ingest.path:
+            await self.ingest.handle(ws)
+            return
+        assert self.hub is not None
+        if path == TRANSCRIPTS:
+            await self.hub.serve(ws, None)
+        else:
+            iid = path[len(TRANSCRIPTS) + 1:]
+            if not iid:
+                await ws.close(1008, "missing interaction id")
+                return
+            await self.hub.serve(ws, iid)
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str,
+              extra: dict[str, str] | None = None) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Connection", "close")])
+    for k, v in (extra or {}).items():
+        headers[k] = v
+    return Response(status.value, status.phrase, headers, body)

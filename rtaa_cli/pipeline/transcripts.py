@@ -1,0 +1,128 @@
+"""Transcript fan-out: per-interaction feeds, the firehose, and an optional JSONL sink.
+
+Each message is serialised once (orjson) and queued to every subscriber as the same bytes. A subscriber
+has a bounded queue (``subscriber_queue`` messages); when a slow reader lets it fill, that subscriber
+alone is closed with 1008 "subscriber too slow" and the call and other subscribers are unaffected.
+Per-interaction subscribers are closed with 1000 "call ended" after the call's ``call_ended``.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import IO, Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from rtaa_cli import logs
+from rtaa_cli.closecodes import Close
+from rtaa_cli.pipeline.metrics import PipelineMetrics
+
+log = logs.get("rtaa.transcripts")
+
+_CALL_ENDED = object()  # queue sentinel: close the per-call subscriber after this
+
+
+class Subscriber:
+    __slots__ = ("ws", "queue", "interaction_id", "too_slow")
+
+    def __init__(self, ws: ServerConnection, maxsize: int, interaction_id: str | None) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.interaction_id = interaction_id
+        self.too_slow = False
+
+
+class TranscriptHub:
+    def __init__(self, metrics: PipelineMetrics, maxsize: int = 1000, jsonl: IO[bytes] | None = None) -> None:
+        self.metrics = metrics
+        self.maxsize = maxsize
+        self._jsonl = jsonl
+        self._by_call: dict[str, set[Subscriber]] = {}
+        self._firehose: set[Subscriber] = set()
+
+    # -- publishing (synchronous: the worker never waits on a reader) ----------------------------
+    def publish(self, msg: dict[str, Any]) -> None:
+        msg["sent_at"] = time.time()
+        data = orjson.dumps(msg)
+        if self._jsonl is not None:
+            self._jsonl.write(data + b"\n")
+        iid = msg["interaction_id"]
+        for sub in self._by_call.get(iid, ()):
+            self._offer(sub, data)
+        for sub in self._firehose:
+            self._offer(sub, data)
+
+    def call_started(self, interaction_id: str, stream_sid: str) -> None:
+        self.publish({"type": "call_started", "interaction_id": interaction_id, "stream_sid": stream_sid,
+                      "at": time.time()})
+
+    def call_ended(self, interaction_id: str, reason: str) -> None:
+        self.publish({"type": "call_ended", "interaction_id": interaction_id, "reason": reason, "at": time.time()})
+        for sub in self._by_call.get(interaction_id, ()):
+            self._offer(sub, _CALL_ENDED)
+        if self._jsonl is not None:
+            self._jsonl.flush()
+
+    def _offer(self, sub: Subscriber, data: Any) -> None:
+        if sub.too_slow:
+            return
+        try:
+            sub.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            sub.too_slow = True
+            self.metrics.subscribers_too_slow.inc()
+            log.warning("subscriber_too_slow", interaction_id=sub.interaction_id, queue=self.maxsize)
+            asyncio.get_running_loop().create_task(sub.ws.close(Close.POLICY_VIOLATION, "subscriber too slow"))
+
+    def depth(self) -> int:
+        total = sum(s.queue.qsize() for s in self._firehose)
+        for subs in self._by_call.values():
+            total += sum(s.queue.qsize() for s in subs)
+        return total
+
+    # -- a subscriber's connection ---------------------------------------------------------------
+    async def serve(self, ws: ServerConnection, interaction_id: str | None) -> None:
+        sub = Subscriber(ws, self.maxsize, interaction_id)
+        group = self._firehose if interaction_id is None else self._by_call.setdefault(interaction_id, set())
+        group.add(sub)
+        self.metrics.subscribers.inc()
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(self._send_loop(sub))
+        reader = loop.create_task(self._discard_input(ws))
+        try:
+            # Whichever ends first: the feed closed by us (call ended, too slow) or by the subscriber.
+            await asyncio.wait((sender, reader), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sender.cancel()
+            reader.cancel()
+            group.discard(sub)
+            if interaction_id is not None and not group:
+                self._by_call.pop(interaction_id, None)
+            self.metrics.subscribers.dec()
+
+    @staticmethod
+    async def _send_loop(sub: Subscriber) -> None:
+        try:
+            while True:
+                data = await sub.queue.get()
+                if data is _CALL_ENDED:
+                    await sub.ws.close(Close.NORMAL, "call ended")
+                    return
+                await sub.ws.send(data, text=True)
+        except ConnectionClosed:
+            pass
+
+    @staticmethod
+    async def _discard_input(ws: ServerConnection) -> None:
+        # Read (and ignore) what the subscriber sends so a close from its side is processed.
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+
+    async def close_all(self, code: int, reason: str) -> None:
+        subs = list(self._firehose) + [s for group in self._by_call.values() for s in group]
+        await asyncio.gather(*(s.ws.close(code, reason) for s in subs), return_exceptions=True)

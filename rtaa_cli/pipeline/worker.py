@@ -1,0 +1,433 @@
+"""The ASR worker: exactly one provider stream per interaction, audio forwarded as it arrives.
+
+Per interaction (:class:`Interaction`):
+- **single-flight opening**: the first caller that needs the provider stream starts one opening task;
+  everyone else who needs it meanwhile awaits that same task (counted as a duplicate open prevented).
+  If the opening fails, every waiter gets the error; nothing hangs, nothing opens twice.
+- **forward as it arrives**: each frame is sent the moment it is consumed; frames that arrive while
+  the stream is opening are sent, in order, as soon as it is open. No time-based batching.
+- **KeepAlive** when no audio was sent for ``keepalive_interval_s`` (holds, mute).
+- **end**: CloseStream, then wait (bounded) until the provider has sent its finals and closed 1000.
+- **reconnect** when the provider closes otherwise (1011, drop): the old connection is gone before the
+  new one opens (so never a duplicate), with backoff + jitter and bounded attempts; the audio not yet
+  covered by a final is replayed and the new connection's timestamps are offset to stream audio time,
+  so the transcript neither loses nor repeats a segment (see :mod:`rtaa_cli.pipeline.timeline`).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, Callable
+
+from rtaa_cli import logs
+from rtaa_cli.pipeline import bus as busmod
+from rtaa_cli.pipeline.config import WorkerConfig
+from rtaa_cli.pipeline.metrics import PipelineMetrics
+from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult
+from rtaa_cli.pipeline.timeline import CallTimeline
+
+log = logs.get("rtaa.worker")
+
+ACTIVE, ENDING, ENDED = "active", "ending", "ended"
+_REPLAY_CHUNK = 32 * 1024  # replayed audio goes out in messages of this size
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+class CallEnded(Exception):
+    """Audio pushed to an interaction that has already ended (reported, never silently dropped)."""
+
+
+class Interaction:
+    # Tests flip this to False to prove the race test catches the naive check-then-create variant.
+    single_flight: bool = True
+
+    def __init__(self, interaction_id: str, sample_rate: int, provider: Provider, cfg: WorkerConfig,
+                 metrics: PipelineMetrics, publish: Publish) -> None:
+        self.interaction_id = interaction_id
+        self.sample_rate = sample_rate
+        self.provider = provider
+        self.cfg = cfg
+        self.metrics = metrics
+        self._publish = publish
+        self.state = ACTIVE
+        self.stream_sid = ""
+        self.timeline = CallTimeline(sample_rate, cfg.replay_limit_s, cfg.latency_window_frames)
+        self.seq = 0
+        self.connections_opened = 0
+        self.failure: ProviderError | None = None
+        self._conn: ProviderConnection | None = None
+        self._conn_base = 0  # stream position of the current connection's first byte
+        self._conn_sent = 0  # stream position sent on the current connection
+        self._conn_done: asyncio.Future[int | None] | None = None
+        self._opening: asyncio.Task[ProviderConnection] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_sent = time.perf_counter()
+        self._conn_ready_at = 0.0  # when the current connection became usable (after its replay)
+        self._trimmed_reported = 0
+        # Called when the provider is given up on outside a frame's path (e.g. a reopen during a hold).
+        self.on_failure: Callable[[ProviderError], None] | None = None
+        self._spawn(self._keepalive_loop())
+
+    # -- provider stream: single-flight --------------------------------------------------------
+    async def connection(self) -> ProviderConnection:
+        conn = self._conn
+        if conn is not None:
+            return conn
+        if self.failure is not None:
+            raise self.failure  # gave up on this call's provider: fail fast, do not retry per frame
+        if not self.single_flight:
+            return await self._naive_connection()
+        task = self._opening
+        if task is None:
+            task = self._opening = asyncio.get_running_loop().create_task(self._open())
+        else:
+            self.metrics.duplicate_opens_prevented.inc()
+        # shield: a waiter that is cancelled must not cancel the opening the others wait for.
+        return await asyncio.shield(task)
+
+    async def _naive_connection(self) -> ProviderConnection:
+        """The seeds' bug, kept only so a test can show the race test fails on it: check, then create."""
+        conn = await self._open_once()
+        await self._activate(conn)
+        return conn
+
+    async def _open(self) -> ProviderConnection:
+        try:
+            for _ in range(self.cfg.reconnect_attempts):
+                conn = await self._open_once()
+                if await self._activate(conn):
+                    return conn
+            self.failure = ProviderError("provider stream kept closing while the pending audio was replayed")
+            raise self.failure
+        finally:
+            self._opening = None
+
+    async def _open_once(self) -> ProviderConnection:
+        attempt = 0
+        while True:
+            if self.state is ENDED:
+                raise CallEnded(self.interaction_id)
+            try:
+                return await self.provider.open(self.interaction_id, self.sample_rate)
+            except ProviderError as exc:
+                attempt += 1
+                self.metrics.provider_open_failures.labels(provider=self.provider.name).inc()
+                log.warning("provider_open_failed", interaction_id=self.interaction_id, attempt=attempt,
+                            error=str(exc), permanent=exc.permanent)
+                if exc.permanent or attempt >= self.cfg.reconnect_attempts:
+                    self.failure = exc
+                    raise
+                delay = min(self.cfg.reconnect_cap_s, self.cfg.reconnect_base_s * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    async def _activate(self, conn: ProviderConnection) -> bool:
+        """Send ``conn`` the audio no final covers yet, then make it current. The replay completes before
+        any live frame can use the connection (``_conn`` is set last), so audio order is kept."""
+        self.connections_opened += 1
+        number = self.connections_opened
+        self.metrics.provider_opened.labels(provider=self.provider.name).inc()
+        if number > 1:
+            self.metrics.provider_reconnects.inc()
+        start, audio = self.timeline.unfinalized()
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._spawn(self._receive(conn, number, start, done))
+        log.info("provider_connected", interaction_id=self.interaction_id, connection=number,
+                 replay_bytes=len(audio), base_ms=round(start / self.timeline.bytes_per_ms, 1))
+        try:
+            for i in range(0, len(audio), _REPLAY_CHUNK):
+                await conn.send_audio(audio[i:i + _REPLAY_CHUNK])
+        except Exception:  # noqa: BLE001 - closed during the replay; its receiver logs the close
+            await conn.aclose()
+            return False
+        if number > 1 and audio:
+            self.metrics.replayed_bytes.inc(len(audio))
+        if done.done():
+            return False
+        self._conn_base = start
+        self._conn_sent = start + len(audio)
+        self._conn_done = done
+        self._conn = conn
+        self._last_sent = self._conn_ready_at = time.perf_counter()
+        return True
+
+    # -- audio in --------------------------------------------------------------------------------
+    async def push_audio(self, pcm: bytes, received_at: float) -> None:
+        """Forward one frame now. Must be called in frame order (the bus consumer is one task per call)."""
+        if self.state is not ACTIVE:
+            self.metrics.audio_after_end.inc()
+            log.warning("audio_after_end", interaction_id=self.interaction_id, bytes=len(pcm), state=self.state)
+            raise CallEnded(self.interaction_id)
+        end = self._append(pcm, received_at)
+        conn = self._conn
+        if conn is None:
+            await self.connection()
+            if end <= self._conn_sent:
+                self.metrics.frames_waited.inc()
+                return  # went out with the opening's replay of pending audio
+            conn = self._conn
+            if conn is None:
+                return  # already closed again; the next opening replays this frame
+        try:
+            await conn.send_audio(pcm)
+        except Exception:  # noqa: BLE001 - connection died under us: the frame stays in the replay buffer
+            return
+        self._conn_sent = end
+        now = self._last_sent = time.perf_counter()
+        self.metrics.frames_out.inc()
+        if received_at >= self._conn_ready_at:
+            self.metrics.added_latency.observe(now - received_at)
+        else:  # queued behind the opening: its wait is the provider handshake, counted apart
+            self.metrics.frames_waited.inc()
+
+    def _append(self, pcm: bytes, received_at: float) -> int:
+        tl = self.timeline
+        end = tl.append(pcm, received_at)
+        if tl.trimmed_bytes != self._trimmed_reported:  # the replay buffer hit its limit: count what it gave up
+            self.metrics.replay_trimmed_bytes.inc(tl.trimmed_bytes - self._trimmed_reported)
+            self._trimmed_reported = tl.trimmed_bytes
+        return end
+
+    async def send_now(self, pcm: bytes, received_at: float) -> bool:
+        """The bus's fast path: forward now if the provider stream is open and will not block; False
+        (nothing done) otherwise, and the frame takes the queued path through :meth:`push_audio`."""
+        conn = self._conn
+        if conn is None or self.state is not ACTIVE or not conn.writable():
+            return False
+        end = self._append(pcm, received_at)
+        try:
+            await conn.send_audio(pcm)
+        except Exception:  # noqa: BLE001 - connection died: the frame stays in the replay buffer
+            return True
+        self._conn_sent = end
+        now = self._last_sent = time.perf_counter()
+        self.metrics.frames_out.inc()
+        self.metrics.added_latency.observe(now - received_at)
+        return True
+
+    # -- results out -----------------------------------------------------------------------------
+    async def _receive(self, conn: ProviderConnection, number: int, base: int,
+                       done: asyncio.Future[int | None]) -> None:
+        try:
+            async for result in conn.results():
+                self._on_result(result, number, base)
+        except Exception as exc:  # noqa: BLE001 - a broken provider must not take the call down
+            log.warning("provider_receive_error", interaction_id=self.interaction_id, error=repr(exc))
+        code = conn.close_code
+        self.metrics.provider_closes.labels(code=str(code)).inc()
+        if self._conn is conn:
+            self._conn = None
+        await conn.aclose()
+        if not done.done():
+            done.set_result(code)
+        if code != 1000 or self.state is ACTIVE:
+            log.warning("provider_closed", interaction_id=self.interaction_id, connection=number, code=code,
+                        reason=conn.close_reason, state=self.state)
+        if self.state is ACTIVE:
+            # Reopen now (not on the next frame): during a hold nothing else would, and the replay of
+            # unfinalized audio should not wait for the caller to speak again.
+            self._spawn(self._reopen())
+
+    async def _reopen(self) -> None:
+        try:
+            await self.connection()
+        except CallEnded:
+            pass
+        except ProviderError as exc:
+            if self.on_failure is not None and self.state is ACTIVE:
+                self.on_failure(exc)  # tell the caller now, not on its next frame
+
+    def _on_result(self, r: ProviderResult, number: int, base: int) -> None:
+        tl = self.timeline
+        start_ms = tl.to_stream_ms(base, r.start)
+        end_ms = tl.to_stream_ms(base, r.end)
+        if r.is_final:
+            if tl.is_stale(end_ms):
+                if r.text:
+                    self.metrics.duplicate_finals_dropped.inc()
+                return
+            tl.on_final(end_ms)
+            if not r.text:
+                return  # a final over silence: it moves the replay point, agents need not see it
+        elif not r.text or tl.is_stale(end_ms):
+            return
+        offset_s = base / tl.bytes_per_ms / 1000.0
+        self.seq += 1
+        msg = {
+            "type": "transcript",
+            "interaction_id": self.interaction_id,
+            "stream_sid": self.stream_sid,
+            "seq": self.seq,
+            "is_final": r.is_final,
+            "speech_final": r.speech_final,
+            "from_finalize": r.from_finalize,
+            "text": r.text,
+            "confidence": r.confidence,
+            "words": [{"word": w.word, "start": round(w.start + offset_s, 3), "end": round(w.end + offset_s, 3),
+                       "confidence": w.confidence} for w in r.words],
+            "audio_start_ms": round(start_ms, 1),
+            "audio_end_ms": round(end_ms, 1),
+            "provider": self.provider.name,
+            "provider_connection": number,
+            "received_at": time.time(),
+        }
+        self._publish(msg)
+        (self.metrics.results_final if r.is_final else self.metrics.results_interim).inc()
+        frame_at = tl.received_at(end_ms)
+        if frame_at is not None:
+            (self.metrics.e2e_final if r.is_final else self.metrics.e2e_interim).observe(
+                time.perf_counter() - frame_at)
+
+    # -- gaps --------------------------------------------------------------------------------------
+    async def _keepalive_loop(self) -> None:
+        interval = self.cfg.keepalive_interval_s
+        while self.state is ACTIVE:
+            wait = self._last_sent + interval - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            conn = self._conn
+            if conn is not None:
+                try:
+                    await conn.keep_alive()
+                    self.metrics.provider_keepalives.inc()
+                except Exception:  # noqa: BLE001 - the receiver handles the close
+                    pass
+            self._last_sent = time.perf_counter()
+
+    # -- end -------------------------------------------------------------------------------------
+    async def end(self, reason: str) -> None:
+        """CloseStream, wait (bounded) for the final results, close. Never hangs, idempotent."""
+        if self.state is not ACTIVE:
+            return
+        self.state = ENDING
+        try:
+            async with asyncio.timeout(self.cfg.finalize_timeout_s):
+                await self._finish_stream()
+        except TimeoutError:
+            self.metrics.finalize_timeouts.inc()
+            log.warning("finalize_timeout", interaction_id=self.interaction_id,
+                        timeout_s=self.cfg.finalize_timeout_s)
+        except (ProviderError, CallEnded) as exc:
+            log.warning("finalize_failed", interaction_id=self.interaction_id, error=str(exc))
+        finally:
+            await self._teardown()
+        log.info("call_finished", interaction_id=self.interaction_id, reason=reason,
+                 connections=self.connections_opened, results=self.seq)
+
+    async def _finish_stream(self) -> None:
+        while True:
+            if self._conn is None and self._opening is None and self.timeline.end == self.timeline.final_end:
+                return  # nothing was sent that a final has not covered: no provider stream needed
+            if self.failure is not None and self._conn is None and self._opening is None:
+                raise self.failure
+            conn = await self.connection()
+            done = self._conn_done
+            assert done is not None
+            await conn.close_stream()
+            code = await asyncio.shield(done)
+            if code == 1000:
+                return
+            # Closed abnormally before the finals: loop, i.e. reopen, replay, CloseStream again.
+
+    async def _teardown(self) -> None:
+        self.state = ENDED
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.aclose()
+        if self._opening is not None:
+            self._opening.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+        self.timeline = CallTimeline(self.sample_rate, 0.0, 1)  # free the buffers now, not at GC
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class Worker:
+    """Consumes the bus: one task per call, items in order, one :class:`Interaction` at a time per call."""
+
+    def __init__(self, provider: Provider, cfg: WorkerConfig, metrics: PipelineMetrics,
+                 bus: busmod.MemoryBus, publish: Publish, on_call_ended: Callable[[str, str], None]) -> None:
+        self.provider = provider
+        self.cfg = cfg
+        self.metrics = metrics
+        self.bus = bus
+        self.publish = publish
+        self.on_call_ended = on_call_ended
+        self.interactions: dict[str, Interaction] = {}
+        bus.attach(self._consume)
+
+    async def _consume(self, channel: busmod.CallChannel) -> None:
+        iid = channel.interaction_id
+        interaction: Interaction | None = None
+        queue = channel.queue
+        try:
+            while True:
+                channel.busy = False
+                item = await queue.get()
+                channel.busy = True  # until this item is handled: a fast-path frame must not overtake it
+                kind = item[0]
+                if kind is busmod.AUDIO:
+                    if interaction is None:
+                        self.metrics.audio_after_end.inc()
+                        log.warning("audio_after_end", interaction_id=iid, bytes=len(item[1]))
+                        continue
+                    try:
+                        await interaction.push_audio(item[1], item[2])
+                    except CallEnded:
+                        pass  # counted and logged by push_audio
+                    except ProviderError as exc:
+                        channel.fast_path = None
+                        await self._fail(channel, interaction, exc)
+                        interaction = None
+                elif kind is busmod.START:
+                    if interaction is None:
+                        interaction = Interaction(iid, item[2], self.provider, self.cfg, self.metrics, self.publish)
+                        self.interactions[iid] = interaction
+                        self.metrics.calls_active.inc()
+                        self.metrics.calls_total.inc()
+                        # Open eagerly: the handshake overlaps the first frames instead of delaying them.
+                        interaction._spawn(interaction._reopen())
+                        channel.fast_path = interaction.send_now
+                        interaction.on_failure = self._failure_reporter(channel, iid)
+                    interaction.stream_sid = item[1]
+                else:  # END
+                    channel.fast_path = None
+                    if interaction is not None:
+                        await self._finish(interaction, item[1])
+                        interaction = None
+                    if self.bus.release_if_idle(channel):
+                        return
+        finally:
+            channel.fast_path = None
+            channel.busy = False
+            if interaction is not None:  # cancelled (shutdown): still free everything
+                await self._finish(interaction, "shutdown")
+
+    async def _finish(self, interaction: Interaction, reason: str) -> None:
+        try:
+            await interaction.end(reason)
+        finally:
+            if self.interactions.get(interaction.interaction_id) is interaction:
+                del self.interactions[interaction.interaction_id]
+            self.metrics.calls_active.dec()
+            self.on_call_ended(interaction.interaction_id, reason)
+
+    @staticmethod
+    def _failure_reporter(channel: busmod.CallChannel, iid: str) -> Callable[[ProviderError], None]:
+        def report(exc: ProviderError) -> None:
+            log.error("call_failed", interaction_id=iid, error=str(exc))
+            channel.fail("transcription provider unavailable")  # the ingest closes the caller 1011
+        return report
+
+    async def _fail(self, channel: busmod.CallChannel, interaction: Interaction, exc: ProviderError) -> None:
+        log.error("call_failed", interaction_id=interaction.interaction_id, error=str(exc))
+        channel.fail("transcription provider unavailable")
+        await self._finish(interaction, "provider unavailable")

@@ -1,0 +1,91 @@
+"""Sans-I/O cores of the pipeline, driven directly: the call timeline (replay buffer, offsets, dedup,
+bounds), the rate limiter, and the embedded default (the README's main command's path) end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtaa_cli.audio import load_audio
+from rtaa_cli.caller import CallOptions, CallScript, run_call
+from rtaa_cli.embedded import embedded_pipeline
+from rtaa_cli.pipeline.ratelimit import TokenBucket
+from rtaa_cli.pipeline.timeline import CallTimeline
+from test_pipeline_support import run
+
+CALL_WAV = Path(__file__).resolve().parent.parent / "fixtures" / "audio" / "call.wav"
+
+
+def test_timeline_replays_only_audio_not_covered_by_a_final() -> None:
+    tl = CallTimeline(8000, replay_limit_s=10.0)
+    for i in range(10):  # 10 frames of 100 ms = 1600 bytes each
+        tl.append(bytes([i]) * 1600, received_at=float(i))
+    assert tl.end == 16000
+    tl.on_final(450.0)  # a final up to 450 ms = byte 7200
+    start, audio = tl.unfinalized()
+    assert start == 7200 and len(audio) == 16000 - 7200 and audio[:1] == bytes([4])
+    # A new connection whose first byte is stream position 7200: its t=0.25 s is stream 450+250 ms.
+    assert tl.to_stream_ms(start, 0.25) == 700.0
+    assert tl.is_stale(450.0) and tl.is_stale(300.0) and not tl.is_stale(451.0)
+    tl.on_final(300.0)  # an older final never moves the replay point back
+    assert tl.unfinalized()[0] == 7200
+
+
+def test_timeline_is_bounded_and_counts_what_it_gives_up() -> None:
+    tl = CallTimeline(8000, replay_limit_s=1.0, latency_window=8)  # 1 s = 16000 bytes
+    for i in range(100):
+        tl.append(b"\x00" * 1600, received_at=float(i))
+    start, audio = tl.unfinalized()
+    assert len(audio) <= 16000 + 16000  # limit plus one trim step of slack
+    assert tl.trimmed_bytes == start == 160000 - len(audio)
+    assert len(tl._recv_end) == 8
+    assert tl.received_at(9950.0) == 99.0  # the frame holding 9950 ms was received at t=99
+    assert tl.received_at(50.0) is None  # older than the window
+
+
+def test_token_bucket_allows_the_rate_and_burst_then_refuses() -> None:
+    b = TokenBucket(rate=10.0, burst=5.0, now=0.0)
+    assert all(b.take(0.0) for _ in range(5))
+    assert not b.take(0.0)
+    assert b.take(0.1)  # one token back after 100 ms at 10/s
+    assert not b.take(0.1)
+    assert all(b.take(1.0 + k * 0.1) for k in range(20))  # a steady 10/s is always fine
+
+
+def test_embedded_default_transcribes_real_words() -> None:
+    """What `rtaa replay fixtures/audio/call.wav` does with no --url: provider fake, emulator with sphinx."""
+    pcm = _young_man()
+
+    async def main():
+        async with embedded_pipeline("fake", 8000) as target:
+            script = CallScript.from_pcm(pcm, CallOptions(call_sid="CA-embedded", stream_sid="ST-embedded"))
+            return await run_call(target.url, script, speed=0, transcripts_url=target.transcripts_url,
+                                  wait_final_s=30)
+
+    result = run(main(), 90)
+    assert result.clean and not result.errors, (result.close_code, result.errors)
+    text = " ".join(t.text for t in result.finals()).lower()
+    assert "he was not" in text and "man" in text, text  # pocketsphinx: "he was not a guild russia man"
+
+
+def test_sphinx_provider_transcribes_real_words_in_process() -> None:
+    """Provider ``sphinx``: pocketsphinx in the pipeline process, no Deepgram protocol at all."""
+    pcm = _young_man()
+
+    async def main():
+        async with embedded_pipeline("sphinx", 8000) as target:
+            script = CallScript.from_pcm(pcm, CallOptions(call_sid="CA-sphinx", stream_sid="ST-sphinx"))
+            return await run_call(target.url, script, speed=0, transcripts_url=target.transcripts_url,
+                                  wait_final_s=30)
+
+    result = run(main(), 90)
+    assert result.clean and not result.errors, (result.close_code, result.errors)
+    finals = result.finals()
+    text = " ".join(t.text for t in finals).lower()
+    assert "he was not" in text and "man" in text, text
+    assert all(t.provider_connection == 1 for t in finals)
+
+
+def _young_man() -> bytes:
+    """7.2-11.2 s of the fixture: "he was not an ill disposed young man" (fixtures/audio/call.txt); real
+    words, not placeholders (the segmenter engine's vocabulary has neither "was" nor "not" nor "man")."""
+    pcm = load_audio(CALL_WAV, 8000).pcm
+    return pcm[8000 * 2 * 72 // 10: 8000 * 2 * 112 // 10]
