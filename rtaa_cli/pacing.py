@@ -152,7 +152,12 @@ async def wait_async(pacer: Pacer, offset_s: float) -> None:
         await asyncio.sleep(delay)
 
 
-def wait_sync(pacer: Pacer, offset_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Blocking wait until ``offset_s`` is due (``time.sleep`` is gevent-friendly once patched)."""
+def wait_sync(pacer: Pacer, offset_s: float, sleep: Callable[[float], None] | None = None) -> None:
+    """Blocking wait until ``offset_s`` is due.
+
+    ``time.sleep`` is looked up at call time, not bound at import: Locust monkey-patches it with
+    gevent's after this module is imported, and the unpatched one would block every greenlet.
+    """
+    sleep = sleep or time.sleep
     while (delay := pacer.delay(offset_s)) > 0:
         sleep(delay)

@@ -1,0 +1,51 @@
+"""`rtaa smoke --url ...`: post-deploy staging check (health, one call, transcript, latency, no duplicates/1011)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from rtaa_cli.errors import RtaaError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(no_args_is_help=True)
+    def smoke(
+        url: str = typer.Option(..., help="Ingest WebSocket URL, e.g. ws://staging:8080/v1/ingest."),
+        health: Optional[str] = typer.Option(None, help="Health URL (default: http://HOST:PORT/health of --url; '' skips)."),
+        transcripts: Optional[str] = typer.Option(None, help="Transcript feed base (default: ws://HOST:PORT/v1/transcripts; '' skips)."),
+        provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: checks duplicates and provider 1011s for the call."),
+        audio: str = typer.Option("fixtures/audio/call.wav", help="Audio to replay (any WAV/FLAC, or 'synthetic')."),
+        length: Optional[float] = typer.Option(12.0, help="Seconds of the audio to play (0 = all of it)."),
+        speed: float = typer.Option(1.0, help="Pacing speed (1 = real time)."),
+        wait_final: float = typer.Option(10.0, help="Seconds to wait for the final results after stop."),
+        max_latency_ms: float = typer.Option(2000.0, help="Limit for the p95 latency of final results (ms)."),
+        json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here."),
+        junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per check)."),
+    ) -> None:
+        """Smoke-test a deployed pipeline: health, one replayed call, a final transcript, latency under the limit, no duplicate provider connection, no 1011.
+
+        Exit code: 0 every check passed, 1 a check failed, 2 usage error.
+
+        Examples:
+
+          rtaa smoke --url ws://staging:8080/v1/ingest
+
+          rtaa smoke --url ws://staging:8080/v1/ingest --provider-stats http://staging-emu:8765/stats --junit smoke.xml
+
+          rtaa smoke --url wss://user:pass@bot.example.com/v1/ingest --health '' --transcripts wss://bot.example.com/v1/transcripts --json smoke.json
+        """
+        from rtaa_cli.smoke import SmokeOptions, run_smoke
+        from rtaa_cli.soak.report import write_reports
+        from rtaa_cli.soak.scenario import resolve_audio
+        from rtaa_cli.soak.summary import print_summary
+
+        if speed < 0 or wait_final < 0:
+            raise RtaaError("--speed and --wait-final must be >= 0")
+        opts = SmokeOptions(url=url, health_url=health, transcripts_url=transcripts, provider_stats_url=provider_stats,
+                            audio=resolve_audio(audio, None), length_s=(length or None), speed=speed,
+                            wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms)
+        doc = run_smoke(opts)
+        write_reports(doc, json_path, junit, None, "smoke")
+        print_summary(doc, "smoke")
+        raise SystemExit(0 if doc["verdict"] == "pass" else 1)

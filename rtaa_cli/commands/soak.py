@@ -1,0 +1,104 @@
+"""`rtaa soak SCENARIO`: Locust-driven soak of a pipeline, with a verdict and reports."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from rtaa_cli.errors import RtaaError
+
+
+def _headers(values: list[str]) -> dict[str, str]:
+    out = {}
+    for h in values:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise RtaaError(f"--header: expected 'Name: value', got {h!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(no_args_is_help=True)
+    def soak(
+        scenario: Optional[str] = typer.Argument(None, help="Scenario TOML (or a name in scenarios/, e.g. steady)."),
+        users: Optional[int] = typer.Option(None, help="Concurrent virtual callers (overrides the file)."),
+        spawn_rate: Optional[float] = typer.Option(None, help="Callers started per second (overrides the file)."),
+        duration: Optional[str] = typer.Option(None, help="How long new calls start: 30s, 2m, 1h (overrides the file)."),
+        processes: Optional[int] = typer.Option(None, help="Locust processes on this host (master + N workers)."),
+        target: Optional[str] = typer.Option(None, help="Ingest URL ws://host/v1/ingest; default: start a local rtaa serve + emulator."),
+        transcripts: Optional[str] = typer.Option(None, help="Transcript feed base URL ws://host/v1/transcripts (with --target)."),
+        metrics: Optional[str] = typer.Option(None, help="Target's Prometheus /metrics: provider 1011s (and duplicates, if it counts them) without --provider-stats."),
+        provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: duplicates, provider 1011s, audio loss."),
+        provider_control: Optional[str] = typer.Option(None, help="Emulator /control/faults URL: apply the scenario's faults."),
+        threshold: List[str] = typer.Option([], "--threshold", "-t", help="NAME=VALUE (or NAME=off); repeatable."),
+        header: List[str] = typer.Option([], "--header", help="Extra ingest handshake header 'Name: value'; repeatable."),
+        json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here."),
+        junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per threshold)."),
+        html: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML report with plots."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; just the summary."),
+        master: bool = typer.Option(False, "--master", help="Distributed: be the master and wait for --expect-workers."),
+        expect_workers: int = typer.Option(1, help="With --master: workers (on any host) to wait for."),
+        master_bind: str = typer.Option("127.0.0.1", help="With --master: address to listen on for workers."),
+        master_port: int = typer.Option(5557, help="With --master/--worker: the master's port (--master: 0 = any free port, printed)."),
+        worker: bool = typer.Option(False, "--worker", help="Distributed: be a Locust worker of --master-host."),
+        master_host: str = typer.Option("127.0.0.1", help="With --worker: the master's address."),
+    ) -> None:
+        """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
+
+        Without --target the soak starts a local pipeline (rtaa serve + a Deepgram emulator with Deepgram-like timing) and stops it at the end. Thresholds default to the seeds' rollback triggers: duplicates > 0, 1011 rate > 5 %, final p95 > 2 s, delivery < 80 % (plus audio loss > 1 %). Exit code: 0 pass, 1 a threshold was breached, 2 invalid run (the load generator was the bottleneck) or usage error. See docs/soak.md.
+
+        Examples:
+
+          rtaa soak scenarios/steady.toml
+
+          rtaa soak burst --users 200 --spawn-rate 200 --duration 2m --json out.json --html out.html
+
+          rtaa soak scenarios/steady.toml --target ws://staging:8080/v1/ingest \\
+              --transcripts ws://staging:8080/v1/transcripts --provider-stats http://emu:8765/stats
+
+          rtaa soak steady --processes 4 --users 1000 --duration 1h --junit soak.xml
+
+          rtaa soak steady --master --expect-workers 3 --master-bind 0.0.0.0
+
+          rtaa soak --worker --master-host 10.0.0.5    (on each load host)
+        """
+        if worker:
+            from rtaa_cli.soak.runner import worker_main  # imports Locust (gevent patching): only here
+
+            worker_main(master_host, master_port)
+            return
+        if scenario is None:
+            raise RtaaError("a scenario file is required (e.g. scenarios/steady.toml)")
+        from rtaa_cli.soak.scenario import load_scenario
+        from rtaa_cli.soak.stats import parse_threshold_override
+
+        sc = load_scenario(scenario).with_overrides(users=users, spawn_rate=spawn_rate, duration=duration,
+                                                   processes=processes)
+        overrides = {}
+        for t in threshold:
+            try:
+                name, value = parse_threshold_override(t)
+            except ValueError as exc:
+                raise RtaaError(str(exc)) from None
+            overrides[name] = value
+        if (transcripts or provider_stats or metrics or provider_control) and not target:
+            raise RtaaError("--transcripts/--metrics/--provider-stats/--provider-control need --target")
+        from rtaa_cli.soak import runner  # imports Locust (gevent patching): only when a soak runs
+        from rtaa_cli.soak.summary import print_summary
+
+        tgt = None
+        if target:
+            tgt = runner.Target(url=target, transcripts_url=transcripts, metrics_url=metrics,
+                                provider_stats_url=provider_stats, provider_control_url=provider_control,
+                                exclusive_provider=provider_control is not None, description="--target")
+        opts = runner.SoakOptions(
+            scenario=sc, target=tgt, thresholds=overrides, json_path=json_path, junit_path=junit, html_path=html,
+            live=not quiet, quiet=quiet, headers=_headers(header),
+            expect_workers=(expect_workers if master else (sc.processes if sc.processes > 1 else 0)),
+            spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",
+            master_port=master_port if master else 0,
+        )
+        code, doc = runner.run_soak(opts)
+        print_summary(doc, "soak")
+        raise SystemExit(code)  # click returns (not raises) typer.Exit under standalone_mode=False

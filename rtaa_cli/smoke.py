@@ -1,0 +1,153 @@
+"""``rtaa smoke``: the post-deploy check -- health, one replayed call (helper A's asyncio caller, the
+same one ``rtaa replay`` uses), a final transcript arrived, latency under the limit, no duplicate
+provider connection and no 1011 on either side.
+
+The result document has the soak report's shape (``verdict``, ``thresholds`` rows, ``latency_ms``,
+``duplicates``, ``closes_1011``), so the JUnit writer and the summary table are shared.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from rtaa_cli.caller import CallOptions, CallScript, run_call
+from rtaa_cli.errors import RtaaError
+from rtaa_cli.soak.audioset import call_frames
+from rtaa_cli.soak.calltrack import TranscriptTracker
+from rtaa_cli.soak.stats import Histogram, provider_counts_from_emulator
+
+HEALTH_TIMEOUT_S = 5.0
+
+
+@dataclass
+class SmokeOptions:
+    url: str
+    health_url: str | None = None  # None: derived from url (http://host:port/health); "" = skip
+    transcripts_url: str | None = None  # None: derived (ws://host:port/v1/transcripts); "" = skip
+    provider_stats_url: str | None = None
+    audio: str = "fixtures/audio/call.wav"
+    length_s: float | None = 12.0
+    frame_ms: int = 36
+    sample_rate: int = 8000
+    speed: float = 1.0
+    wait_final_s: float = 10.0
+    max_latency_p95_ms: float = 2000.0
+    call_prefix: str = "rtaa-smoke-"
+
+
+def _base(url: str, scheme: str, path: str) -> str:
+    p = urlsplit(url)
+    return urlunsplit((scheme, p.netloc.rsplit("@", 1)[-1], path, "", ""))
+
+
+def derive_urls(url: str) -> tuple[str, str]:
+    """``ws://h:p/v1/ingest`` -> (``http://h:p/health``, ``ws://h:p/v1/transcripts``)."""
+    p = urlsplit(url)
+    if p.scheme not in ("ws", "wss") or not p.hostname:
+        raise RtaaError(f"--url must be a ws:// or wss:// URL, got {url!r}")
+    http = "https" if p.scheme == "wss" else "http"
+    return _base(url, http, "/health"), _base(url, p.scheme, "/v1/transcripts")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=HEALTH_TIMEOUT_S) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _row(name: str, passed: bool | None, value: Any, limit: Any, kind: str = "max", detail: str = "") -> dict[str, Any]:
+    return {"name": name, "limit": limit, "kind": kind, "value": value, "passed": passed, "detail": detail}
+
+
+def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
+    health_url, feed_url = derive_urls(opts.url)
+    health_url = health_url if opts.health_url is None else opts.health_url
+    feed_url = feed_url if opts.transcripts_url is None else opts.transcripts_url
+    frames = call_frames(opts.audio, opts.sample_rate, opts.frame_ms, opts.length_s)  # RtaaError if unreadable
+    rows: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {"scenario": {"name": "smoke"}, "run": {"target": opts.url, "started": time.time()}}
+
+    # 1. health
+    if health_url:
+        try:
+            status, body = _get(health_url)
+            rows.append(_row("health", status == 200, status, 200, "eq", body[:200].decode("utf-8", "replace")))
+        except OSError as exc:
+            rows.append(_row("health", False, None, 200, "eq", f"{health_url}: {exc}"))
+        doc["health"] = {"url": health_url, "status": rows[-1]["value"]}
+
+    # 2. one call
+    call_sid = f"{opts.call_prefix}{uuid.uuid4().hex[:12]}"
+    script = CallScript(list(frames), CallOptions(call_sid=call_sid, stream_sid="ST" + uuid.uuid4().hex[:24],
+                                                 account_sid="AC_rtaa_smoke", sample_rate=opts.sample_rate,
+                                                 frame_ms=opts.frame_ms, custom_parameters={"rtaa": "smoke"}))
+    per_call_feed = None
+    if feed_url:  # the per-interaction feed (docs/transcript-feed.md), unless a template was given
+        per_call_feed = feed_url if "{call_sid}" in feed_url else feed_url.rstrip("/") + "/{call_sid}"
+    result = asyncio.run(run_call(opts.url, script, speed=opts.speed, transcripts_url=per_call_feed,
+                                  wait_final_s=opts.wait_final_s))
+    tracker = TranscriptTracker(_NoSendLog(), call_sid)
+    for t in result.transcripts:
+        tracker.on_result(t.is_final, t.text, t.audio_end_ms or 0.0, t.received_at, t.latency_ms)
+    code = result.close_code
+    rows.append(_row("call_clean", result.clean, code, "1000/1001", "eq",
+                     "; ".join(result.errors[:3]) or (result.close_reason or "")))
+    rows.append(_row("caller_1011", None if not result.connected else code != 1011,
+                     int(code == 1011), 0, detail=result.close_reason or ""))
+    finals = [t for t in result.transcripts if t.is_final and t.text]
+    if feed_url:
+        rows.append(_row("transcript_received", len(finals) > 0, len(finals), 1, "min",
+                         " ".join(t.text for t in finals)[:200]))
+        h = Histogram()
+        for _, ms in tracker.final:
+            h.add(ms)
+        p95 = h.percentile(95)
+        rows.append(_row("latency_final_p95_ms", None if p95 is None else p95 <= opts.max_latency_p95_ms, p95,
+                         opts.max_latency_p95_ms))
+        fp = Histogram()
+        for _, ms in tracker.first_partial:
+            fp.add(ms)
+        doc["latency_ms"] = {"first_partial": fp.summary(), "final": h.summary()}
+    # 3. provider side (the emulator's accounting for this call)
+    dup = prov_1011 = None
+    if opts.provider_stats_url:
+        try:
+            status, body = _get(opts.provider_stats_url)
+            counts = provider_counts_from_emulator(orjson.loads(body), call_sid)
+            dup, prov_1011 = counts.duplicates, counts.closes_1011
+            doc["provider"] = {"connections": counts.connections, "audio_bytes": counts.audio_bytes}
+        except (OSError, ValueError) as exc:
+            doc["provider_error"] = str(exc)
+    rows.append(_row("duplicates", None if dup is None else dup == 0, dup, 0))
+    rows.append(_row("provider_1011", None if prov_1011 is None else prov_1011 == 0, prov_1011, 0))
+
+    doc.update({
+        "call": {"call_sid": call_sid, "connected": result.connected, "frames_sent": result.frames_sent,
+                 "audio_ms_sent": result.audio_ms_sent, "close": {"code": code, "reason": result.close_reason},
+                 "pacing": result.pacing.as_dict() if result.pacing else None, "errors": result.errors[:20],
+                 "finals": len(finals), "transcript": " ".join(t.text for t in finals)},
+        "duplicates": dup,
+        "closes_1011": {"provider": prov_1011, "caller": int(code == 1011), "rate": None},
+        "thresholds": rows,
+        "invalid_reasons": [],
+    })
+    doc["verdict"] = "fail" if any(r["passed"] is False for r in rows) else "pass"
+    return doc
+
+
+class _NoSendLog:
+    """The caller already computed each transcript's latency with its own SendLog."""
+
+    def latency_ms(self, audio_end_ms: float, received_at: float) -> float | None:  # pragma: no cover
+        return None

@@ -1,0 +1,63 @@
+"""The end-of-run summary table (rich), shared by ``rtaa soak`` and ``rtaa smoke``."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_STYLE = {"pass": "bold green", "fail": "bold red", "invalid": "bold yellow"}
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def print_summary(doc: dict[str, Any], what: str, console: Console | None = None) -> None:
+    console = console or Console()
+    verdict = str(doc.get("verdict"))
+    name = (doc.get("scenario") or {}).get("name", "")
+    t = Table(title=f"rtaa {what} {name}".strip() + f": [{_STYLE.get(verdict, '')}]{verdict.upper()}[/]",
+              show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    calls = doc.get("calls") or {}
+    if calls:
+        t.add_row("calls started / completed / failed",
+                  f"{_f(calls.get('started'))} / {_f(calls.get('completed'))} / {_f(calls.get('failed'))}")
+    t.add_row("duplicate provider connections", _f(doc.get("duplicates")))
+    c = doc.get("closes_1011") or {}
+    t.add_row("1011 closes provider / caller (rate/call)",
+              f"{_f(c.get('provider'))} / {_f(c.get('caller'))} ({_f(c.get('rate'), 3)})")
+    for kind in ("first_partial", "final"):
+        s = (doc.get("latency_ms") or {}).get(kind) or {}
+        t.add_row(f"{kind.replace('_', ' ')} latency p50/p95/p99/max ms",
+                  " / ".join(_f(s.get(k), 0) for k in ("p50", "p95", "p99", "max")))
+    t.add_row("delivery rate", _f(doc.get("delivery_rate"), 3))
+    audio = doc.get("audio") or {}
+    if audio:
+        t.add_row("audio loss (provider bytes vs sent)", _f(audio.get("loss"), 4))
+    late = ((doc.get("pacing") or {}).get("lateness_ms")) or {}
+    if late:
+        t.add_row("pacing lateness p50/p99/max ms", " / ".join(_f(late.get(k), 2) for k in ("p50", "p99", "max")))
+    console.print(t)
+    th = Table(title="thresholds")
+    for col in ("name", "limit", "value", "result"):
+        th.add_column(col)
+    for row in doc.get("thresholds", []):
+        op = {"max": "<=", "min": ">=", "eq": "=="}.get(row.get("kind", "max"), "")
+        res = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not measured[/]"}[row["passed"]]
+        lim = row["limit"]
+        lim = f"{lim:g}" if isinstance(lim, (int, float)) else str(lim)
+        val = row["value"]
+        val = f"{val:.4g}" if isinstance(val, float) else _f(val)
+        th.add_row(row["name"], f"{op} {lim}", val, res)
+    console.print(th)
+    for reason in doc.get("invalid_reasons") or []:
+        console.print(f"[yellow]invalid run:[/] {reason}")
+    for note in (doc.get("run") or {}).get("notes") or []:
+        console.print(f"[dim]note: {note}[/]")

@@ -1,0 +1,373 @@
+"""A blocking virtual Exotel caller for Locust (gevent) and smoke: plays one call and returns a
+:class:`~rtaa_cli.soak.stats.CallRecord`.
+
+Built from the shared pieces: :class:`rtaa_cli.exotel.StreamEncoder` (the one codec),
+:class:`rtaa_cli.pacing.Pacer` + ``wait_sync`` (the one drift-free pacer; ``time.sleep`` is gevent's
+once Locust patched it), :class:`rtaa_cli.latency.SendLog` (the one latency definition) and the
+sans-I/O :class:`~rtaa_cli.soak.calltrack.TranscriptTracker`. websockets' *sync* client works under
+gevent (its reader thread becomes a greenlet). Every socket is closed in ``finally``.
+
+Behaviours (``CallSpec.kind``): ``normal``; ``hold`` (no media for ``hold_s`` at ``hold_at_s``);
+``disconnect`` (TCP drop mid-call without a close frame, then a new stream with the same call_sid
+and a new stream_sid continues the audio); ``second_stream`` (a second stream for the call opens
+while the first is still streaming and carries the rest of the audio; the first should be closed
+by the server); ``bad:<what>`` (one bad input, see ``scenario.BAD_INPUTS``; the expected close codes
+go into the record).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import orjson
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from rtaa_cli.exotel import StreamEncoder, build_media
+from rtaa_cli.latency import SendLog
+from rtaa_cli.pacing import Pacer, wait_sync
+from rtaa_cli.soak.calltrack import TranscriptTracker
+from rtaa_cli.soak.scenario import BAD_INPUTS
+from rtaa_cli.soak.stats import CallRecord
+
+OPEN_TIMEOUT_S = 10.0  # Exotel: the bot must answer within 10 s
+CLOSE_WAIT_S = 5.0  # bounded wait for the server's close after bad input / stop
+
+
+@dataclass
+class CallSpec:
+    url: str
+    call_sid: str
+    frames: Sequence[bytes]
+    frame_ms: int = 36
+    sample_rate: int = 8000
+    kind: str = "normal"
+    transcripts_url: str | None = None  # base of the per-interaction feed (".../v1/transcripts")
+    headers: dict[str, str] = field(default_factory=dict)
+    account_sid: str = "AC_rtaa_soak"
+    hold_at_s: float = 3.0
+    hold_s: float = 15.0
+    disconnect_at_s: float = 3.0
+    reconnect_after_s: float = 0.5
+    second_stream_at_s: float = 3.0
+    wait_final_s: float = 10.0
+    oversize_bytes: int = 2 * 1024 * 1024
+    start_at: float | None = None  # wall time to start sending (burst); None: now
+    speed: float = 1.0
+
+
+def _open(url: str, headers: dict[str, str]) -> ClientConnection:
+    # No compression (Exotel sends none, and deflate would cost the generator CPU), no proxy (a set
+    # HTTP_PROXY must not hijack loopback), no pings (the call's own traffic keeps it alive).
+    # legacy=True: websockets 17's documented way to get the connection directly (its lifetime is
+    # the call's, closed in run_call's finally) instead of a context manager.
+    return connect(url, additional_headers=headers or None, compression=None, proxy=None,
+                   open_timeout=OPEN_TIMEOUT_S, ping_interval=None, close_timeout=CLOSE_WAIT_S,
+                   max_size=4 * 1024 * 1024, legacy=True)
+
+
+def _drain(ws: ClientConnection, closed: threading.Event) -> None:
+    """Read (and ignore) server->caller messages (media/mark/clear) so the connection never stalls."""
+    try:
+        while True:
+            ws.recv()
+    except (ConnectionClosed, OSError, RuntimeError):
+        pass
+    finally:
+        closed.set()
+
+
+class _Stream:
+    """One caller->server WebSocket of the call."""
+
+    def __init__(self, spec: CallSpec, rec: CallRecord) -> None:
+        self.spec = spec
+        self.rec = rec
+        self.stream_sid = "ST" + uuid.uuid4().hex[:24]
+        self.enc = StreamEncoder(self.stream_sid, spec.call_sid, spec.account_sid, spec.sample_rate)
+        self.ws: ClientConnection | None = None
+        self.closed = threading.Event()
+        self.dropped = False
+        self.recorded = False
+
+    def open(self) -> None:
+        self.ws = _open(self.spec.url, self.spec.headers)
+        self.rec.streams += 1
+        threading.Thread(target=_drain, args=(self.ws, self.closed), daemon=True).start()
+
+    def send(self, text: str | bytes) -> None:
+        assert self.ws is not None
+        self.ws.send(text)
+
+    def begin(self, sample_rate: int | None = None) -> None:
+        self.send(self.enc.connected())
+        if sample_rate is not None and sample_rate != self.spec.sample_rate:
+            self.enc.sample_rate = sample_rate
+            self.send(self.enc.start(custom_parameters={"rtaa": "soak"}))
+            self.enc.sample_rate = self.spec.sample_rate
+        else:
+            self.send(self.enc.start(custom_parameters={"rtaa": "soak"}))
+
+    def drop(self) -> None:
+        """Simulate a network drop: the TCP connection ends without a close frame."""
+        self.dropped = True
+        if self.ws is not None:
+            try:
+                self.ws.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.ws.close_socket()
+
+    def wait_closed(self, timeout: float) -> None:
+        self.closed.wait(timeout)
+
+    def close(self) -> None:
+        if self.ws is not None and not self.dropped:
+            try:
+                self.ws.close()
+            except (OSError, WebSocketException, RuntimeError):
+                pass
+        self.record_close()
+
+    def record_close(self) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        if self.dropped:
+            return  # we cut it: no code to judge
+        code = self.ws.close_code if self.ws is not None else None
+        self.rec.closes.append(code)
+        self.rec.close_reasons.append((self.ws.close_reason or "") if self.ws is not None else "")
+
+
+class _Feed:
+    """The call's transcript subscription (opened before ``start`` so nothing is missed)."""
+
+    def __init__(self, base: str, call_sid: str, tracker: TranscriptTracker) -> None:
+        # the per-interaction feed: <base>/<call_sid>, or a template with {call_sid}
+        self.url = base.replace("{call_sid}", call_sid) if "{call_sid}" in base else base.rstrip("/") + "/" + call_sid
+        self.tracker = tracker
+        self.done = threading.Event()
+        self.ws = connect(self.url, compression=None, proxy=None, open_timeout=OPEN_TIMEOUT_S,
+                          ping_interval=None, close_timeout=2.0, legacy=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        loads, on_message, now = orjson.loads, self.tracker.on_message, time.time
+        try:
+            for raw in self.ws:
+                received = now()
+                try:
+                    msg = loads(raw)
+                except orjson.JSONDecodeError:
+                    self.tracker.error("feed sent invalid JSON")
+                    continue
+                if type(msg) is dict:
+                    on_message(msg, received)
+                    if self.tracker.ended:
+                        break
+        except (ConnectionClosed, OSError, RuntimeError):
+            pass
+        finally:
+            self.done.set()
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except (OSError, WebSocketException, RuntimeError):
+            pass
+
+
+def run_call(spec: CallSpec) -> CallRecord:
+    """Play one call as described by ``spec``; never raises for target behaviour (it is recorded)."""
+    rec = CallRecord(call_sid=spec.call_sid, kind=spec.kind, started_at=time.time())
+    if spec.kind.startswith("bad:"):
+        rec.expected_closes = list(BAD_INPUTS[spec.kind[4:]])
+    send_log = SendLog()
+    tracker = TranscriptTracker(send_log, spec.call_sid)
+    feed: _Feed | None = None
+    streams: list[_Stream] = []
+    pacer = Pacer(spec.speed)
+    try:
+        if spec.start_at is not None:
+            delay = spec.start_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            rec.started_at = time.time()
+        if spec.transcripts_url and not spec.kind.startswith("bad:"):
+            try:
+                feed = _Feed(spec.transcripts_url, spec.call_sid, tracker)
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                rec.errors.append(f"transcript feed: {_describe(exc)}")
+                feed = None
+        rec.transcripts_observed = feed is not None
+        stream = _Stream(spec, rec)
+        streams.append(stream)
+        try:
+            stream.open()
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            rec.connected = False
+            rec.failure = f"connect: {_describe(exc)}"
+            return rec
+        if spec.kind.startswith("bad:"):
+            _play_bad(spec, stream, pacer, rec)
+        else:
+            _play(spec, streams, pacer, send_log, rec)
+            if feed is not None and rec.failure is None:
+                feed.done.wait(spec.wait_final_s)  # bounded wait for call_ended / final results
+        return rec
+    except (OSError, WebSocketException, TimeoutError) as exc:
+        if rec.failure is None:
+            rec.failure = f"transport: {_describe(exc)}"
+        return rec
+    finally:
+        for s in streams:
+            s.close()
+        if feed is not None:
+            feed.close()
+        rec.ended_at = time.time()
+        rec.first_partial = tracker.first_partial
+        rec.final = tracker.final
+        rec.final_audio_end_ms = tracker.final_audio_end_ms
+        rec.results = tracker.results
+        rec.errors.extend(tracker.errors)
+        rec.lateness = pacer.lateness
+        rec.drift_ms = pacer.drift_s * 1000.0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        return f"closed {rcvd.code} {rcvd.reason}" if rcvd else "connection lost (no close frame)"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:160]
+
+
+def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLog, rec: CallRecord) -> None:
+    frame_s = spec.frame_ms / 1000.0
+    frames = spec.frames
+    n = len(frames)
+    hold_k = round(spec.hold_at_s / frame_s) if spec.kind == "hold" else n + 1
+    switch_k = -1
+    if spec.kind == "disconnect":
+        switch_k = min(max(1, round(spec.disconnect_at_s / frame_s)), n - 1)
+    elif spec.kind == "second_stream":
+        switch_k = min(max(1, round(spec.second_stream_at_s / frame_s)), n - 1)
+    stream = streams[0]
+    stream.begin()
+    pacer.start()
+    gap = 0.0  # schedule shift from holds / reconnect pauses (the schedule keeps its origin)
+    audio_ms = 0.0
+    ms_per_byte = 1000.0 / (spec.sample_rate * 2)
+    now = time.time
+    for k in range(n):
+        if k == hold_k:
+            gap += spec.hold_s
+        if k == switch_k:
+            if spec.kind == "disconnect":
+                stream.drop()
+                gap += spec.reconnect_after_s
+                wait_sync(pacer, k * frame_s + gap, time.sleep)
+            new = _Stream(spec, rec)
+            streams.append(new)
+            new.open()
+            new.begin()
+            stream = new
+            # A new stream starts streaming when its socket is open (as Exotel does): the handshake
+            # time shifts the schedule instead of counting as generator lateness.
+            if pacer.speed > 0:
+                gap = max(gap, (pacer.clock() - pacer.t0) * pacer.speed - k * frame_s)
+        pcm = frames[k]
+        text = stream.enc.media(pcm)  # encode before the wait: off the timing-critical path
+        offset = k * frame_s + gap
+        # time.sleep looked up per call: it is gevent's once Locust patched (pacing.wait_sync's
+        # default argument was bound at import, possibly before the patch)
+        wait_sync(pacer, offset, time.sleep)
+        pacer.sent(offset)
+        try:
+            stream.send(text)
+        except ConnectionClosed:
+            stream.record_close()
+            rec.failure = f"closed by server mid-call: {_close_text(stream)}"
+            return
+        audio_ms += len(pcm) * ms_per_byte
+        send_log.record(audio_ms, now())
+        rec.frames_sent += 1
+        rec.audio_bytes_sent += len(pcm)
+    rec.audio_ms_sent = audio_ms
+    try:
+        stream.send(stream.enc.stop("callended"))
+    except ConnectionClosed:
+        stream.record_close()
+        rec.failure = f"closed by server before stop: {_close_text(stream)}"
+        return
+    if spec.kind == "second_stream" and len(streams) > 1:
+        old = streams[0]
+        old.wait_closed(CLOSE_WAIT_S)
+        if not old.closed.is_set():
+            rec.errors.append("older stream was not closed by the server after the second stream started")
+
+
+def _close_text(stream: _Stream) -> str:
+    ws = stream.ws
+    if ws is None or ws.close_code is None:
+        return "no close frame"
+    return f"{ws.close_code} {ws.close_reason or ''}".strip()
+
+
+def _play_bad(spec: CallSpec, stream: _Stream, pacer: Pacer, rec: CallRecord) -> None:
+    """Send one bad input, then wait (bounded) for the server's close; the close code is judged by
+    the stats against ``BAD_INPUTS``."""
+    what = spec.kind[4:]
+    enc = stream.enc
+    frames = spec.frames
+    good = [frames[i % len(frames)] for i in range(5)]
+    try:
+        if what == "media_before_start":
+            stream.send(enc.connected())
+            stream.send(enc.media(good[0]))
+        elif what == "wrong_sample_rate":
+            stream.begin(sample_rate=11025)  # not an Exotel rate
+            stream.send(enc.media(good[0]))
+        else:
+            stream.begin()
+            for pcm in good:
+                stream.send(enc.media(pcm))
+            if what == "malformed_json":
+                stream.send('{"event": "media", "stream_sid": ')
+            elif what == "bad_base64":
+                msg = orjson.loads(build_media(enc.stream_sid, enc.sequence_number + 1, enc.chunk + 1, 0, good[0]))
+                msg["media"]["payload"] = "!!not*base64!!"
+                stream.send(orjson.dumps(msg).decode())
+            elif what == "oversize":
+                payload = base64.b64encode(os.urandom(spec.oversize_bytes * 3 // 4)).decode()
+                msg = orjson.loads(build_media(enc.stream_sid, enc.sequence_number + 1, enc.chunk + 1, 0, b""))
+                msg["media"]["payload"] = payload
+                stream.send(orjson.dumps(msg).decode())
+            elif what == "frames_after_stop":
+                stream.send(enc.stop("stopped"))
+                for pcm in good[:3]:
+                    stream.send(enc.media(pcm))
+            else:
+                raise ValueError(f"unknown bad input {what!r}")
+    except (ConnectionClosed, OSError):
+        pass  # the server may close while we are still sending the bad bytes: judged by the close code
+    stream.wait_closed(CLOSE_WAIT_S)
+    if stream.closed.is_set():
+        stream.record_close()
+    else:  # the server kept the socket open: recorded as "no close" (None), judged by BAD_INPUTS
+        stream.recorded = True
+        rec.closes.append(None)
+        rec.close_reasons.append(f"server did not close within {CLOSE_WAIT_S:g} s")
+
+
+def new_call_sid(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:16]}"

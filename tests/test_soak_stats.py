@@ -1,0 +1,224 @@
+"""Unit tests of the sans-I/O soak core: histograms, per-call tracking, thresholds, verdict.
+
+Expected values are computed by hand or by a straightforward independent formula in the test.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from rtaa_cli.latency import SendLog
+from rtaa_cli.pacing import LatenessHistogram
+from rtaa_cli.soak.calltrack import TranscriptTracker
+from rtaa_cli.soak.stats import (
+    CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold, apply_overrides,
+    default_thresholds, parse_threshold_override, provider_counts_from_emulator, provider_counts_from_metrics,
+)
+
+
+def nearest_rank(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[max(1, math.ceil(p / 100 * len(s))) - 1]
+
+
+# ----------------------------------------------------------------------------------- histogram
+
+def test_percentiles_of_1_to_100_are_nearest_rank() -> None:
+    h = Histogram()
+    h.extend(range(100, 0, -1))  # order must not matter
+    assert [h.percentile(p) for p in (50, 90, 95, 99)] == [50, 90, 95, 99]
+    assert h.max == 100 and h.min == 1 and h.n == 100
+    assert h.summary() == {"count": 100, "p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}
+
+
+def test_percentiles_match_independent_nearest_rank_at_ms_precision() -> None:
+    rng = random.Random(7)
+    values = [rng.uniform(0, 3000) for _ in range(5000)]
+    h = Histogram()
+    h.extend(values)
+    rounded = [math.floor(v + 0.5) for v in values]  # ms precision, half up
+    for p in (50, 90, 95, 99):
+        assert h.percentile(p) == nearest_rank(rounded, p)
+    assert h.max == max(values)  # exact, not rounded
+
+
+def test_small_and_empty_histograms() -> None:
+    assert Histogram().percentile(50) is None
+    h = Histogram()
+    h.add(403.755)
+    assert h.percentile(99) == pytest.approx(403.755)  # clamped to the exact max, never above it
+    h2 = Histogram()
+    h2.extend([10, 20])
+    assert h2.percentile(50) == 10 and h2.percentile(51) == 20
+
+
+def test_merge_equals_one_histogram_of_everything_and_roundtrips_json() -> None:
+    a, b, both = Histogram(), Histogram(), Histogram()
+    a.extend([5, 7, 1000])
+    b.extend([1, 2, 3, 4000])
+    both.extend([5, 7, 1000, 1, 2, 3, 4000])
+    a.merge(b)
+    assert a.counts == both.counts and a.n == both.n and a.max == both.max and a.min == both.min
+    back = Histogram.from_dict(a.to_dict())
+    assert back.summary() == both.summary()
+
+
+def test_values_above_the_cap_are_bounded_but_counted() -> None:
+    h = Histogram(cap_ms=1000)
+    h.extend([10, 5000, 7000])
+    assert h.n == 3 and h.clipped == 2 and len(h.counts) == 2 and h.max == 7000
+    assert h.percentile(99) == 1000
+
+
+# ---------------------------------------------------------------------------- transcript tracker
+
+def _send_log(frames: int, frame_ms: float = 100.0, t0: float = 1000.0) -> SendLog:
+    log = SendLog()
+    for k in range(1, frames + 1):
+        log.record(k * frame_ms, t0 + k * frame_ms / 1000.0)  # frame k's end sent at t0 + k*0.1 s
+    return log
+
+
+def test_tracker_first_partial_per_utterance_finals_and_coverage() -> None:
+    tr = TranscriptTracker(_send_log(30), "CA1")
+    t = lambda final, text, end, at: tr.on_message(  # noqa: E731
+        {"type": "transcript", "interaction_id": "CA1", "is_final": final, "text": text, "audio_end_ms": end}, at)
+    t(False, "", 500, 1000.9)  # empty interim in silence: not a first partial
+    t(False, "hello", 1000, 1001.25)  # first partial of utterance 1: frame 10 sent at 1001.0 -> 250 ms
+    t(False, "hello there", 1500, 1001.9)  # second partial of the same utterance: not counted
+    t(True, "hello there", 1800, 1002.1)  # final: frame 18 sent at 1001.8 -> 300 ms
+    t(False, "next", 2500, 1002.6)  # utterance 2 starts: frame 25 at 1002.5 -> 100 ms
+    t(True, "", 3000, 1003.05)  # empty final (endpoint in silence): coverage only
+    tr.on_message({"type": "transcript", "interaction_id": "OTHER", "is_final": True, "text": "x",
+                   "audio_end_ms": 3000}, 1003.1)  # another call's message: ignored
+    tr.on_message({"type": "call_ended", "interaction_id": "CA1"}, 1003.2)
+    assert [round(ms, 6) for _, ms in tr.first_partial] == [250.0, 100.0]
+    assert [round(ms, 6) for _, ms in tr.final] == [300.0]
+    assert tr.final_audio_end_ms == 3000 and tr.results == 6 and tr.ended
+    t(True, "late", 9999, 1004.0)  # covers audio never sent: an error, not a sample
+    assert tr.errors and len(tr.final) == 1
+
+
+# --------------------------------------------------------------------------------- thresholds
+
+def test_threshold_checks_and_overrides() -> None:
+    assert Threshold("duplicates", 0, "max").check(0) is True
+    assert Threshold("duplicates", 0, "max").check(1) is False
+    assert Threshold("delivery_rate", 0.8, "min").check(0.79) is False
+    assert Threshold("delivery_rate", 0.8, "min").check(None) is None
+    assert parse_threshold_override("delivery_rate=80%") == ("delivery_rate", 0.8)
+    assert parse_threshold_override("latency_final_p95_ms=1500") == ("latency_final_p95_ms", 1500.0)
+    assert parse_threshold_override("duplicates=off") == ("duplicates", None)
+    with pytest.raises(ValueError, match="bad threshold"):
+        parse_threshold_override("nonsense=1")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_threshold_override("duplicates=many")
+    th = apply_overrides(default_thresholds(), {"closes_1011_rate": None, "caller_1011_rate": 0.0})
+    assert "closes_1011_rate" not in th and th["caller_1011_rate"] == Threshold("caller_1011_rate", 0.0, "max")
+    # the defaults are the seeds' rollback triggers
+    d = default_thresholds()
+    assert (d["duplicates"].limit, d["closes_1011_rate"].limit, d["latency_final_p95_ms"].limit,
+            d["delivery_rate"].limit) == (0, 0.05, 2000, 0.8)
+
+
+# ------------------------------------------------------------------------------- aggregation
+
+def _lateness(values: list[float]) -> LatenessHistogram:
+    h = LatenessHistogram()
+    for v in values:
+        h.add(v)
+    return h
+
+
+def _records() -> list[CallRecord]:
+    ok = CallRecord("rtaaX-1", "normal", 0.0, 10.0, closes=[1000], frames_sent=100, audio_bytes_sent=57600,
+                    audio_ms_sent=3600.0, final_audio_end_ms=3600.0, first_partial=[(1.0, 50.0)],
+                    final=[(2.0, 100.0), (3.0, 200.0)], lateness=_lateness([1.0] * 100))
+    cut = CallRecord("rtaaX-2", "normal", 1.0, 11.0, closes=[1011], frames_sent=50, audio_bytes_sent=28800,
+                     audio_ms_sent=6000.0, final_audio_end_ms=2000.0, final=[(4.0, 300.0)],
+                     failure="closed by server mid-call: 1011 boom", lateness=_lateness([2.0] * 50))
+    bad_ok = CallRecord("rtaaX-3", "bad:malformed_json", 2.0, 3.0, closes=[1007], expected_closes=[1007])
+    bad_wrong = CallRecord("rtaaX-4", "bad:oversize", 2.0, 3.0, closes=[1011], expected_closes=[1009])
+    return [ok, cut, bad_ok, bad_wrong]
+
+
+def _stats(records: list[CallRecord], provider: ProviderCounts | None) -> SoakStats:
+    s = SoakStats(t0=0.0, duration_s=60.0)
+    for r in records:
+        s.call_started()
+        s.add(CallRecord.from_dict(r.to_dict()))  # through the worker->master wire format
+    s.set_provider(provider)
+    return s
+
+
+def test_summary_values_and_failing_thresholds() -> None:
+    s = _stats(_records(), ProviderCounts(connections=3, duplicates=2, closes_1011=1, audio_bytes=80640))
+    doc = s.summary(default_thresholds(), PacingLimits(25.0))
+    assert doc["calls"]["started"] == 4 and doc["calls"]["failed"] == 2 and doc["calls"]["completed"] == 2
+    assert doc["duplicates"] == 2
+    assert doc["closes_1011"] == {"provider": 1, "caller": 1, "rate": 0.5}  # (1 + 1) / 4 calls
+    assert doc["delivery_rate"] == 0.5  # 1 of the 2 normal calls covered its audio
+    assert doc["audio"]["loss"] == pytest.approx(1 - 80640 / 86400)
+    assert doc["latency_ms"]["final"]["p50"] == 200 and doc["latency_ms"]["final"]["max"] == 300
+    assert doc["latency_ms"]["first_partial"]["count"] == 1
+    assert doc["calls"]["bad_input_unexpected"] == 1  # oversize answered 1011 instead of 1009
+    failed = {r["name"] for r in doc["thresholds"] if r["passed"] is False}
+    assert failed == {"duplicates", "closes_1011_rate", "delivery_rate", "audio_loss", "bad_input_unexpected"}
+    assert doc["verdict"] == "fail"
+    assert doc["pacing"]["lateness_ms"]["count"] == 150
+
+
+def test_pass_when_every_threshold_holds_and_unknowns_are_not_failures() -> None:
+    s = _stats(_records()[:1], None)  # no provider stats: duplicates / audio loss not measurable
+    doc = s.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert rows["duplicates"]["passed"] is None and rows["audio_loss"]["passed"] is None
+    assert rows["delivery_rate"]["passed"] is True and rows["latency_final_p95_ms"]["value"] == 200
+    assert doc["verdict"] == "pass"
+
+
+def test_generator_lateness_makes_the_run_invalid_not_passed_or_failed() -> None:
+    slow = _records()[0]
+    slow.lateness = _lateness([30.0] * 100)  # the generator was 30 ms late on every frame
+    s = _stats([slow], ProviderCounts(duplicates=5))  # a breach too: invalid still wins
+    doc = s.summary(default_thresholds(), PacingLimits(25.0))
+    assert doc["verdict"] == "invalid" and "lateness p99" in doc["invalid_reasons"][0]
+    s2 = _stats([_records()[0]], None)
+    s2.generator_cpu_warning = True
+    assert s2.summary(default_thresholds(), PacingLimits(25.0))["verdict"] == "invalid"
+    assert SoakStats().summary(default_thresholds(), PacingLimits())["verdict"] == "invalid"  # nothing measured
+
+
+def test_provider_counts_only_this_runs_interactions() -> None:
+    doc = {"interactions": {"rtaaA-1": {"connections": 2, "duplicates": 1}, "other-1": {"connections": 5, "duplicates": 4}},
+           "connections": [{"interaction": "rtaaA-1", "close_code": 1011, "audio_bytes": 100},
+                           {"interaction": "rtaaA-1", "close_code": 1000, "audio_bytes": 50},
+                           {"interaction": "other-1", "close_code": 1011, "audio_bytes": 999}]}
+    c = provider_counts_from_emulator(doc, "rtaaA-")
+    assert (c.connections, c.duplicates, c.closes_1011, c.audio_bytes) == (2, 1, 1, 150)
+
+
+def test_timeline_active_calls_and_latency_buckets() -> None:
+    s = SoakStats(t0=100.0, duration_s=10.0)  # 1 s buckets
+    s.add(CallRecord("a", started_at=100.2, ended_at=103.5, final=[(101.5, 120.0)]))
+    s.add(CallRecord("b", started_at=101.1, ended_at=102.2, failure="x", final=[(101.7, 80.0)]))
+    tl = s.timeline.series()
+    assert tl["bucket_s"] == 1 and tl["started"] == [1, 1, 0, 0] and tl["ended"] == [0, 0, 1, 1]
+    assert tl["active"] == [1, 2, 2, 1] and tl["failed"] == [0, 0, 1, 0]
+    assert tl["final_p50"][1] == 80 and tl["final_max"][1] == 120 and tl["final_p50"][0] is None
+
+
+def test_provider_counts_from_target_metrics_use_the_increase_over_the_run() -> None:
+    before = ('# TYPE rtaa_provider_closes counter\nrtaa_provider_closes_total{code="1011"} 2.0\n'
+              'rtaa_provider_closes_total{code="1000"} 7.0\n'
+              '# TYPE rtaa_provider_connections_opened counter\nrtaa_provider_connections_opened_total 10.0\n')
+    after = before.replace(" 2.0", " 5.0").replace("total 10.0", "total 14.0")
+    c = provider_counts_from_metrics(before, after)
+    assert (c.closes_1011, c.connections, c.duplicates, c.audio_bytes) == (3, 4, None, None)  # no duplicates metric
+    with_dup = after + "# TYPE rtaa_provider_duplicate_connections counter\nrtaa_provider_duplicate_connections_total 1.0\n"
+    assert provider_counts_from_metrics(before, with_dup).duplicates == 1
+    s = _stats(_records()[:1], c)
+    rows = {r["name"]: r for r in s.summary(default_thresholds(), PacingLimits())["thresholds"]}
+    assert rows["duplicates"]["passed"] is None and rows["closes_1011_rate"]["value"] == 3.0

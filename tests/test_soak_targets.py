@@ -1,0 +1,274 @@
+"""End-to-end soaks through the real CLI (``rtaa soak`` subprocesses: Locust monkey-patches the process
+it runs in, so never inside pytest), against real servers on 127.0.0.1 and the real emulator.
+
+* the real local pipeline (``rtaa serve`` + emulator, started and stopped by the soak, with Locust's
+  master + 2 workers) passes;
+* a correct reference ingest passes, and with a known injected provider latency (400 ms, no
+  jitter) the reported percentiles match it within a few ms (the ground truth);
+* each deliberately broken ingest (tests/test_soak_support.py) is caught by the threshold that
+  names its failure, and by nothing else.
+
+The soaks run concurrently (each is a few light callers) to keep the suite short.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from test_soak_support import Flaws, readline, readline_matching
+
+SUPPORT = str(Path(__file__).with_name("test_soak_support.py"))
+
+RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
+SOAK_TIMEOUT_S = 150  # safety net only: each soak is ~15 s
+
+SCENARIO = """
+name = "{name}"
+[load]
+users = {users}
+spawn_rate = {users}
+duration = "4s"
+[mix]
+{mix}
+[call]
+audio = "synthetic"
+length = "5s"
+pause = "0.3s"
+wait_final = "4s"
+[faults]
+handshake_delay_ms = [150, 300]
+result_latency_ms = {latency}
+result_jitter_ms = {jitter}
+# The generator shares two busy CI cores with the rest of the suite: these tests are about what the
+# soak detects in the target, so only a grossly late generator may invalidate them (the invalid
+# rule itself is unit-tested).
+[pacing]
+max_lateness_p99_ms = 150
+"""
+
+
+@dataclass
+class Case:
+    flaws: Flaws
+    idle_timeout_s: float = 10.0
+    latency: float = 150.0
+    jitter: float = 100.0
+    users: int = 3
+    mix: str = "normal = 1"
+
+
+BAD_MIX = "normal = 1\nbad_input = 2"  # bad inputs go round-robin: 6 users cover all six kinds
+
+
+CASES = {
+    "reference": Case(Flaws(), latency=400.0, jitter=0.0),
+    "race": Case(Flaws(race=True)),
+    "hold": Case(Flaws(hold=True), idle_timeout_s=1.5),
+    "no_finalize": Case(Flaws(no_finalize=True)),
+    "drop_frames": Case(Flaws(drop_every=8)),
+    "bad_input": Case(Flaws(), users=9, mix=BAD_MIX),
+    "bad_1011": Case(Flaws(bad_1011=True), users=9, mix=BAD_MIX),
+}
+# the one threshold family each broken target must breach -- and nothing else may
+EXPECTED_FAILURES = {
+    "reference": set(),
+    "race": {"duplicates"},
+    "hold": {"closes_1011_rate", "latency_final_p95_ms"},
+    "no_finalize": {"delivery_rate"},
+    "drop_frames": {"audio_loss"},
+    "bad_input": set(),
+    "bad_1011": {"bad_input_unexpected"},
+}
+
+
+def _wait(proc: subprocess.Popen, what: str) -> tuple[int, str]:
+    try:
+        out, err = proc.communicate(timeout=SOAK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{what}: rtaa soak did not finish within {SOAK_TIMEOUT_S} s\n{err[-2000:]}")
+    return proc.returncode, out + err
+
+
+@pytest.fixture(scope="module")
+def soaks(tmp_path_factory) -> dict[str, dict]:
+    """Run every soak of this module concurrently; returns name -> {code, doc, output, paths}."""
+    tmp = tmp_path_factory.mktemp("soaks")
+    results: dict[str, dict] = {}
+    started = []
+    servers: list[subprocess.Popen] = []
+    try:
+        for name, case in CASES.items():
+            server = subprocess.Popen([sys.executable, SUPPORT, orjson.dumps(asdict(case.flaws)).decode(),
+                                       str(case.idle_timeout_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            servers.append(server)
+            line = readline(server, 30.0)  # the target announces its URLs once it listens
+            assert line, f"{name}: test target did not start"
+            urls = orjson.loads(line)
+            target, emu_http = urls["target"], urls["emulator_http"]
+            toml = tmp / f"{name}.toml"
+            toml.write_text(SCENARIO.format(name=name, latency=case.latency, jitter=case.jitter, users=case.users,
+                                            mix=case.mix))
+            out = tmp / f"{name}.json"
+            cmd = [*RTAA, "soak", str(toml), "--quiet", "--json", str(out),
+                   "--target", f"ws://{target}/v1/ingest", "--transcripts", f"ws://{target}/v1/transcripts",
+                   "--provider-stats", f"{emu_http}/stats", "--provider-control", f"{emu_http}/control/faults"]
+            started.append((name, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        # the documented cross-host commands, on one host: `--master` waits for a `--worker` process
+        server = subprocess.Popen([sys.executable, SUPPORT, "{}", "10"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        servers.append(server)
+        line = readline(server, 30.0)
+        assert line, "distributed: test target did not start"
+        urls = orjson.loads(line)
+        toml = tmp / "distributed.toml"
+        toml.write_text(SCENARIO.format(name="distributed", latency=150, jitter=100, users=4, mix="normal = 1"))
+        master = subprocess.Popen(
+            [*RTAA, "soak", str(toml), "--quiet", "--json", str(tmp / "distributed.json"), "--master",
+             "--expect-workers", "1", "--master-port", "0", "--target", f"ws://{urls['target']}/v1/ingest",
+             "--transcripts", f"ws://{urls['target']}/v1/transcripts", "--provider-stats", f"{urls['emulator_http']}/stats"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(("distributed", tmp / "distributed.json", master))
+        waiting = readline_matching(master, "waiting for 1 worker(s) on ", 60.0)
+        assert waiting, "distributed: the master did not announce its port"
+        port = waiting.rsplit(":", 1)[1].strip()
+        worker = subprocess.Popen([*RTAA, "soak", "--worker", "--master-host", "127.0.0.1", "--master-port", port],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers.append(worker)
+        # the real pipeline, started by the soak itself, with Locust master + 2 worker processes
+        toml = tmp / "pipeline.toml"
+        # every caller behaviour at once: plain calls, TCP drop + reconnect, a second stream, bad input
+        toml.write_text(SCENARIO.format(name="pipeline", latency=150, jitter=100, users=8,
+                                        mix="normal = 1\ndisconnect = 1\nsecond_stream = 1\nbad_input = 1"))
+        paths = {k: tmp / f"pipeline.{k}" for k in ("json", "xml", "html")}
+        cmd = [*RTAA, "soak", str(toml), "--quiet", "--processes", "2", "--json", str(paths["json"]),
+               "--junit", str(paths["xml"]), "--html", str(paths["html"])]
+        started.append(("pipeline", paths["json"], subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        for name, out, proc in started:
+            code, output = _wait(proc, name)
+            doc = orjson.loads(out.read_bytes()) if out.exists() else None
+            results[name] = {"code": code, "doc": doc, "output": output, "dir": tmp}
+    finally:
+        for _, _, proc in started:
+            if proc.poll() is None:
+                proc.kill()
+        for server in servers:  # EOF on stdin stops a target; kill is the bounded fallback
+            if server.stdin is not None:
+                server.stdin.close()
+            else:
+                server.terminate()  # the Locust worker (its master has quit already)
+        for server in servers:
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return results
+
+
+def _failed(doc: dict) -> set[str]:
+    return {row["name"] for row in doc["thresholds"] if row["passed"] is False}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_target_is_caught_by_its_threshold_and_nothing_else(soaks, name) -> None:
+    r = soaks[name]
+    assert r["doc"] is not None, f"no JSON report; output:\n{r['output'][-3000:]}"
+    doc = r["doc"]
+    assert doc["verdict"] != "invalid", f"invalid run: {doc['invalid_reasons']}"
+    assert doc["calls"]["finished"] >= 3 and doc["calls"]["unfinished"] == 0
+    assert _failed(doc) == EXPECTED_FAILURES[name], (
+        f"{name}: failing thresholds {_failed(doc)}; expected {EXPECTED_FAILURES[name]}\n"
+        f"{orjson.dumps(doc['thresholds']).decode()}")
+    assert r["code"] == (0 if not EXPECTED_FAILURES[name] else 1), r["output"][-2000:]
+    assert doc["verdict"] == ("pass" if not EXPECTED_FAILURES[name] else "fail")
+
+
+def test_reported_latency_matches_the_injected_provider_latency(soaks) -> None:
+    """Ground truth: the emulator holds every result exactly 400 ms after the audio it covers
+    arrived; the caller-side latency adds only loopback hops through the ingest (3-4 ms on an idle
+    machine: p50 403-404 ms measured). The lower bound is exact -- no result may beat the injected
+    latency; the upper bound leaves room for the scheduling delays of a loaded 2-core CI machine."""
+    lat = soaks["reference"]["doc"]["latency_ms"]
+    for kind in ("first_partial", "final"):
+        s = lat[kind]
+        assert s["count"] >= 6, lat
+        assert 400 <= s["p50"] <= 450, f"{kind} p50 {s['p50']} ms for 400 ms injected"
+        assert 400 <= s["p95"] <= 500, f"{kind} p95 {s['p95']} ms for 400 ms injected"
+
+
+def test_the_broken_targets_show_the_seeds_symptoms(soaks) -> None:
+    race, hold = soaks["race"]["doc"], soaks["hold"]["doc"]
+    assert race["duplicates"] >= race["calls"]["started"]  # several extra provider sockets per call
+    assert hold["closes_1011"]["provider"] >= hold["calls"]["started"]  # every call's provider timed out
+    assert hold["latency_ms"]["final"]["max"] > 2000  # held audio transcribed only at the end
+    assert soaks["no_finalize"]["doc"]["delivery_rate"] == 0.0
+    assert soaks["drop_frames"]["doc"]["audio"]["loss"] == pytest.approx(1 / 8, abs=0.03)
+
+
+def test_master_and_worker_processes_aggregate_at_the_master(soaks) -> None:
+    """`rtaa soak --master` + `rtaa soak --worker` (the cross-host commands, here on one host)."""
+    r = soaks["distributed"]
+    doc = r["doc"]
+    assert doc is not None, r["output"][-3000:]
+    assert r["code"] == 0 and doc["verdict"] == "pass", (doc["thresholds"], doc["invalid_reasons"])
+    assert doc["calls"]["finished"] >= 4 and doc["calls"]["unfinished"] == 0  # every call reported to the master
+    assert doc["latency_ms"]["final"]["count"] > 0 and doc["duplicates"] == 0
+
+
+def test_bad_input_gets_the_right_close_codes_and_spares_the_other_calls(soaks) -> None:
+    good, broken = soaks["bad_input"]["doc"], soaks["bad_1011"]["doc"]
+    kinds = {k for k in good["calls"]["by_kind"] if k.startswith("bad:")}
+    assert kinds == {f"bad:{k}" for k in ("malformed_json", "bad_base64", "oversize", "wrong_sample_rate",
+                                           "media_before_start", "frames_after_stop")}
+    closes = good["caller_closes"]
+    assert {"1007", "1008", "1009"} <= set(closes) and "1011" not in closes
+    assert good["calls"]["by_kind"]["normal"]["failed"] == 0 and good["delivery_rate"] == 1.0
+    # the broken target's 1011s are blamed on it, and the well-behaved calls still pass
+    assert broken["calls"]["bad_input_unexpected"] >= 3
+    assert broken["calls"]["by_kind"]["normal"]["failed"] == 0 and broken["closes_1011"]["caller"] == 0
+
+
+def test_local_pipeline_soak_passes_with_locust_workers_and_writes_reports(soaks) -> None:
+    r = soaks["pipeline"]
+    doc = r["doc"]
+    assert doc is not None, r["output"][-3000:]
+    assert r["code"] == 0 and doc["verdict"] == "pass", (r["output"][-3000:], doc["thresholds"], doc["invalid_reasons"])
+    assert doc["run"]["processes"] == 2 and doc["run"]["description"] == "local rtaa serve + emulator"
+    assert doc["calls"]["completed"] >= 8 and doc["duplicates"] == 0 and doc["delivery_rate"] == 1.0
+    assert doc["audio"]["loss"] == 0.0 and doc["latency_ms"]["final"]["count"] > 0
+    kinds = doc["calls"]["by_kind"]
+    assert {"normal", "disconnect", "second_stream"} <= set(kinds) and any(k.startswith("bad:") for k in kinds)
+    assert doc["calls"]["bad_input_unexpected"] == 0
+    suite = ET.parse(r["dir"] / "pipeline.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0" and len(suite.findall("testcase")) == len(doc["thresholds"]) + 1
+    page = (r["dir"] / "pipeline.html").read_text()
+    assert "PASS" in page and "<svg" in page and "<script" not in page
+
+
+USAGE_ERRORS = [
+    (["soak", "/nonexistent/x.toml"], "scenario file not found"),
+    (["soak", "steady", "--threshold", "bogus=1"], "bad threshold"),
+    (["soak", "steady", "--duration", "soon"], "--duration"),
+    (["soak", "steady", "--target", "ws://127.0.0.1:9/v1/ingest", "--quiet"], "unreachable"),
+    (["soak", "steady", "--transcripts", "ws://x/v1/transcripts"], "need --target"),
+]
+
+
+def test_usage_errors_exit_2_with_one_line() -> None:
+    root = Path(__file__).parents[1]
+    procs = [(args, message, subprocess.Popen([*RTAA, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              text=True, cwd=root)) for args, message in USAGE_ERRORS]
+    for args, message, proc in procs:
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{args}: no answer within 60 s")
+        assert proc.returncode == 2, (args, err)
+        assert message in err and "Traceback" not in err, (args, err)
