@@ -21,10 +21,11 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
 RTAA = str(Path(sys.executable).with_name("rtaa"))
 
 
-def rtaa(*args: str) -> subprocess.CompletedProcess[str]:
+def rtaa(*args: str, env_drop: tuple[str, ...] = (), timeout: float = 90) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    env.pop("RTAA_DEBUG", None)
-    return subprocess.run([RTAA, *args], capture_output=True, text=True, timeout=60, env=env)
+    for name in ("RTAA_DEBUG", *env_drop):
+        env.pop(name, None)
+    return subprocess.run([RTAA, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:

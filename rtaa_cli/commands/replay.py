@@ -9,18 +9,28 @@ from typing import Any, Optional
 
 import orjson
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_bytes, load_audio
 from rtaa_cli.caller import CallOptions, CallResult, CallScript, Transcript, latency_summary, redact_url, run_call
 from rtaa_cli.closecodes import describe
-from rtaa_cli.embedded import embedded_pipeline
+from rtaa_cli.embedded import PROVIDERS, EmbeddedTarget, embedded_pipeline
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.exotel import SAMPLE_RATES
+from rtaa_cli.wer import wer
 
-PROVIDERS = ("fake", "sphinx", "deepgram")
+PROVIDER_NOTES = {
+    "fake": "Deepgram emulator with pocketsphinx, through deepgram-sdk",
+    "sphinx": "pocketsphinx in the pipeline, finals only",
+    "deepgram": "Deepgram, DEEPGRAM_API_KEY",
+}
+WAIT_FINAL_S = 10.0
+EMBEDDED_WAIT_FINAL_S = 30.0  # ends at call_ended; offline decoding on a busy 2-core machine trails by 5-15 s
+LOG_TAIL_LINES = 20  # of the embedded pipeline's stderr, shown when the replay failed
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".opus"})
 _STDOUT = "-"
@@ -107,18 +117,22 @@ def register(app: typer.Typer) -> None:
         hold: list[str] = typer.Option([], "--hold", metavar="SECONDS@OFFSET", help="Pause media for SECONDS at audio OFFSET (repeatable)."),
         speed: float = typer.Option(1.0, "--speed", help="Pacing: 1.0 = real time, 2 = twice as fast, 0 = as fast as possible."),
         transcripts: Optional[str] = typer.Option(None, "--transcripts", metavar="URL", help="Transcript feed to subscribe to (ws://host:port, or a full feed URL)."),
-        wait_final: float = typer.Option(10.0, "--wait-final", metavar="SECONDS", help="After stop, wait this long at most for the call's final transcripts."),
+        wait_final: Optional[float] = typer.Option(None, "--wait-final", metavar="SECONDS", help="After stop, wait this long at most for the call's final transcripts (default 10; 30 for the embedded pipeline, whose pocketsphinx can trail real time)."),
         json_out: Optional[str] = typer.Option(None, "--json", metavar="[FILE]", help="Write the result as JSON to FILE, or to stdout (then stdout has JSON only)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, transcript lines or summary."),
-        provider: str = typer.Option("sphinx", "--provider", help="Embedded pipeline's provider when no --url: fake, sphinx or deepgram."),
+        provider: str = typer.Option("fake", "--provider", help="Embedded pipeline's provider when no --url: fake (offline Deepgram emulator with pocketsphinx), sphinx or deepgram (DEEPGRAM_API_KEY)."),
     ) -> None:
         """Replay an audio file as an Exotel call: connected, start, paced media, dtmf, stop.
 
-        Prints transcripts with their latency as they arrive and a summary at the end. Without --url it starts the embedded pipeline (rtaa serve) in-process.
+        Prints transcripts with their latency as they arrive and a summary at the end. Without --url it starts the embedded pipeline (rtaa serve, provider fake: offline, real words) in a child process. When FILE has a transcript next to it (call.wav -> call.txt) the summary reports the word error rate of the finals.
 
         Exit code: 0 after a clean close (1000/1001 after stop), 1 on an abnormal close or a connection failure, 2 for bad options or an unreadable file.
 
         Examples:
+
+          rtaa replay fixtures/audio/call.wav
+
+          DEEPGRAM_API_KEY=... rtaa replay fixtures/audio/call.wav --provider deepgram
 
           rtaa replay fixtures/audio/call.wav --url ws://127.0.0.1:8080/exotel
 
@@ -135,6 +149,8 @@ def register(app: typer.Typer) -> None:
         frame_bytes(sample_rate, frame_ms)  # validates
         if speed < 0:
             raise RtaaError("--speed must be >= 0 (0 = as fast as possible)")
+        if wait_final is None:
+            wait_final = WAIT_FINAL_S if url is not None else EMBEDDED_WAIT_FINAL_S
         if wait_final < 0:
             raise RtaaError("--wait-final must be >= 0")
         if provider not in PROVIDERS:
@@ -154,15 +170,20 @@ def register(app: typer.Typer) -> None:
         audio = load_audio(file, sample_rate)
         script = CallScript.from_pcm(audio.pcm, options)
 
+        reference = sidecar_transcript(file)
+
         json_to_stdout = json_out == _STDOUT
         console = Console(stderr=json_to_stdout, highlight=False, soft_wrap=True)
         view = _LiveView(console, script, quiet)
-        result = asyncio.run(_replay(url, transcripts, provider, script, speed, headers, wait_final, view))
+        result, embedded = asyncio.run(_replay(url, transcripts, provider, script, speed, headers, wait_final, view))
+        accuracy = _wer_report(result, reference)
 
         if not quiet and result.connected:
-            _print_summary(console, result, str(file))
+            _print_summary(console, result, str(file), accuracy)
+        if embedded is not None:
+            _report_embedded_failure(result, embedded)
         if json_out is not None:
-            data = _json_report(result, file, script, speed)
+            data = _json_report(result, file, script, speed, accuracy, embedded)
             if json_to_stdout:
                 sys.stdout.write(data.decode() + "\n")
                 sys.stdout.flush()
@@ -177,21 +198,64 @@ def register(app: typer.Typer) -> None:
             raise RtaaError(_failure_line(result), exit_code=1)
 
 
+def sidecar_transcript(file: Path) -> Path | None:
+    """The reference transcript next to an audio file: ``call.wav`` -> ``call.txt`` (or ``call.wav.txt``)."""
+    for candidate in (file.with_suffix(".txt"), file.with_name(file.name + ".txt")):
+        if candidate != file and candidate.is_file():
+            return candidate
+    return None
+
+
 async def _replay(url: str | None, transcripts: str | None, provider: str, script: CallScript, speed: float,
-                  headers: list[tuple[str, str]], wait_final: float, view: _LiveView) -> CallResult:
+                  headers: list[tuple[str, str]], wait_final: float,
+                  view: _LiveView) -> tuple[CallResult, EmbeddedTarget | None]:
     if url is not None:
         with view:
             return await run_call(url, script, speed=speed, headers=headers, transcripts_url=transcripts,
-                                  wait_final_s=wait_final, on_progress=view.progress, on_transcript=view.transcript)
+                                  wait_final_s=wait_final, on_progress=view.progress,
+                                  on_transcript=view.transcript), None
+    view.note(f"starting the embedded pipeline (provider {provider}: {PROVIDER_NOTES[provider]}) ...")
     async with embedded_pipeline(provider, script.options.sample_rate) as target:
+        view.note(f"embedded pipeline listening on {target.url}")
         with view:
-            return await run_call(target.url, script, speed=speed, headers=headers,
-                                  transcripts_url=transcripts or target.transcripts_url, wait_final_s=wait_final,
-                                  on_progress=view.progress, on_transcript=view.transcript)
+            result = await run_call(target.url, script, speed=speed, headers=headers,
+                                    transcripts_url=transcripts or target.transcripts_url, wait_final_s=wait_final,
+                                    on_progress=view.progress, on_transcript=view.transcript)
+    return result, target
+
+
+def _wer_report(result: CallResult, reference: Path | None) -> dict[str, Any] | None:
+    """WER of the finals against the sidecar transcript (rtaa_cli/wer.py); None without feed or sidecar."""
+    if reference is None or result.feed_url is None:
+        return None
+    try:
+        text = reference.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return {"reference": str(reference), "value": None, "error": f"cannot read: {getattr(exc, 'strerror', None) or exc}"}
+    r = wer(text, " ".join(t.text for t in result.finals() if t.text))
+    return {"reference": str(reference), "value": round(r.value, 4), "errors": r.errors,
+            "reference_words": r.reference_words, "hypothesis_words": r.hypothesis_words}
+
+
+def _report_embedded_failure(result: CallResult, target: EmbeddedTarget) -> None:
+    """The embedded pipeline's captured stderr, only when something went wrong (never during the progress bar)."""
+    tail = [line for line in list(target.log)[-LOG_TAIL_LINES:] if line.strip()]
+    if target.exit_code == 0 and (result.clean or not tail):
+        return
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"[yellow]embedded pipeline (provider {target.provider}) exited with code {target.exit_code}"
+              + (f"; its last {len(tail)} log lines:" if tail else "; it logged nothing") + "[/]")
+    for line in tail:
+        err.print(Text(line, style="dim"))
 
 
 class _LiveView:
-    """Progress bar (audio seconds, frames, lateness) and transcript lines while streaming."""
+    """Progress bar (audio seconds, frames, lateness) and transcript lines while streaming.
+
+    On a terminal, finals are printed as they arrive and the latest partial is shown under the progress
+    bar, replaced by the next one (a call has ~5x more partials than finals); elsewhere (a pipe, a log
+    file) every partial is printed as its own line.
+    """
 
     def __init__(self, console: Console, script: CallScript, quiet: bool) -> None:
         self.console = console
@@ -199,8 +263,14 @@ class _LiveView:
         self.total_s = script.audio_ms / 1000.0
         self.frames_total = len(script.frames)
         self._progress: Progress | None = None
+        self._live: Live | None = None
+        self._partial = Text("", style="dim", overflow="ellipsis", no_wrap=True)
         self._task: Any = None
         self._worst_ms = 0.0
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]{text}[/]", highlight=False)
 
     def __enter__(self) -> _LiveView:
         if not self.quiet:
@@ -209,14 +279,17 @@ class _LiveView:
                 TextColumn("{task.completed:6.1f}/{task.total:.1f} s audio"),
                 TextColumn("frames {task.fields[frames]}/" + str(self.frames_total)),
                 TextColumn("late {task.fields[late]:5.1f} ms (max {task.fields[worst]:.1f})"),
-                TimeElapsedColumn(), console=self.console, transient=True)
+                TimeElapsedColumn(), console=self.console)
             self._task = self._progress.add_task("stream", total=self.total_s, frames=0, late=0.0, worst=0.0)
-            self._progress.start()
+            self._live = Live(Group(self._progress, self._partial), console=self.console, transient=True,
+                              refresh_per_second=10)
+            self._live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def progress(self, result: CallResult, late_s: float) -> None:
         if self._progress is None:
@@ -229,12 +302,18 @@ class _LiveView:
     def transcript(self, t: Transcript) -> None:
         if self.quiet:
             return
-        kind = "[green]final  [/]" if t.is_final else "[dim]partial[/]"
         span = (f"{(t.audio_start_ms or 0) / 1000:7.2f}-{t.audio_end_ms / 1000:7.2f} s"
                 if t.audio_end_ms is not None else " " * 17 + " s")
         latency = f"{t.latency_ms:6.0f} ms" if t.latency_ms is not None else "     ? ms"
-        target = self._progress.console if self._progress is not None else self.console
-        target.print(f"{span}  {kind} {latency}  {t.text}", markup=True, highlight=False)
+        if not t.is_final and self._live is not None and self.console.is_terminal:
+            self._partial.plain = f"{span}  partial {latency}  {t.text}"
+            return
+        kind = "[green]final  [/]" if t.is_final else "[dim]partial[/]"
+        line = Text.from_markup(f"{span}  {kind} {latency}  ")
+        line.append(t.text)  # provider text is not markup
+        self.console.print(line, highlight=False)
+        if t.is_final:
+            self._partial.plain = ""
 
 
 def _failure_line(result: CallResult) -> str:
@@ -246,17 +325,21 @@ def _failure_line(result: CallResult) -> str:
     return f"{who} closed the stream {when} with {describe(result.close_code)}{reason}"
 
 
-def _json_report(result: CallResult, file: Path, script: CallScript, speed: float) -> bytes:
+def _json_report(result: CallResult, file: Path, script: CallScript, speed: float,
+                 accuracy: dict[str, Any] | None, embedded: EmbeddedTarget | None) -> bytes:
     data = result.to_dict()
     data.update(
         file=str(file), sample_rate=script.options.sample_rate, frame_ms=script.options.frame_ms,
         frame_bytes=frame_bytes(script.options.sample_rate, script.options.frame_ms), speed=speed,
-        latency=latency_summary(result.transcripts),
+        latency=latency_summary(result.transcripts), wer=accuracy,
+        embedded=None if embedded is None else {
+            "provider": embedded.provider, "exit_code": embedded.exit_code,
+            "log_tail": list(embedded.log)[-LOG_TAIL_LINES:]},
     )
     return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
 
-def _print_summary(console: Console, result: CallResult, file: str) -> None:
+def _print_summary(console: Console, result: CallResult, file: str, accuracy: dict[str, Any] | None) -> None:
     table = Table(title=f"replay {file}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -292,7 +375,13 @@ def _print_summary(console: Console, result: CallResult, file: str) -> None:
         table.add_row("transcripts", line)
         text = " ".join(t.text for t in result.finals() if t.text)
         if text:
-            table.add_row("text", text)
+            table.add_row("text", Text(text))
+    if accuracy is not None:
+        if accuracy["value"] is None:
+            table.add_row("wer", f"[yellow]{accuracy['reference']}: {accuracy['error']}[/]")
+        else:
+            table.add_row("wer", f"{accuracy['value']:.3f} ({accuracy['errors']} word errors / "
+                                 f"{accuracy['reference_words']} words of {accuracy['reference']})")
     for error in result.errors[:5]:
         table.add_row("[red]error[/]", error)
     console.print(table)

@@ -5,6 +5,12 @@ refuses bad handshakes (400/401/429 with Deepgram's body and headers). Each acce
 :class:`~rtaa_cli.emulator.session.Session` (the sans-I/O core), a sender task that releases messages at
 their due time, and an idle watchdog task.
 
+Hot path (segmenter engine, hundreds of streams per core): each message goes from websockets' parser
+straight into the session inside ``data_received`` (:class:`~rtaa_cli.emulator.connection.InlineConnection`,
+no task switch per frame), and a message that is due now is written at once when nothing is queued ahead
+of it and the socket takes it; only delayed messages, closes and back-pressured writes go through the
+sender task. The sphinx engine decodes in a thread per stream and reads with ``async for``.
+
 Request bodies: websockets' HTTP parser refuses any request body, so ``POST /control/faults`` takes its
 changes as query parameters (``?result_latency_ms=200&drop_after_s=none``) and answers JSON.
 """
@@ -15,7 +21,6 @@ import datetime as dt
 import http
 import logging
 import random
-import sys
 import time
 import uuid
 from collections import deque
@@ -33,6 +38,7 @@ from websockets.http11 import Request, Response
 
 from rtaa_cli.closecodes import Close as CloseCode
 from rtaa_cli.emulator.accounting import Accounting, ConnectionRecord, make_registry
+from rtaa_cli.emulator.connection import InlineConnection
 from rtaa_cli.emulator.messages import INTERNAL_FAULT
 from rtaa_cli.emulator.params import HandshakeRejected, StreamParams, parse_listen_params
 from rtaa_cli.emulator.session import Close, Send, Session
@@ -112,7 +118,7 @@ class _Accepted:
 class _Stream:
     """I/O state of one accepted stream."""
 
-    __slots__ = ("ws", "session", "record", "outbox", "wake", "executor", "sent_close")
+    __slots__ = ("ws", "session", "record", "outbox", "wake", "executor", "sent_close", "sender_idle", "finished")
 
     def __init__(self, ws: ServerConnection, session: Session, record: ConnectionRecord,
                  executor: ThreadPoolExecutor | None) -> None:
@@ -123,6 +129,8 @@ class _Stream:
         self.wake = asyncio.Event()
         self.executor = executor
         self.sent_close: Close | None = None
+        self.sender_idle = False  # the sender task waits on ``wake`` with an empty outbox
+        self.finished = False  # close accounted for
 
     def sync_record(self) -> None:
         s, r = self.session, self.record
@@ -174,6 +182,9 @@ class Emulator:
         self._loop = asyncio.get_running_loop()
         self._server = await serve(
             self._handler, self.config.host, self.config.port,
+            # Segmenter: messages go straight into the session (see connection.py). Sphinx decodes in a
+            # thread per stream and reads with ``async for``.
+            create_connection=ServerConnection if self.config.engine == "sphinx" else InlineConnection,
             process_request=self._process_request, process_response=self._process_response,
             select_subprotocol=self._select_subprotocol,
             compression=None,  # Assumption [??]: Deepgram's deflate support is unknown; off saves CPU
@@ -368,23 +379,16 @@ class Emulator:
         if cfg.close_1011_after_s is not None:
             helpers.append(asyncio.create_task(self._fault_later(stream, cfg.close_1011_after_s, "1011")))
         try:
-            # Keep reading until the connection is closed, even after the session started closing:
-            # reading is what lets the client's close frame in.
-            inline = executor is None
-            receive_audio, receive_text = session.receive_audio, session.receive_text
-            async for message in ws:
-                if session.closing is not None:
-                    continue
-                fn = receive_text if isinstance(message, str) else receive_audio
-                if inline:  # hot path (segmenter): no extra coroutine per frame
-                    try:
-                        fn(message, loop.time())
-                    except Exception:  # noqa: BLE001 - handled like in _call
-                        await self._call(stream, self._raise, sys.exc_info()[1])
+            if isinstance(ws, InlineConnection):
+                ws.attach(*self._inline_inputs(stream), lambda: self._finish(stream))
+                await ws.wait_closed()
+            else:
+                # Keep reading until the connection is closed, even after the session started closing:
+                # reading is what lets the client's close frame in.
+                async for message in ws:
+                    if session.closing is not None:
                         continue
-                    if session.has_output:
-                        self._push(stream, session.data_to_send())
-                else:
+                    fn = session.receive_text if isinstance(message, str) else session.receive_audio
                     await self._call(stream, fn, message, loop.time())
         except ConnectionClosed:
             pass
@@ -397,11 +401,20 @@ class Emulator:
             self._finish(stream)
 
     def _finish(self, stream: _Stream) -> None:
+        """Account for the close (once): from ``connection_lost`` for inline streams, else at handler exit."""
+        if stream.finished:
+            return
+        stream.finished = True
         ws = stream.ws
         self._streams.pop(stream.record.id, None)
         stream.sync_record()
+        protocol = ws.protocol
         if stream.sent_close is not None:
             code, reason = stream.sent_close.code, stream.sent_close.reason
+        elif protocol.close_sent is not None and not protocol.close_rcvd_then_sent:
+            # websockets closed it (protocol error, bad UTF-8, message too big, shutdown): book the code sent,
+            # not 1006 (a failing server does not read the client's reply).
+            code, reason = protocol.close_sent.code, protocol.close_sent.reason
         else:
             code = ws.close_code if ws.close_code is not None else int(CloseCode.ABNORMAL)
             reason = ws.close_reason or ("dropped (fault injection)" if code == CloseCode.ABNORMAL else "")
@@ -412,9 +425,41 @@ class Emulator:
         _log("close", connection=r.id, interaction=r.interaction, request_id=r.request_id, code=code,
              reason=reason, audio_seconds=round(r.audio_seconds, 3), results=r.results_sent)
 
-    @staticmethod
-    def _raise(exc: BaseException) -> None:
-        raise exc
+    def _inline_inputs(self, stream: _Stream):
+        """The per-message callbacks of an inline stream (the hot path: keep them lean)."""
+        session, time_now, push = stream.session, self._loop.time, self._push
+        receive_audio, receive_text = session.receive_audio, session.receive_text
+
+        def on_audio(data: bytes) -> None:
+            if session.closing is not None:
+                return  # closing: later frames are read (so the close frame gets in) but ignored
+            try:
+                receive_audio(data, time_now())
+            except Exception:  # noqa: BLE001 - an emulator bug ends this stream only, visibly
+                self._session_failed(stream)
+                return
+            if session.has_output:
+                push(stream, session.data_to_send())
+
+        def on_text(text: str) -> None:
+            if session.closing is not None:
+                return
+            try:
+                receive_text(text, time_now())
+            except Exception:  # noqa: BLE001
+                self._session_failed(stream)
+                return
+            if session.has_output:
+                push(stream, session.data_to_send())
+
+        return on_audio, on_text
+
+    def _session_failed(self, stream: _Stream) -> None:
+        log.exception("emulator session error (connection %s)", stream.record.id)
+        if stream.session.closing is None:
+            stream.session.closing = Close(self._loop.time(), int(CloseCode.INTERNAL_ERROR),
+                                           "rtaa emulator internal error (see its log)")
+            self._push(stream, [stream.session.closing])
 
     async def _call(self, stream: _Stream, fn, *args) -> None:
         """Run a session input (in the stream's thread for sphinx: decoding must not block the loop)."""
@@ -424,24 +469,34 @@ class Emulator:
             else:
                 await self._loop.run_in_executor(stream.executor, fn, *args)
         except Exception:  # noqa: BLE001 - an emulator bug ends this stream only, visibly
-            log.exception("emulator session error (connection %s)", stream.record.id)
-            if stream.session.closing is None:
-                stream.session.closing = Close(self._loop.time(), int(CloseCode.INTERNAL_ERROR),
-                                               "rtaa emulator internal error (see its log)")
-                self._push(stream, [stream.session.closing])
+            self._session_failed(stream)
             return
         out = stream.session.data_to_send()
         if out:
             self._push(stream, out)
 
     def _push(self, stream: _Stream, items: list[Send | Close]) -> None:
-        stream.outbox.extend(items)
-        if len(stream.outbox) > OUTBOX_LIMIT:
+        outbox = stream.outbox
+        if stream.sender_idle and not outbox and isinstance(stream.ws, InlineConnection):
+            # Nothing queued ahead: write what is due now directly (no task wake-up per result).
+            now = self._loop.time()
+            record, write = stream.record, stream.ws.write_text_now
+            for index, item in enumerate(items):
+                if item.due > now or type(item) is not Send or not write(item.data):
+                    items = items[index:]
+                    break
+                record.messages_sent += 1
+                if item.kind == "Results":
+                    record.results_sent += 1
+            else:
+                return
+        outbox.extend(items)
+        if len(outbox) > OUTBOX_LIMIT:
             # The client is not reading. Drop what is queued and close: unbounded memory is worse.
-            stream.outbox.clear()
+            outbox.clear()
             reason = "client is not reading results (emulator outbox full)"
             stream.session.closing = Close(self._loop.time(), int(CloseCode.POLICY_VIOLATION), reason)
-            stream.outbox.append(stream.session.closing)
+            outbox.append(stream.session.closing)
         stream.wake.set()
 
     async def _sender(self, stream: _Stream) -> None:
@@ -450,7 +505,11 @@ class Emulator:
             while True:
                 while not stream.outbox:
                     stream.wake.clear()
-                    await stream.wake.wait()
+                    stream.sender_idle = True
+                    try:
+                        await stream.wake.wait()
+                    finally:
+                        stream.sender_idle = False
                 item = stream.outbox.popleft()
                 delay = item.due - loop.time()
                 if delay > 0:
@@ -460,6 +519,8 @@ class Emulator:
                     await ws.close(item.code, item.reason)
                     return
                 await ws.send(item.data, text=True)
+                if stream.finished:  # the connection was lost while the write waited: not delivered
+                    return
                 record.messages_sent += 1
                 if item.kind == "Results":
                     record.results_sent += 1

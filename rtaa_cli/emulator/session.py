@@ -43,11 +43,13 @@ class Close:
 class _Track:
     """One transcribed channel: its segmenter, its word source, its UtteranceEnd bookkeeping."""
 
-    __slots__ = ("segmenter", "transcriber", "last_word_end", "fed")
+    __slots__ = ("segmenter", "transcriber", "needs_audio", "last_word_end", "fed")
 
     def __init__(self, segmenter: Segmenter, transcriber: Transcriber) -> None:
         self.segmenter = segmenter
         self.transcriber = transcriber
+        # Placeholder words need no samples: skip the per-frame call.
+        self.needs_audio = getattr(transcriber, "needs_audio", True)
         self.fed = 0  # samples given to the transcriber
         self.last_word_end: float | None = None  # pending UtteranceEnd
 
@@ -107,8 +109,7 @@ class Session:
         self._sha.update(data)
         if not self._tracks:
             self._open_tracks()
-        frames = samples.shape[0]
-        self.audio_frames += frames
+        self.audio_frames += samples.shape[0]
         if samples.ndim == 1:
             self._feed(0, samples, now)
         elif self.params.multichannel:
@@ -188,6 +189,13 @@ class Session:
     def _feed(self, channel: int, samples: np.ndarray, now: float) -> None:
         track = self._tracks[channel]
         events = track.segmenter.feed(samples)
+        if not events:  # the common case (~27 of 28 frames): no result, nothing to cut
+            if track.needs_audio:
+                track.transcriber.feed(samples)
+            track.fed += samples.shape[0]
+            if track.last_word_end is not None:
+                self._check_utterance_end(channel, track, now)
+            return
         # The word source gets the audio exactly up to each result's window end before it is asked for
         # words (frames may be long: a 5 s frame must not put later words into an earlier final).
         base = track.fed
