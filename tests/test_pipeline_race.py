@@ -53,6 +53,7 @@ def test_fifty_frames_and_hundred_calls_at_once_open_one_connection_each(single_
         {k: v for k, v in interactions.items() if v["connections"] != 1}
     assert opened == 100
     assert metrics.value("rtaa_provider_duplicate_opens_prevented_total") == 100 * 49
+    assert metrics.value("rtaa_provider_duplicate_connections_total") == 0  # the pipeline's own count agrees
     # Every frame reached the provider exactly once, and every stream was closed cleanly (CloseStream).
     assert stats["totals"]["audio_bytes"] == 100 * 50 * FRAME
     assert stats["totals"]["close_codes"] == {"1000": 100}
@@ -61,8 +62,10 @@ def test_fifty_frames_and_hundred_calls_at_once_open_one_connection_each(single_
 def test_the_race_test_detects_the_naive_check_then_create(monkeypatch: pytest.MonkeyPatch) -> None:
     """The broken variant (no single-flight) under the same burst: the emulator sees duplicates."""
     monkeypatch.setattr(Interaction, "single_flight", False)
-    stats, _, opened = run(_burst(calls=10, frames_per_call=50), 60)
+    stats, metrics, opened = run(_burst(calls=10, frames_per_call=50), 60)
     assert stats["totals"]["duplicates"] > 0
+    # /metrics reports them too, so a remote soak without the emulator's /stats still sees them
+    assert metrics.value("rtaa_provider_duplicate_connections_total") > 0
     assert opened > 10
 
 

@@ -37,6 +37,11 @@ class PipelineMetrics:
         self.duplicate_opens_prevented = Counter(
             "rtaa_provider_duplicate_opens_prevented",
             "Callers that needed a provider stream while one was opening and joined that opening", registry=r)
+        # Self-reported ground truth for remote soaks (DESIGN.md "duplicate connections"): a provider
+        # connection activated while another of the same interaction was still open. 0 by construction.
+        self.duplicate_connections = Counter(
+            "rtaa_provider_duplicate_connections",
+            "Provider connections opened while another of the same interaction was still open", registry=r)
         self.provider_closes = Counter("rtaa_provider_closes", "Provider connection closes by code", ["code"],
                                        registry=r)
         self.provider_keepalives = Counter("rtaa_provider_keepalives", "KeepAlive messages sent", registry=r)

@@ -56,6 +56,7 @@ class Interaction:
         self.timeline = CallTimeline(sample_rate, cfg.replay_limit_s, cfg.latency_window_frames)
         self.seq = 0
         self.connections_opened = 0
+        self._connections_open = 0  # activated and not yet closed: > 1 would be a duplicate
         self.failure: ProviderError | None = None
         self._conn: ProviderConnection | None = None
         self._conn_base = 0  # stream position of the current connection's first byte
@@ -127,6 +128,10 @@ class Interaction:
         any live frame can use the connection (``_conn`` is set last), so audio order is kept."""
         self.connections_opened += 1
         number = self.connections_opened
+        if self._connections_open:
+            self.metrics.duplicate_connections.inc()
+            log.error("provider_duplicate_connection", interaction_id=self.interaction_id, connection=number)
+        self._connections_open += 1
         self.metrics.provider_opened.labels(provider=self.provider.name).inc()
         if number > 1:
             self.metrics.provider_reconnects.inc()
@@ -218,6 +223,7 @@ class Interaction:
         self.metrics.provider_closes.labels(code=str(code)).inc()
         if self._conn is conn:
             self._conn = None
+        self._connections_open -= 1
         await conn.aclose()
         if not done.done():
             done.set_result(code)
