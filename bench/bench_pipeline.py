@@ -41,6 +41,24 @@ def _split(samples: array, times: array, steady_from: float) -> dict:
     return out
 
 
+class _Window:
+    """Samples, CPU and memory over one measured window (shared by the rtaa and naive targets)."""
+
+    def __init__(self, samples: array, times: array, state: dict) -> None:
+        self.samples, self.times, self.state = samples, times, state
+
+    def start(self) -> None:
+        del self.samples[:]
+        del self.times[:]
+        self.state["cpu0"], self.state["t0"] = _cpu_seconds(), time.perf_counter()
+        self.state["rss0"] = _mem_kb("VmRSS")
+
+    def report(self, **extra: object) -> dict:
+        st = self.state
+        return {**_split(self.samples, self.times, st["last_open"]), "cpu_s": _cpu_seconds() - st["cpu0"],
+                "wall_s": time.perf_counter() - st["t0"], "peak_growth_kb": _mem_kb("VmHWM") - st["rss0"], **extra}
+
+
 def _percentiles(samples: array) -> dict:
     if not samples:
         return {"n": 0, "p50_ms": None, "p99_ms": None}
@@ -114,17 +132,13 @@ async def role_rtaa(emu_url: str) -> None:
 
     provider.open = timed_open  # type: ignore[method-assign]
 
-    def start() -> None:
-        del samples[:]
-        del times[:]
-        state["cpu0"], state["t0"] = _cpu_seconds(), time.perf_counter()
-        state["rss0"] = _mem_kb("VmRSS")
+    window = _Window(samples, times, state)
+    start = window.start
 
     def report() -> dict:
-        return {**_split(samples, times, state["last_open"]), "cpu_s": _cpu_seconds() - state["cpu0"],
-                "wall_s": time.perf_counter() - state["t0"], "peak_growth_kb": _mem_kb("VmHWM") - state["rss0"],
-                "provider_connections": server.metrics.value("rtaa_provider_connections_opened_total", provider="deepgram"),
-                "frames_waited": server.metrics.value("rtaa_frames_waited_for_provider_total")}
+        return window.report(
+            provider_connections=server.metrics.value("rtaa_provider_connections_opened_total", provider="deepgram"),
+            frames_waited=server.metrics.value("rtaa_frames_waited_for_provider_total"))
 
     async with server:
         print(server.ingest_url, flush=True)
@@ -177,16 +191,11 @@ async def role_naive(emu_url: str) -> None:
             if reader is not None:
                 reader.cancel()
 
-    def start() -> None:
-        del samples[:]
-        del times[:]
-        state["cpu0"], state["t0"] = _cpu_seconds(), time.perf_counter()
-        state["rss0"] = _mem_kb("VmRSS")
+    window = _Window(samples, times, state)
+    start = window.start
 
     def report() -> dict:
-        return {**_split(samples, times, state["last_open"]), "cpu_s": _cpu_seconds() - state["cpu0"],
-                "wall_s": time.perf_counter() - state["t0"], "peak_growth_kb": _mem_kb("VmHWM") - state["rss0"],
-                "provider_connections": state["conns"]}
+        return window.report(provider_connections=state["conns"])
 
     async with serve(handler, "127.0.0.1", 0, compression=None, max_size=1 << 20) as server:
         port = server.sockets[0].getsockname()[1]
