@@ -50,17 +50,22 @@ def test_token_bucket_allows_the_rate_and_burst_then_refuses() -> None:
     assert all(b.take(1.0 + k * 0.1) for k in range(20))  # a steady 10/s is always fine
 
 
-def test_embedded_default_transcribes_real_words() -> None:
-    """What `rtaa replay fixtures/audio/call.wav` does with no --url: provider fake, emulator with sphinx."""
+def _replay_young_man(provider: str, call_sid: str, stream_sid: str):
+    """Replay the "he was not an ill disposed young man" clip through the embedded pipeline."""
     pcm = _young_man()
 
     async def main():
-        async with embedded_pipeline("fake", 8000) as target:
-            script = CallScript.from_pcm(pcm, CallOptions(call_sid="CA-embedded", stream_sid="ST-embedded"))
+        async with embedded_pipeline(provider, 8000) as target:
+            script = CallScript.from_pcm(pcm, CallOptions(call_sid=call_sid, stream_sid=stream_sid))
             return await run_call(target.url, script, speed=0, transcripts_url=target.transcripts_url,
                                   wait_final_s=30)
 
-    result = run(main(), 90)
+    return run(main(), 90)
+
+
+def test_embedded_default_transcribes_real_words() -> None:
+    """What `rtaa replay fixtures/audio/call.wav` does with no --url: provider fake, emulator with sphinx."""
+    result = _replay_young_man("fake", "CA-embedded", "ST-embedded")
     assert result.clean and not result.errors, (result.close_code, result.errors)
     text = " ".join(t.text for t in result.finals()).lower()
     assert "he was not" in text and "man" in text, text  # pocketsphinx: "he was not a guild russia man"
@@ -68,15 +73,7 @@ def test_embedded_default_transcribes_real_words() -> None:
 
 def test_sphinx_provider_transcribes_real_words_in_process() -> None:
     """Provider ``sphinx``: pocketsphinx in the pipeline process, no Deepgram protocol at all."""
-    pcm = _young_man()
-
-    async def main():
-        async with embedded_pipeline("sphinx", 8000) as target:
-            script = CallScript.from_pcm(pcm, CallOptions(call_sid="CA-sphinx", stream_sid="ST-sphinx"))
-            return await run_call(target.url, script, speed=0, transcripts_url=target.transcripts_url,
-                                  wait_final_s=30)
-
-    result = run(main(), 90)
+    result = _replay_young_man("sphinx", "CA-sphinx", "ST-sphinx")
     assert result.clean and not result.errors, (result.close_code, result.errors)
     finals = result.finals()
     text = " ".join(t.text for t in finals).lower()

@@ -275,7 +275,7 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
             if spec.kind == "disconnect":
                 stream.drop()
                 gap += spec.reconnect_after_s
-                wait_sync(pacer, k * frame_s + gap, time.sleep)
+                wait_sync(pacer, k * frame_s + gap)
             new = _Stream(spec, rec)
             streams.append(new)
             new.open()
@@ -288,9 +288,7 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
         pcm = frames[k]
         text = stream.enc.media(pcm)  # encode before the wait: off the timing-critical path
         offset = k * frame_s + gap
-        # time.sleep looked up per call: it is gevent's once Locust patched (pacing.wait_sync's
-        # default argument was bound at import, possibly before the patch)
-        wait_sync(pacer, offset, time.sleep)
+        wait_sync(pacer, offset)  # looks time.sleep up per call: gevent's once Locust has patched it
         pacer.sent(offset)
         try:
             stream.send(text)
