@@ -12,6 +12,7 @@ import pytest
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.calltrack import TranscriptTracker
+from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.stats import (
     CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold, apply_overrides,
     default_thresholds, parse_threshold_override, provider_counts_from_emulator, provider_counts_from_metrics,
@@ -222,3 +223,44 @@ def test_provider_counts_from_target_metrics_use_the_increase_over_the_run() -> 
     s = _stats(_records()[:1], c)
     rows = {r["name"]: r for r in s.summary(default_thresholds(), PacingLimits())["thresholds"]}
     assert rows["duplicates"]["passed"] is None and rows["closes_1011_rate"]["value"] == 3.0
+
+
+# ----------------------------------------------------------------------------------- target memory
+
+def test_rss_is_read_from_prometheus_text_only_under_its_exact_name() -> None:
+    text = ("# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+            "# TYPE process_resident_memory_bytes gauge\n"
+            "process_resident_memory_bytes_extra 1.0\n"
+            "process_resident_memory_bytes 1.234e+08\n")
+    assert rss_from_metrics(text) == 1.234e8
+    assert rss_from_metrics("rtaa_calls_total 3.0\n") is None
+    assert rss_from_metrics(None) is None and rss_from_metrics("process_resident_memory_bytes oops\n") is None
+
+
+def test_memory_growth_is_the_least_squares_slope_over_the_steady_window_only() -> None:
+    mem = TargetMemory("http://127.0.0.1:1/metrics")
+    rng = random.Random(7)
+    for i in range(400):  # 800 s: a 60 s ramp to 100 MB, then +36 MB/h (0.01 MB/s) with +-0.5 MB noise
+        t = 2.0 * i
+        base = 100.0 * min(t, 60.0) / 60.0 + 0.01 * max(0.0, t - 60.0)
+        mem.add(t, (base + rng.uniform(-0.5, 0.5)) * 1e6)
+    assert mem.growth_mb_per_h(60.0, 800.0) == pytest.approx(36.0, abs=2.0)
+    assert mem.growth_mb_per_h(0.0, 800.0) > 100.0  # the ramp is why the window starts after it
+    assert mem.growth_mb_per_h(60.0, 100.0) is None  # under a minute: no verdict
+    doc = mem.summary(60.0, 800.0)
+    assert doc["samples"] == 400 and doc["rss_mb"]["max"] >= doc["rss_mb"]["last"] > 100.0
+    assert len(doc["series"]["t"]) <= 600 and doc["series"]["t"][0] == 0.0
+
+
+def test_memory_growth_threshold_fails_a_leaking_run_and_is_off_by_default() -> None:
+    assert "memory_growth_mb_per_h" not in default_thresholds()
+    s = _stats(_records()[:1], None)
+    s.memory = TargetMemory("m")
+    for i in range(100):
+        s.memory.add(float(i), 50e6 + i * 1e5)  # +0.1 MB/s = 360 MB/h
+    s.memory_window_s = (0.0, 100.0)
+    th = apply_overrides(default_thresholds(), {"memory_growth_mb_per_h": 50.0})
+    doc = s.summary(th, PacingLimits(25.0))
+    row = next(r for r in doc["thresholds"] if r["name"] == "memory_growth_mb_per_h")
+    assert row["passed"] is False and row["value"] == pytest.approx(360.0)
+    assert doc["verdict"] == "fail" and doc["target_memory"]["growth_mb_per_h"] == pytest.approx(360.0)

@@ -255,6 +255,12 @@ def test_local_pipeline_soak_passes_with_locust_workers_and_writes_reports(soaks
     assert suite.get("failures") == "0" and len(suite.findall("testcase")) == len(doc["thresholds"]) + 1
     page = (r["dir"] / "pipeline.html").read_text()
     assert "PASS" in page and "<svg" in page and "<script" not in page
+    # The target's RSS was sampled from its /metrics during the run and plotted (the growth slope needs
+    # >= 60 s of steady running, so this short run reports none rather than a meaningless number).
+    mem = doc["target_memory"]
+    assert mem["samples"] >= 3 and 10 < mem["rss_mb"]["first"] <= mem["rss_mb"]["max"] < 2000
+    assert mem["growth_mb_per_h"] is None
+    assert "Target resident memory" in page
 
 
 USAGE_ERRORS = [

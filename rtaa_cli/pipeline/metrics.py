@@ -2,7 +2,7 @@
 one process; the global registry would mix them)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Added latency is sub-millisecond when healthy: resolve 50 us .. 100 ms.
@@ -15,6 +15,8 @@ class PipelineMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_resident_memory_bytes, process_cpu_seconds_total, ...: what a soak watches for leaks.
+        ProcessCollector(registry=r)
         self.calls_active = Gauge("rtaa_calls_active", "Calls with an open interaction", registry=r)
         self.calls_total = Counter("rtaa_calls", "Calls started", registry=r)
         self.streams_total = Counter("rtaa_ingest_streams", "Exotel streams accepted (start events)", registry=r)
@@ -60,6 +62,9 @@ class PipelineMetrics:
                                                 registry=r)
         self.finalize_timeouts = Counter("rtaa_finalize_timeouts", "Calls whose final results did not come in time",
                                          registry=r)
+        self.provider_unparsable = Counter("rtaa_provider_unparsable_messages",
+                                           "Provider messages that were not valid JSON or not a well-formed Results",
+                                           registry=r)
         self.subscribers = Gauge("rtaa_transcript_subscribers", "Open transcript feed subscribers", registry=r)
         self.subscribers_too_slow = Counter("rtaa_transcript_subscribers_too_slow",
                                             "Subscribers closed 1008 because their queue was full", registry=r)

@@ -221,6 +221,10 @@ class Interaction:
             log.warning("provider_receive_error", interaction_id=self.interaction_id, error=repr(exc))
         code = conn.close_code
         self.metrics.provider_closes.labels(code=str(code)).inc()
+        if conn.unparsable:
+            self.metrics.provider_unparsable.inc(conn.unparsable)
+            log.warning("provider_unparsable_messages", interaction_id=self.interaction_id, connection=number,
+                        count=conn.unparsable)
         if self._conn is conn:
             self._conn = None
         self._connections_open -= 1

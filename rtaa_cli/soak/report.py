@@ -217,6 +217,11 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
             ("delivery rate", _fmt(doc.get("delivery_rate"))),
             ("audio loss", _fmt(doc.get("audio", {}).get("loss"))),
             ("pacing lateness p50 / p99 / max ms", f"{_fmt(pacing.get('p50'))} / {_fmt(pacing.get('p99'))} / {_fmt(pacing.get('max'))}")]
+    mem = doc.get("target_memory")
+    if mem:
+        rss = mem["rss_mb"]
+        rows.append(("target RSS first / last / max MB; steady growth MB/h",
+                     f"{_fmt(rss['first'])} / {_fmt(rss['last'])} / {_fmt(rss['max'])}; {_fmt(mem['growth_mb_per_h'])}"))
     for kind in ("first_partial", "final"):
         s = lat.get(kind, {})
         rows.append((f"{kind.replace('_', ' ')} latency p50 / p90 / p95 / p99 / max ms (n)",
@@ -233,6 +238,9 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
         parts.append(svg_lines("Calls started / failed, errors (per bucket)", xs,
                                [("started", tl["started"]), ("failed", tl["failed"]), ("errors", tl["errors"])],
                                "seconds into the run", "count"))
+    if mem and mem["series"]["t"]:
+        parts.append(svg_lines("Target resident memory (MB)", mem["series"]["t"], [("RSS", mem["series"]["rss_mb"])],
+                               "seconds into the run", "MB"))
     for name, hb in (hists or {}).items():
         parts.append(svg_bars(f"{name} latency histogram", hb["edges"], hb["counts"]))
     fails = doc.get("failures", {})

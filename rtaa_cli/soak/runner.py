@@ -36,6 +36,7 @@ from rich.table import Table
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak import locustfile
 from rtaa_cli.soak.audioset import call_frames
+from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.report import histogram_bins, write_reports
 from rtaa_cli.soak.scenario import Scenario
 from rtaa_cli.soak.stats import (
@@ -350,6 +351,10 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         view = LiveView(stats, sc, t0)
         end_at = config["stop_new_calls_at"]
         max_call_s = _max_call_seconds(sc)
+        if target.metrics_url:
+            # Steady part: every user spawned and one whole call played since, until new calls stop.
+            stats.memory = TargetMemory(target.metrics_url)
+            stats.memory_window_s = (start_delay + sc.users / sc.spawn_rate + max_call_s, end_at - t0)
         drain_deadline = end_at + max_call_s + sc.wait_final_s + 15.0
         poll_every, next_poll = 2.0, 0.0
         with Live(view.table(), console=console, auto_refresh=False, transient=True,
@@ -358,6 +363,10 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                 now = time.time()
                 if now >= next_poll:
                     view.provider = _provider_counts(target, prefix, metrics_before)
+                    if stats.memory is not None:
+                        rss = rss_from_metrics(_scrape(target.metrics_url))
+                        if rss is not None:
+                            stats.memory.add(time.time() - t0, rss)
                     next_poll = now + poll_every
                 view.users = runner.user_count
                 if live is not None:

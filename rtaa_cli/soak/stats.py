@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from rtaa_cli.pacing import LatenessHistogram
+from rtaa_cli.soak.memory import TargetMemory
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -220,6 +221,8 @@ METRICS: dict[str, tuple[str, float | None, str]] = {
     "audio_loss": ("max", 0.01, "1 - provider-received audio bytes / sent audio bytes"),
     "failed_rate": ("max", None, "share of calls that failed (connection error, unexpected close)"),
     "bad_input_unexpected": ("max", 0, "bad-input calls that did not get their expected close code"),
+    "memory_growth_mb_per_h": ("max", None, "growth of the target's resident memory over the steady part of the "
+                               "run, MB/hour (its /metrics process_resident_memory_bytes; needs >= 60 s of it)"),
 }
 
 
@@ -426,6 +429,8 @@ class SoakStats:
         self.delivery_tolerance_ms = delivery_tolerance_ms
         self.timeline = Timeline(t0, duration_s)
         self.provider: ProviderCounts | None = None
+        self.memory: TargetMemory | None = None  # the target's RSS, when its /metrics has it
+        self.memory_window_s = (0.0, 0.0)  # steady part of the run (seconds from t0) for the growth slope
         self.generator_cpu_warning = False
         self.invalid_reasons: list[str] = []
 
@@ -507,6 +512,7 @@ class SoakStats:
             "audio_loss": audio_loss,
             "failed_rate": (self.failed / self.records) if self.records else None,
             "bad_input_unexpected": self.bad_input_unexpected,
+            "memory_growth_mb_per_h": None if self.memory is None else self.memory.growth_mb_per_h(*self.memory_window_s),
         }
 
     def evaluate(self, thresholds: dict[str, Threshold], pacing: PacingLimits) -> tuple[str, list[dict[str, Any]]]:
@@ -556,4 +562,5 @@ class SoakStats:
             "thresholds": rows,
             "failures": {"by_reason": self.failure_reasons, "samples": self.failure_samples},
             "timeline": self.timeline.series(),
+            "target_memory": None if self.memory is None else self.memory.summary(*self.memory_window_s),
         }

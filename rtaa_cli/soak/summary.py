@@ -41,6 +41,10 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
     audio = doc.get("audio") or {}
     if audio:
         t.add_row("audio loss (provider bytes vs sent)", _f(audio.get("loss"), 4))
+    mem = doc.get("target_memory")
+    if mem:
+        t.add_row("target RSS last / max MB (growth MB/h)",
+                  f"{_f(mem['rss_mb']['last'])} / {_f(mem['rss_mb']['max'])} ({_f(mem['growth_mb_per_h'], 2)})")
     late = ((doc.get("pacing") or {}).get("lateness_ms")) or {}
     if late:
         t.add_row("pacing lateness p50/p99/max ms", " / ".join(_f(late.get(k), 2) for k in ("p50", "p99", "max")))

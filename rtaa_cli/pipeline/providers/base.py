@@ -44,6 +44,7 @@ class ProviderConnection(abc.ABC):
 
     close_code: int | None = None
     close_reason: str = ""
+    unparsable: int = 0  # provider messages that could not be read (counted and logged by the worker)
 
     @abc.abstractmethod
     async def send_audio(self, pcm: bytes) -> None: ...
