@@ -28,13 +28,14 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
+from rtaa_cli.readsize import limit_read_size
+
 try:  # websockets' C extension (always built for CPython wheels); the pure-Python one is the fallback
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 EARLY_LIMIT = 64  # messages held between the 101 and attach()
-READ_SIZE = 64 * 1024  # bytes per socket read (see connection_made)
 MAX_FRAGMENTS = 1024  # fragments of one message (max_size bounds their bytes; this bounds their count)
 
 OnAudio = Callable[[bytes], None]
@@ -63,13 +64,7 @@ class InlineConnection(ServerConnection):
         protocol = self.protocol
         limits = [x for x in (protocol.max_message_size, protocol.max_fragment_size) if x is not None]
         self._max_frame = min(limits) if limits else 1 << 62  # the fast path leaves larger frames to websockets
-        # asyncio's selector transport reads with sock.recv(256 KiB): CPython allocates that much per read,
-        # above glibc's mmap threshold, so every 576-byte frame costs an mmap/mremap/munmap (measured: 19 us
-        # per read vs 3 us). Frames are small; 64 KiB reads stay on the heap. Other loops ignore it.
-        try:
-            transport.max_size = READ_SIZE
-        except AttributeError:
-            pass
+        limit_read_size(transport)
 
     def data_received(self, data: bytes) -> None:
         on_audio = self._on_audio

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from rtaa_cli.pipeline.hotmetrics import LoopCounter, LoopHistogram
+
 # Added latency is sub-millisecond when healthy: resolve 50 us .. 100 ms.
 _ADDED_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -22,7 +24,7 @@ class PipelineMetrics:
         self.streams_total = Counter("rtaa_ingest_streams", "Exotel streams accepted (start events)", registry=r)
         self.streams_superseded = Counter(
             "rtaa_ingest_streams_superseded", "Older streams closed by a newer stream of the same call", registry=r)
-        self.frames_in = Counter("rtaa_frames_in", "Media frames received by the ingest", registry=r)
+        self.frames_in = LoopCounter("rtaa_frames_in", "Media frames received by the ingest", r)
         self.bad_input = Counter("rtaa_bad_input", "Bad caller input by kind", ["kind"], registry=r)
         self.caller_closes = Counter("rtaa_caller_closes", "Caller connections closed by us, by code", ["code"],
                                      registry=r)
@@ -47,7 +49,7 @@ class PipelineMetrics:
         self.provider_closes = Counter("rtaa_provider_closes", "Provider connection closes by code", ["code"],
                                        registry=r)
         self.provider_keepalives = Counter("rtaa_provider_keepalives", "KeepAlive messages sent", registry=r)
-        self.frames_out = Counter("rtaa_frames_out", "Audio frames sent to the provider (live path)", registry=r)
+        self.frames_out = LoopCounter("rtaa_frames_out", "Audio frames sent to the provider (live path)", r)
         self.frames_waited = Counter("rtaa_frames_waited_for_provider",
                                      "Frames that arrived while their provider stream was opening (sent on open)",
                                      registry=r)
@@ -69,9 +71,8 @@ class PipelineMetrics:
         self.subscribers_too_slow = Counter("rtaa_transcript_subscribers_too_slow",
                                             "Subscribers closed 1008 because their queue was full", registry=r)
         self.queue_depth = Gauge("rtaa_queue_depth", "Items queued, by queue", ["queue"], registry=r)
-        self.added_latency = Histogram(
-            "rtaa_pipeline_added_latency_seconds", "Ingest receive -> provider send, per live frame",
-            buckets=_ADDED_BUCKETS, registry=r)
+        self.added_latency = LoopHistogram(
+            "rtaa_pipeline_added_latency_seconds", "Ingest receive -> provider send, per live frame", _ADDED_BUCKETS, r)
         self.e2e_latency = Histogram(
             "rtaa_end_to_end_latency_seconds",
             "Ingest receive of the frame holding a result's audio end -> result written to the feeds",

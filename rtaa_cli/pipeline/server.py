@@ -25,6 +25,7 @@ from rtaa_cli.pipeline.providers import make_provider
 from rtaa_cli.pipeline.providers.base import Provider
 from rtaa_cli.pipeline.transcripts import TranscriptHub
 from rtaa_cli.pipeline.worker import Worker
+from rtaa_cli.readsize import SmallReadConnection
 
 log = logs.get("rtaa.server")
 
@@ -61,6 +62,7 @@ class PipelineServer:
                 process_request=self._process_request,
                 max_size=self.cfg.ingest.max_message_bytes,
                 compression=None,  # Exotel does not negotiate it; saves CPU per frame
+                create_connection=SmallReadConnection,  # 64 KiB reads: see readsize.py
             )
         except BaseException:
             await self.provider.stop()
