@@ -76,12 +76,10 @@ class StreamConn:
 
 
 class Ingest:
-    def __init__(self, cfg: IngestConfig, bus: busmod.MemoryBus, metrics: PipelineMetrics,
-                 on_call_started: Callable[[str, str], None]) -> None:
+    def __init__(self, cfg: IngestConfig, bus: busmod.MemoryBus, metrics: PipelineMetrics) -> None:
         self.cfg = cfg
         self.bus = bus
         self.metrics = metrics
-        self.on_call_started = on_call_started
         self.current: dict[str, StreamConn] = {}  # interaction -> its newest stream
         self.connections: set[StreamConn] = set()
         self._grace: dict[str, asyncio.TimerHandle] = {}
@@ -230,12 +228,8 @@ class Ingest:
         self.metrics.streams_total.inc()
         s._unsubscribe = channel.on_failure(
             lambda reason: asyncio.get_running_loop().create_task(self._close(s, Close.INTERNAL_ERROR, reason)))
-        new_call = existing is None
-        await channel.publish((busmod.START, ev.stream_sid, ev.sample_rate))
-        log.info("stream_started", interaction_id=iid, stream_sid=ev.stream_sid, sample_rate=ev.sample_rate,
-                 new_call=new_call)
-        if new_call:
-            self.on_call_started(iid, ev.stream_sid)
+        await channel.publish((busmod.START, ev.stream_sid, ev.sample_rate))  # the worker publishes call_started
+        log.info("stream_started", interaction_id=iid, stream_sid=ev.stream_sid, sample_rate=ev.sample_rate)
         return True
 
     async def _stop(self, s: StreamConn, reason: str) -> None:

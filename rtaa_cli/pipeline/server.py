@@ -53,8 +53,9 @@ class PipelineServer:
             self._jsonl = open(self.cfg.jsonl_path, "ab")
         hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl)
         self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
-        self.worker = Worker(self.provider, self.cfg.worker, self.metrics, self.bus, hub.publish, hub.call_ended)
-        self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics, hub.call_started)
+        self.worker = Worker(self.provider, self.cfg.worker, self.metrics, self.bus, hub.publish, hub.call_started,
+                             hub.call_ended)
+        self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics)
         await self.provider.start()
         try:
             self._server = await serve(

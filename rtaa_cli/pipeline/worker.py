@@ -364,12 +364,14 @@ class Worker:
     """Consumes the bus: one task per call, items in order, one :class:`Interaction` at a time per call."""
 
     def __init__(self, provider: Provider, cfg: WorkerConfig, metrics: PipelineMetrics,
-                 bus: busmod.MemoryBus, publish: Publish, on_call_ended: Callable[[str, str], None]) -> None:
+                 bus: busmod.MemoryBus, publish: Publish, on_call_started: Callable[[str, str], None],
+                 on_call_ended: Callable[[str, str], None]) -> None:
         self.provider = provider
         self.cfg = cfg
         self.metrics = metrics
         self.bus = bus
         self.publish = publish
+        self.on_call_started = on_call_started
         self.on_call_ended = on_call_ended
         self.interactions: dict[str, Interaction] = {}
         bus.attach(self._consume)
@@ -407,6 +409,9 @@ class Worker:
                         interaction._spawn(interaction._reopen())
                         channel.fast_path = interaction.send_now
                         interaction.on_failure = self._failure_reporter(channel, iid)
+                        # Here, not at the ingest: a start that arrives while the call's previous stream is
+                        # still finalising begins a new call only now, after that call's call_ended.
+                        self.on_call_started(iid, item[1])
                     interaction.stream_sid = item[1]
                 else:  # END
                     channel.fast_path = None
