@@ -425,6 +425,25 @@ def build_media(stream_sid: str, sequence_number: int, chunk: int, timestamp_ms:
     })
 
 
+def b64_payloads(pcm_frames: tuple[bytes, ...]) -> tuple[str, ...]:
+    """Each frame's base64 text, for :meth:`StreamEncoder.media_b64` (a load generator encodes its
+    shared audio once per process instead of once per send)."""
+    return tuple(binascii.b2a_base64(pcm, newline=False).decode("ascii") for pcm in pcm_frames)
+
+
+def media_prefix(stream_sid: str) -> str:
+    """The constant head of a stream's media messages (see :func:`build_media_b64`)."""
+    return '{"event":"media","sequence_number":"%s","stream_sid":' + _dumps(stream_sid).replace("%", "%%") + \
+        ',"media":{"chunk":"%s","timestamp":"%s","payload":"'
+
+
+def build_media_b64(prefix: str, sequence_number: int, chunk: int, timestamp_ms: int, payload_b64: str) -> str:
+    """:func:`build_media` byte for byte, from already base64-encoded audio and the stream's
+    :func:`media_prefix`: one format and one concatenation per message (base64 has no character
+    JSON would escape)."""
+    return prefix % (sequence_number, chunk, timestamp_ms) + payload_b64 + '"}}'
+
+
 def build_dtmf(stream_sid: str, sequence_number: int, digit: str, duration_ms: int = 250) -> str:
     return _dumps({
         "event": "dtmf",
@@ -464,7 +483,8 @@ class StreamEncoder:
     audio sent so far including that chunk (EXOTEL.md's example: chunk 2 of 36 ms -> 72).
     """
 
-    __slots__ = ("stream_sid", "call_sid", "account_sid", "sample_rate", "sequence_number", "chunk", "audio_bytes")
+    __slots__ = ("stream_sid", "call_sid", "account_sid", "sample_rate", "sequence_number", "chunk", "audio_bytes",
+                 "_media_prefix")
 
     def __init__(self, stream_sid: str, call_sid: str, account_sid: str = "", sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:
         self.stream_sid = stream_sid
@@ -474,6 +494,7 @@ class StreamEncoder:
         self.sequence_number = 0  # last number used
         self.chunk = 0
         self.audio_bytes = 0
+        self._media_prefix: str | None = None
 
     @property
     def audio_ms(self) -> float:
@@ -496,6 +517,16 @@ class StreamEncoder:
         self.audio_bytes += len(pcm)
         timestamp_ms = self.audio_bytes * 1000 // (self.sample_rate * 2)
         return build_media(self.stream_sid, self._next(), self.chunk, timestamp_ms, pcm)
+
+    def media_b64(self, payload_b64: str, pcm_bytes: int) -> str:
+        """:meth:`media` for audio already in base64 (:func:`b64_payloads`) of ``pcm_bytes`` PCM bytes."""
+        if self._media_prefix is None:
+            self._media_prefix = media_prefix(self.stream_sid)
+        self.chunk += 1
+        self.audio_bytes += pcm_bytes
+        self.sequence_number += 1
+        return build_media_b64(self._media_prefix, self.sequence_number, self.chunk,
+                               self.audio_bytes * 1000 // (self.sample_rate * 2), payload_b64)
 
     def dtmf(self, digit: str, duration_ms: int = 250) -> str:
         return build_dtmf(self.stream_sid, self._next(), digit, duration_ms)

@@ -68,9 +68,15 @@ class LatenessHistogram:
             self.max_ms = late_ms
 
     def merge(self, other: LatenessHistogram) -> None:
-        for i, n in enumerate(other.counts):
-            if n:
-                self.counts[i] += n
+        # vectorised: a Python loop over the 1991 bins cost ~90 us per merged call, which a load
+        # generator paid while its other calls were still sending (every call ends with a merge)
+        import numpy as np
+
+        mine = np.frombuffer(self.counts, dtype=np.uint32)
+        theirs = np.frombuffer(other.counts, dtype=np.uint32)
+        if int(mine.max(initial=0)) + int(theirs.max(initial=0)) > 0xFFFFFFFF:
+            raise OverflowError("lateness histogram bin overflow")
+        np.add(mine, theirs, out=mine)
         self.count += other.count
         self.total_ms += other.total_ms
         self.max_ms = max(self.max_ms, other.max_ms)

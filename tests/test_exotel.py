@@ -22,6 +22,7 @@ from rtaa_cli.exotel import (
     build_connected,
     build_dtmf,
     build_mark,
+    b64_payloads,
     build_media,
     build_start,
     build_stop,
@@ -270,3 +271,16 @@ def test_stream_encoder_timestamps_at_other_rates(rate: int, frame_ms: int) -> N
     frame = bytes(rate * frame_ms // 1000 * 2)
     stamps = [parse_event(enc.media(frame)).timestamp_ms for _ in range(5)]
     assert stamps == [frame_ms * k for k in range(1, 6)]
+
+
+def test_pre_encoded_media_is_byte_identical_to_build_media() -> None:
+    # the load generator's fast path (base64 once per process) must put the same bytes on the wire
+    frames = (b"\x01\x00" * 288, bytes(range(256)) * 2, b"\xff\xfe" * 100, b"")
+    for sid in ("ST0123456789abcdef", 'ST"odd%s\\sid\u00e9'):  # JSON-escaped and %-safe
+        slow, fast = StreamEncoder(sid, "CA", sample_rate=8000), StreamEncoder(sid, "CA", sample_rate=8000)
+        slow.start()
+        fast.start()
+        for pcm, b64 in zip(frames * 2, b64_payloads(frames) * 2):
+            assert fast.media_b64(b64, len(pcm)) == slow.media(pcm)
+        assert (fast.sequence_number, fast.chunk, fast.audio_bytes) == (slow.sequence_number, slow.chunk, slow.audio_bytes)
+        assert fast.stop() == slow.stop()

@@ -5,7 +5,9 @@ Built from the shared pieces: :class:`rtaa_cli.exotel.StreamEncoder` (the one co
 :class:`rtaa_cli.pacing.Pacer` + ``wait_sync`` (the one drift-free pacer; ``time.sleep`` is gevent's
 once Locust patched it), :class:`rtaa_cli.latency.SendLog` (the one latency definition) and the
 sans-I/O :class:`~rtaa_cli.soak.calltrack.TranscriptTracker`. websockets' *sync* client works under
-gevent (its reader thread becomes a greenlet). Every socket is closed in ``finally``.
+gevent (its reader thread becomes a greenlet). Media frames are sent by the process's
+:mod:`~rtaa_cli.soak.frame_scheduler` (one greenlet for every call); the call's greenlet waits for
+each run of frames and does everything else. Every socket is closed in ``finally``.
 
 Behaviours (``CallSpec.kind``): ``normal``; ``hold`` (no media for ``hold_s`` at ``hold_at_s``);
 ``disconnect`` (TCP drop mid-call without a close frame, then a new stream with the same call_sid
@@ -17,6 +19,7 @@ go into the record).
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import socket
 import threading
@@ -27,12 +30,14 @@ from typing import Sequence
 
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from rtaa_cli.exotel import StreamEncoder, build_media
+from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import Pacer, wait_sync
 from rtaa_cli.soak.calltrack import TranscriptTracker
+from rtaa_cli.soak.frame_scheduler import MediaRun, scheduler
 from rtaa_cli.soak.scenario import BAD_INPUTS
 from rtaa_cli.soak.stats import CallRecord
 
@@ -95,15 +100,26 @@ class _Stream:
         self.closed = threading.Event()
         self.dropped = False
         self.recorded = False
+        self.fast = False  # the frame scheduler may write to the socket directly (see frame_scheduler)
 
     def open(self) -> None:
         self.ws = _open(self.spec.url, self.spec.headers)
         self.rec.streams += 1
+        sock = self.ws.socket
+        self.fast = type(sock) is socket.socket and not os.get_blocking(sock.fileno())  # gevent's plain socket
         threading.Thread(target=_drain, args=(self.ws, self.closed), daemon=True).start()
 
     def send(self, text: str | bytes) -> None:
         assert self.ws is not None
         self.ws.send(text)
+
+    def flush(self, tail: bytes) -> None:
+        """Finish a frame the scheduler wrote in part, under websockets' send lock (no interleaving)."""
+        assert self.ws is not None
+        if self.ws.state is not State.OPEN:
+            raise self.ws.protocol.close_exc
+        with self.ws.protocol_mutex:
+            self.ws.socket.sendall(tail)
 
     def begin(self, sample_rate: int | None = None) -> None:
         self.send(self.enc.connected())
@@ -254,6 +270,7 @@ def _describe(exc: BaseException) -> str:
 def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLog, rec: CallRecord) -> None:
     frame_s = spec.frame_ms / 1000.0
     frames = spec.frames
+    b64 = _b64_payloads(tuple(frames))  # once per process for the shared audio
     n = len(frames)
     hold_k = round(spec.hold_at_s / frame_s) if spec.kind == "hold" else n + 1
     switch_k = -1
@@ -265,10 +282,10 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
     stream.begin()
     pacer.start()
     gap = 0.0  # schedule shift from holds / reconnect pauses (the schedule keeps its origin)
-    audio_ms = 0.0
     ms_per_byte = 1000.0 / (spec.sample_rate * 2)
-    now = time.time
-    for k in range(n):
+    sched = scheduler()
+    k = 0
+    while k < n:
         if k == hold_k:
             gap += spec.hold_s
         if k == switch_k:
@@ -285,22 +302,29 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
             # time shifts the schedule instead of counting as generator lateness.
             if pacer.speed > 0:
                 gap = max(gap, (pacer.clock() - pacer.t0) * pacer.speed - k * frame_s)
-        pcm = frames[k]
-        text = stream.enc.media(pcm)  # encode before the wait: off the timing-critical path
-        offset = k * frame_s + gap
-        wait_sync(pacer, offset)  # looks time.sleep up per call: gevent's once Locust has patched it
-        pacer.sent(offset)
-        try:
-            stream.send(text)
-        except ConnectionClosed:
-            stream.record_close()
-            rec.failure = f"closed by server mid-call: {_close_text(stream)}"
-            return
-        audio_ms += len(pcm) * ms_per_byte
-        send_log.record(audio_ms, now())
-        rec.frames_sent += 1
-        rec.audio_bytes_sent += len(pcm)
-    rec.audio_ms_sent = audio_ms
+        end = min(b for b in (hold_k, switch_k, n) if b > k)  # the run stops where the call changes
+        run = MediaRun(stream, pacer, send_log, rec, frames, b64, k, end, gap, frame_s, ms_per_byte)
+        while run.k < end:
+            # bounded: the run's remaining schedule plus slack (a stuck scheduler fails the call loudly)
+            sched.play(run, timeout=max(0.0, pacer.due(end * frame_s + gap) - pacer.clock()) + 60.0)
+            if run.error is not None:
+                raise run.error
+            if run.pending is None:
+                continue  # the run is complete (the loop condition says so)
+            text, tail = run.pending
+            run.pending = None
+            try:  # the frame the scheduler could not write now: the blocking path, then resume
+                if tail is None:
+                    stream.send(text)
+                else:
+                    stream.flush(tail)
+            except ConnectionClosed:
+                stream.record_close()
+                rec.failure = f"closed by server mid-call: {_close_text(stream)}"
+                return
+            run.sent(len(frames[run.k]))
+        k = end
+    rec.audio_ms_sent = rec.audio_bytes_sent * ms_per_byte
     try:
         stream.send(stream.enc.stop("callended"))
     except ConnectionClosed:
@@ -312,6 +336,11 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
         old.wait_closed(CLOSE_WAIT_S)
         if not old.closed.is_set():
             rec.errors.append("older stream was not closed by the server after the second stream started")
+
+
+@functools.lru_cache(maxsize=16)
+def _b64_payloads(frames: tuple[bytes, ...]) -> tuple[str, ...]:
+    return b64_payloads(frames)
 
 
 def _close_text(stream: _Stream) -> str:

@@ -1,0 +1,223 @@
+"""One greenlet per process sends every paced call's media frames (a heap of due times).
+
+Why: with a timer and two greenlet switches per frame per call, plus websockets' locked send path
+and gevent's ``sendall`` (a ``getsockopt`` per call), one Locust process spent ~50 us of CPU per
+36 ms frame and ran late beyond ~150 calls. Here a call's greenlet hands a *run* of frames (up to
+its next hold / reconnect / second stream) to the process's scheduler and waits; the scheduler
+pops whichever frame is due next, builds it from base64 encoded once per process
+(:func:`rtaa_cli.exotel.b64_payloads`), frames it (:func:`text_frame`, masked as a client must)
+and writes it with one non-blocking ``os.write``.
+
+The schedule stays drift-free and lateness is measured as before: frame ``k`` of a run is due at
+``pacer.due(k * frame_s + gap)`` and ``pacer.sent`` is recorded just before its write.
+
+The scheduler never blocks. A frame it cannot write whole right now goes back to the call's own
+greenlet, which finishes it through the blocking path and resubmits the rest of the run:
+
+* the connection is not OPEN any more (the call greenlet's ``ws.send`` raises ``ConnectionClosed``,
+  recorded as today);
+* websockets itself is writing (its lock is held: a pong or a close reply stuck on a full socket
+  buffer), or the socket buffer is full (``EAGAIN``): written by ``ws.send`` under that lock;
+* a partial write: the tail is flushed under that lock, so frames never interleave;
+* the socket is not a plain gevent (non-blocking) socket, e.g. TLS: every frame goes back.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Sequence
+
+from websockets.protocol import State
+
+try:  # the C masking websockets itself uses, else its pure-Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
+if TYPE_CHECKING:
+    from rtaa_cli.latency import SendLog
+    from rtaa_cli.pacing import Pacer
+    from rtaa_cli.soak.stats import CallRecord
+    from rtaa_cli.soak.sync_caller import _Stream
+
+_YIELD_EVERY = 64  # sends per batch before letting other greenlets (readers, handshakes) run
+_MASK_POOL_BYTES = 4096  # masking keys drawn from the OS 1024 at a time (one getrandom per 1024 frames)
+
+
+class _Masks:
+    __slots__ = ("pool", "i")
+
+    def __init__(self) -> None:
+        self.pool, self.i = b"", _MASK_POOL_BYTES
+
+    def next(self) -> bytes:
+        i = self.i
+        if i >= _MASK_POOL_BYTES:
+            self.pool, i = os.urandom(_MASK_POOL_BYTES), 0
+        self.i = i + 4
+        return self.pool[i:i + 4]
+
+
+_masks = _Masks()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, masked RFC 6455 text frame (what websockets' ``Frame(Opcode.TEXT, payload)
+    .serialize(mask=True)`` returns, with a different random key), without its per-frame object,
+    buffer and ``getrandom`` call: masking keys come from ``os.urandom`` in bulk."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = b"\x81\xfe" + n.to_bytes(2, "big")
+    else:
+        head = b"\x81\xff" + n.to_bytes(8, "big")
+    mask = _masks.next()
+    return head + mask + apply_mask(payload, mask)
+
+
+class MediaRun:
+    """Frames ``k .. end-1`` of one stream, due at ``pacer.due(k * frame_s + gap)``."""
+
+    __slots__ = ("stream", "pacer", "send_log", "rec", "frames", "b64", "k", "end", "gap", "frame_s",
+                 "ms_per_byte", "done", "pending", "error", "cancelled")
+
+    def __init__(self, stream: _Stream, pacer: Pacer, send_log: SendLog, rec: CallRecord, frames: Sequence[bytes],
+                 b64: Sequence[str], k: int, end: int, gap: float, frame_s: float, ms_per_byte: float) -> None:
+        self.stream, self.pacer, self.send_log, self.rec = stream, pacer, send_log, rec
+        self.frames, self.b64 = frames, b64
+        self.k, self.end, self.gap, self.frame_s, self.ms_per_byte = k, end, gap, frame_s, ms_per_byte
+        self.done = threading.Event()
+        # (text, unsent tail or None) of frame k, handed back to the call greenlet
+        self.pending: tuple[str, bytes | None] | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    def due(self) -> float:
+        return self.pacer.due(self.k * self.frame_s + self.gap)
+
+    def sent(self, nbytes: int) -> None:
+        """Bookkeeping for frame k, written whole: the one latency definition's send log."""
+        rec = self.rec
+        rec.frames_sent += 1
+        rec.audio_bytes_sent += nbytes
+        self.send_log.record(rec.audio_bytes_sent * self.ms_per_byte, time.time())
+        self.k += 1
+
+
+def write_nowait(ws: object, data: bytes) -> bytes | None:
+    """Write ``data`` to a websockets sync connection's socket now, or not at all.
+
+    Returns ``b""`` when all was written, the unsent tail after a partial write, or ``None`` when
+    nothing was written (connection not OPEN, websockets holds its send lock, buffer full, not a
+    plain non-blocking socket). Never yields to other greenlets, so the checks hold for the write.
+    """
+    if ws.state is not State.OPEN or ws.protocol_mutex.locked():  # type: ignore[attr-defined]
+        return None
+    sock = ws.socket  # type: ignore[attr-defined]
+    if type(sock) is not socket.socket:  # TLS or another wrapper: its own send path
+        return None
+    fd = sock.fileno()
+    if fd < 0:
+        return None
+    try:
+        n = os.write(fd, data)  # gevent keeps the fd non-blocking (checked at stream open)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return None  # reset / broken pipe: the call greenlet's ws.send reports it
+    return data[n:]
+
+
+class FrameScheduler:
+    """The process's one frame sender (see the module docstring). Start lazily with :func:`scheduler`."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, MediaRun]] = []
+        self._seq = itertools.count()
+        self._wake = threading.Event()
+        self._sleeping_until = float("inf")
+        self._thread = threading.Thread(target=self._loop, name="rtaa-frame-scheduler", daemon=True)
+        self._thread.start()
+
+    def play(self, run: MediaRun, timeout: float) -> None:
+        """Send ``run`` (blocks this greenlet until it ends or a frame is handed back)."""
+        if run.k >= run.end:
+            return
+        run.done.clear()
+        run.cancelled = False
+        due = run.due()
+        heapq.heappush(self._heap, (due, next(self._seq), run))
+        if due < self._sleeping_until:
+            self._wake.set()
+        try:
+            if not run.done.wait(timeout):
+                raise TimeoutError(f"frame scheduler did not finish a run within {timeout:.0f} s")
+        finally:
+            run.cancelled = True  # killed or timed out: the scheduler drops it
+
+    def _loop(self) -> None:
+        heap, clock, sleep = self._heap, time.monotonic, time.sleep
+        batch = 0
+        while True:
+            if not heap:
+                self._sleeping_until = float("inf")
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            due, _, run = heap[0]
+            now = clock()
+            if due > now:
+                self._sleeping_until = due
+                batch = 0
+                if self._wake.wait(due - now):
+                    self._wake.clear()
+                continue
+            if run.cancelled:
+                heapq.heappop(heap)
+                continue
+            try:
+                self._send(run)
+            except Exception as exc:  # noqa: BLE001 - a bug must end the call, not the process's sender
+                run.error = exc
+                run.done.set()
+            if run.done.is_set():
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (run.due(), next(self._seq), run))
+            batch += 1
+            if batch >= _YIELD_EVERY:
+                batch = 0
+                self._sleeping_until = float("inf")
+                sleep(0)
+
+    @staticmethod
+    def _send(run: MediaRun) -> None:
+        k = run.k
+        stream = run.stream
+        pcm_len = len(run.frames[k])
+        text = stream.enc.media_b64(run.b64[k], pcm_len)
+        run.pacer.sent(k * run.frame_s + run.gap)
+        tail = write_nowait(stream.ws, text_frame(text.encode())) if stream.fast else None
+        if tail == b"":
+            run.sent(pcm_len)
+            if run.k >= run.end:
+                run.done.set()
+            return
+        run.pending = (text, tail)  # the call greenlet finishes frame k through the blocking path
+        run.done.set()
+
+
+_scheduler: FrameScheduler | None = None
+
+
+def scheduler() -> FrameScheduler:
+    """This process's scheduler (a Locust worker is its own process)."""
+    global _scheduler
+    if _scheduler is None:
+        _scheduler = FrameScheduler()
+    return _scheduler
