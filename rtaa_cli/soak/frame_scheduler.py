@@ -201,14 +201,22 @@ class FrameScheduler:
         stream = run.stream
         pcm_len = len(run.frames[k])
         text = stream.enc.media_b64(run.b64[k], pcm_len)
-        run.pacer.sent(k * run.frame_s + run.gap)
-        tail = write_nowait(stream.ws, text_frame(text.encode())) if stream.fast else None
-        if tail == b"":
-            run.sent(pcm_len)
-            if run.k >= run.end:
-                run.done.set()
-            return
-        run.pending = (text, tail)  # the call greenlet finishes frame k through the blocking path
+        offset = k * run.frame_s + run.gap
+        if stream.fast:
+            at = run.pacer.clock()
+            tail = write_nowait(stream.ws, text_frame(text.encode()))
+            if tail is not None:  # written, whole or in part: it left now
+                run.pacer.sent(offset, at)
+                if tail == b"":
+                    run.sent(pcm_len)
+                    if run.k >= run.end:
+                        run.done.set()
+                    return
+        else:
+            tail = None
+        # The call greenlet finishes frame k through the blocking path; a frame not written at all here
+        # is recorded as sent (for lateness) there, when it really leaves.
+        run.pending = (text, tail)
         run.done.set()
 
 

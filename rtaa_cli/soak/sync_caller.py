@@ -315,6 +315,7 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
             run.pending = None
             try:  # the frame the scheduler could not write now: the blocking path, then resume
                 if tail is None:
+                    pacer.sent(run.k * frame_s + run.gap)
                     stream.send(text)
                 else:
                     stream.flush(tail)
