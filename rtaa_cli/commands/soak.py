@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         processes: Optional[int] = typer.Option(None, help="Locust processes on this host (master + N workers)."),
         target: Optional[str] = typer.Option(None, help="Ingest URL ws://host/v1/ingest; default: start a local rtaa serve + emulator."),
         transcripts: Optional[str] = typer.Option(None, help="Transcript feed base URL ws://host/v1/transcripts (with --target)."),
-        metrics: Optional[str] = typer.Option(None, help="Target's Prometheus /metrics: provider 1011s (and duplicates, if it counts them) without --provider-stats."),
+        metrics: Optional[str] = typer.Option(None, help="Target's Prometheus /metrics: its resident memory over the run, and provider 1011s (and duplicates, if it counts them) without --provider-stats."),
         provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: duplicates, provider 1011s, audio loss."),
         provider_control: Optional[str] = typer.Option(None, help="Emulator /control/faults URL: apply the scenario's faults."),
         threshold: List[str] = typer.Option([], "--threshold", "-t", help="NAME=VALUE (or NAME=off); repeatable."),
@@ -58,6 +58,8 @@ def register(app: typer.Typer) -> None:
               --transcripts ws://staging:8080/v1/transcripts --provider-stats http://emu:8765/stats
 
           rtaa soak steady --processes 4 --users 1000 --duration 1h --junit soak.xml
+
+          rtaa soak memory --duration 2h --html memory.html    (the target's RSS growth over time)
 
           rtaa soak steady --master --expect-workers 3 --master-bind 0.0.0.0
 
