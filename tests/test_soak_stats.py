@@ -249,6 +249,7 @@ def test_memory_growth_is_the_least_squares_slope_over_the_steady_window_only() 
     assert mem.growth_mb_per_h(60.0, 100.0) is None  # under a minute: no verdict
     doc = mem.summary(60.0, 800.0)
     assert doc["samples"] == 400 and doc["rss_mb"]["max"] >= doc["rss_mb"]["last"] > 100.0
+    assert doc["second_half_growth_mb_per_h"] == pytest.approx(36.0, abs=4.0)  # a leak: same slope late
     assert len(doc["series"]["t"]) <= 600 and doc["series"]["t"][0] == 0.0
 
 
@@ -264,3 +265,11 @@ def test_memory_growth_threshold_fails_a_leaking_run_and_is_off_by_default() -> 
     row = next(r for r in doc["thresholds"] if r["name"] == "memory_growth_mb_per_h")
     assert row["passed"] is False and row["value"] == pytest.approx(360.0)
     assert doc["verdict"] == "fail" and doc["target_memory"]["growth_mb_per_h"] == pytest.approx(360.0)
+
+
+def test_second_half_growth_tells_levelling_off_from_a_leak() -> None:
+    mem = TargetMemory("m")
+    for i in range(0, 3600, 2):  # 1 - exp(-t / 600): fast early growth that levels off
+        mem.add(float(i), (60.0 + 20.0 * (1.0 - math.exp(-i / 600.0))) * 1e6)
+    doc = mem.summary(0.0, 3600.0)
+    assert doc["growth_mb_per_h"] > 3 * doc["second_half_growth_mb_per_h"] > 0

@@ -66,12 +66,17 @@ class TargetMemory:
             return None
         values = [v for _, v in self.samples]
         growth = self.growth_mb_per_h(steady_from_s, steady_to_s)
+        # The second half's slope alone: a leak keeps it near the whole window's; allocator warm-up and
+        # fragmentation, which level off, leave it well below (the threshold still uses the whole window).
+        middle = (steady_from_s + steady_to_s) / 2.0
+        late = self.growth_mb_per_h(middle, steady_to_s)
         return {
             "source": self.source,
             "samples": len(values),
             "rss_mb": {"first": round(values[0], 2), "last": round(values[-1], 2), "max": round(max(values), 2)},
             "steady_window_s": [round(steady_from_s, 1), round(steady_to_s, 1)],
             "growth_mb_per_h": None if growth is None else round(growth, 3),
+            "second_half_growth_mb_per_h": None if late is None else round(late, 3),
             "series": _decimated(self.samples),
         }
 

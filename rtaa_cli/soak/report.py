@@ -220,8 +220,9 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
     mem = doc.get("target_memory")
     if mem:
         rss = mem["rss_mb"]
-        rows.append(("target RSS first / last / max MB; steady growth MB/h",
-                     f"{_fmt(rss['first'])} / {_fmt(rss['last'])} / {_fmt(rss['max'])}; {_fmt(mem['growth_mb_per_h'])}"))
+        rows.append(("target RSS first / last / max MB; steady growth MB/h (second half)",
+                     f"{_fmt(rss['first'])} / {_fmt(rss['last'])} / {_fmt(rss['max'])}; {_fmt(mem['growth_mb_per_h'])}"
+                     f" ({_fmt(mem.get('second_half_growth_mb_per_h'))})"))
     for kind in ("first_partial", "final"):
         s = lat.get(kind, {})
         rows.append((f"{kind.replace('_', ' ')} latency p50 / p90 / p95 / p99 / max ms (n)",

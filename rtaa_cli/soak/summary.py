@@ -43,8 +43,9 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
         t.add_row("audio loss (provider bytes vs sent)", _f(audio.get("loss"), 4))
     mem = doc.get("target_memory")
     if mem:
-        t.add_row("target RSS last / max MB (growth MB/h)",
-                  f"{_f(mem['rss_mb']['last'])} / {_f(mem['rss_mb']['max'])} ({_f(mem['growth_mb_per_h'], 2)})")
+        t.add_row("target RSS last / max MB (growth, 2nd half MB/h)",
+                  f"{_f(mem['rss_mb']['last'])} / {_f(mem['rss_mb']['max'])} "
+                  f"({_f(mem['growth_mb_per_h'], 1)}, {_f(mem.get('second_half_growth_mb_per_h'), 1)})")
     late = ((doc.get("pacing") or {}).get("lateness_ms")) or {}
     if late:
         t.add_row("pacing lateness p50/p99/max ms", " / ".join(_f(late.get(k), 2) for k in ("p50", "p99", "max")))
