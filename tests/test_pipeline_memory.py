@@ -55,6 +55,15 @@ def _assert_no_call_state(server: PipelineServer) -> None:
     assert server.metrics.value("rtaa_calls_active") == 0
 
 
+async def _play_to_idle(server: PipelineServer, first: int, batches: int, frames: list[bytes]) -> tracemalloc.Snapshot:
+    """Play ``batches`` batches, check that no call state is left, and snapshot the idle heap."""
+    for n in range(first, first + batches):
+        await _batch(server, n, frames)
+    _assert_no_call_state(server)
+    gc.collect()
+    return tracemalloc.take_snapshot()
+
+
 def _traced(snapshot: tracemalloc.Snapshot) -> int:
     filtered = snapshot.filter_traces([tracemalloc.Filter(False, pattern) for pattern in IGNORED_FILES])
     return sum(stat.size for stat in filtered.statistics("filename"))
@@ -67,20 +76,10 @@ def test_hundreds_of_calls_leave_no_state_and_no_heap_growth() -> None:
         tracemalloc.start(6)
         try:
             async with pipeline(EmulatorConfig(seed=3, max_closed_records=20, max_interactions=20)) as (server, emu):
-                batch = 0
-                for _ in range(WARMUP_BATCHES):
-                    await _batch(server, batch, frames)
-                    batch += 1
-                _assert_no_call_state(server)
-                gc.collect()
-                before = tracemalloc.take_snapshot()
-                for _ in range(MEASURED_BATCHES):
-                    await _batch(server, batch, frames)
-                    batch += 1
-                _assert_no_call_state(server)
-                gc.collect()
-                after = tracemalloc.take_snapshot()
-                assert server.metrics.value("rtaa_calls_total") == batch * CALLS_PER_BATCH
+                before = await _play_to_idle(server, 0, WARMUP_BATCHES, frames)
+                after = await _play_to_idle(server, WARMUP_BATCHES, MEASURED_BATCHES, frames)
+                total = (WARMUP_BATCHES + MEASURED_BATCHES) * CALLS_PER_BATCH
+                assert server.metrics.value("rtaa_calls_total") == total
         finally:
             tracemalloc.stop()
         growth = _traced(after) - _traced(before)
