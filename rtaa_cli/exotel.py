@@ -512,21 +512,20 @@ class StreamEncoder:
         return build_start(self.stream_sid, self.call_sid, self.account_sid, from_, to, custom_parameters,
                            self.sample_rate, self._next())
 
-    def media(self, pcm: bytes) -> str:
+    def _next_media(self, pcm_bytes: int) -> tuple[int, int, int]:
+        """(sequence_number, chunk, timestamp_ms) of the next media message of ``pcm_bytes`` bytes."""
         self.chunk += 1
-        self.audio_bytes += len(pcm)
-        timestamp_ms = self.audio_bytes * 1000 // (self.sample_rate * 2)
-        return build_media(self.stream_sid, self._next(), self.chunk, timestamp_ms, pcm)
+        self.audio_bytes += pcm_bytes
+        return self._next(), self.chunk, self.audio_bytes * 1000 // (self.sample_rate * 2)
+
+    def media(self, pcm: bytes) -> str:
+        return build_media(self.stream_sid, *self._next_media(len(pcm)), pcm)
 
     def media_b64(self, payload_b64: str, pcm_bytes: int) -> str:
         """:meth:`media` for audio already in base64 (:func:`b64_payloads`) of ``pcm_bytes`` PCM bytes."""
         if self._media_prefix is None:
             self._media_prefix = media_prefix(self.stream_sid)
-        self.chunk += 1
-        self.audio_bytes += pcm_bytes
-        self.sequence_number += 1
-        return build_media_b64(self._media_prefix, self.sequence_number, self.chunk,
-                               self.audio_bytes * 1000 // (self.sample_rate * 2), payload_b64)
+        return build_media_b64(self._media_prefix, *self._next_media(pcm_bytes), payload_b64)
 
     def dtmf(self, digit: str, duration_ms: int = 250) -> str:
         return build_dtmf(self.stream_sid, self._next(), digit, duration_ms)
