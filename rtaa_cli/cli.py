@@ -14,14 +14,31 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    # -h as well as --help, on every command (click passes it down to sub-contexts).
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Replay, emulate, serve and soak-test real-time call transcription (Exotel -> Deepgram).",
 )
 
 _err = Console(stderr=True, soft_wrap=True)
 
+# 1 means "a threshold was breached" (soak, smoke) and 2 "usage error / run invalid": an internal
+# error must be neither, so scripts can tell a broken tool from a broken target.
+EXIT_INTERNAL = 3
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rtaa_cli import __version__
+
+        typer.echo(f"rtaa {__version__}")
+        raise typer.Exit(0)
+
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                 help="Print rtaa's version and exit."),
+) -> None:
     """Replay, emulate, serve and soak-test real-time call transcription (Exotel -> Deepgram)."""
 
 
@@ -57,4 +74,4 @@ def main() -> None:
         if os.environ.get("RTAA_DEBUG"):
             raise
         _err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set RTAA_DEBUG=1 for a traceback)", highlight=False)
-        sys.exit(1)
+        sys.exit(EXIT_INTERNAL)
