@@ -19,12 +19,13 @@ REQUIRED = {"steady", "ramp", "burst", "disconnect", "silence", "second-stream",
 
 
 @pytest.mark.parametrize("text,seconds", [("30s", 30), ("2m", 120), ("1h", 3600), ("250ms", 0.25), (45, 45),
-                                          ("1.5m", 90), (" 10 s ", 10)])
+                                          ("1.5m", 90), (" 10 s ", 10), ("1h30m", 5400),
+                                          ("2m30s", 150), ("1h2m3s", 3723), ("1m500ms", 60.5)])
 def test_durations(text, seconds) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["10x", "-5s", "", "soon", True, -1])
+@pytest.mark.parametrize("bad", ["10x", "-5s", "", "soon", True, -1, "1m1h", "30s2m", "ms", "1hh"])
 def test_bad_durations_are_one_line_errors(bad) -> None:
     with pytest.raises(RtaaError):
         parse_duration(bad, "load.duration")

@@ -29,22 +29,28 @@ BAD_INPUTS: dict[str, tuple[int | None, ...]] = {
     "frames_after_stop": (1000, 1001, 1008, None),
 }
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Locust's and k6's forms: a bare number of seconds, or unit terms in descending order ("1h30m", "2m30s",
+# "1.5s", "250ms").
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+_UNIT_SECONDS = (3600.0, 60.0, 1.0, 0.001)
+_DURATION_HINT = "expected a duration like 30s, 2m30s, 1h30m or 250ms"
 
 
 def parse_duration(value: Any, what: str = "duration") -> float:
-    """``30`` / ``"30s"`` / ``"2m"`` / ``"1h"`` / ``"250ms"`` -> seconds."""
+    """``30`` / ``"30s"`` / ``"2m30s"`` / ``"1h30m"`` / ``"250ms"`` -> seconds."""
     if isinstance(value, bool):
-        raise RtaaError(f"{what}: expected a duration like 30s, 2m or 1h, got {value!r}")
+        raise RtaaError(f"{what}: {_DURATION_HINT}, got {value!r}")
     if isinstance(value, (int, float)):
         if value < 0:
             raise RtaaError(f"{what}: must be >= 0, got {value}")
         return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise RtaaError(f"{what}: expected a duration like 30s, 2m or 1h, got {value!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    text = str(value).strip().replace(" ", "")
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    m = _DURATION.match(text)
+    if not text or not m or not any(m.groups()):
+        raise RtaaError(f"{what}: {_DURATION_HINT}, got {value!r}")
+    return sum(float(g) * unit for g, unit in zip(m.groups(), _UNIT_SECONDS) if g is not None)
 
 
 def _range(value: Any, what: str) -> tuple[float, float]:
