@@ -4,8 +4,14 @@ from __future__ import annotations
 import os
 import sys
 
+from typing import Optional
+
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
+from rich.markup import escape
+
+from rtaa_cli.cliconfig import add_env_vars, load_config
 
 from rtaa_cli.errors import RtaaError
 
@@ -36,10 +42,18 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
                                  help="Print rtaa's version and exit."),
+    config: Optional[str] = typer.Option(
+        None, "--config", envvar="RTAA_CONFIG", show_envvar=True, metavar="FILE",
+        help="TOML file of option defaults, one table per command ([soak] users = 50); default ./rtaa.toml "
+             "if present. Every option also reads RTAA_<COMMAND>_<OPTION> from the environment."),
 ) -> None:
     """Replay, emulate, serve and soak-test real-time call transcription (Exotel -> Deepgram)."""
+    # Set before Typer builds the sub-command's context, which takes its defaults from here.
+    if isinstance(ctx.command, TyperGroup):
+        ctx.default_map = load_config(config, ctx.command)
 
 
 def _register_commands() -> None:
@@ -54,9 +68,12 @@ def main() -> None:
     _register_commands()
     try:
         # standalone_mode=False makes typer *return* the exit code of `raise typer.Exit(n)`.
-        sys.exit(app(standalone_mode=False) or 0)
+        group = typer.main.get_command(app)
+        assert isinstance(group, TyperGroup)
+        add_env_vars(group)
+        sys.exit(group(standalone_mode=False) or 0)
     except RtaaError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
@@ -73,5 +90,5 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if os.environ.get("RTAA_DEBUG"):
             raise
-        _err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set RTAA_DEBUG=1 for a traceback)", highlight=False)
+        _err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (set RTAA_DEBUG=1 for a traceback)", highlight=False)
         sys.exit(EXIT_INTERNAL)
