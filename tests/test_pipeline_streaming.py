@@ -11,7 +11,7 @@ from rtaa_cli.pipeline.config import WorkerConfig
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
 from rtaa_cli.pipeline.worker import CallEnded, Interaction
-from test_pipeline_support import (FRAME, RATE, Caller, Feed, assert_tiles, frames_of, pipeline, run, speech_like,
+from test_pipeline_support import (RATE, Caller, Feed, assert_tiles, frames_of, pipeline, run, speech_like,
                                    until)
 
 
@@ -89,10 +89,8 @@ def test_stop_right_after_speech_still_yields_the_final_and_call_ended_after_it(
             pcm = speech_like(3)
             pcm = pcm[: len(pcm) - int(0.4 * RATE * 2)]  # cut the last gap: ends mid-speech
             await c.paced(frames_of(pcm), 0.002)
-            t0 = time.perf_counter()
             await c.stop()
             await feed.wait_ended(10)
-            took = time.perf_counter() - t0
             await c.ws.close()
             return feed.messages, feed.transcripts(final=True), len(pcm) / (RATE * 2 / 1000), server.metrics
 
