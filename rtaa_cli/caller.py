@@ -9,7 +9,9 @@ with the sync websockets client):
   one frame at a time.
 * :class:`CallRecorder` -- what happened: sends (with :class:`~rtaa_cli.latency.SendLog` for
   latency), the server's messages on the Exotel socket (media/mark/clear tolerated and recorded),
-  and transcript-feed messages for this call (docs/transcript-feed.md), in a :class:`CallResult`.
+  and, through the shared :class:`~rtaa_cli.feeds.recorder.FeedRecorder` (the same one soak and
+  smoke use), transcript-feed messages for this call (docs/transcript-feed.md), in a
+  :class:`CallResult`.
 
 Pacing is :class:`rtaa_cli.pacing.Pacer`. The asyncio driver :func:`run_call` reads both sockets
 in their own tasks, so a slow or chatty server never delays the sender.
@@ -23,19 +25,20 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_padding, frames
 from rtaa_cli.closecodes import CLEAN_CLOSES
 from rtaa_cli.exotel import DEFAULT_SAMPLE_RATE, ExotelProtocolError, Media, StreamEncoder, parse_event
-from rtaa_cli.latency import SendLog
+from rtaa_cli.feeds.parse import FieldMapping
+from rtaa_cli.feeds.recorder import FeedRecorder, TextMatcher, Transcript
+from rtaa_cli.feeds.url import feed_url_for, redact_url
+from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
 from rtaa_cli.pacing import PacingStats, Pacer, wait_async
 
 # Bounds on what one call keeps (counts are always complete; beyond these, items are dropped).
 MAX_SERVER_MESSAGES_KEPT = 1000
-MAX_TRANSCRIPTS_KEPT = 20_000
 MAX_ERRORS_KEPT = 100
 MAX_FEED_MESSAGE_BYTES = 1 << 20
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -141,20 +144,6 @@ def _ceil_div(offset_s: float, frame_s: float) -> int:
 
 
 @dataclass
-class Transcript:
-    seq: int | None
-    is_final: bool
-    speech_final: bool
-    from_finalize: bool
-    text: str
-    audio_start_ms: float | None
-    audio_end_ms: float | None
-    received_at: float  # caller's wall clock
-    latency_ms: float | None  # rtaa_cli.latency definition
-    provider_connection: int | None = None
-
-
-@dataclass
 class CallResult:
     call_sid: str
     stream_sid: str
@@ -180,6 +169,9 @@ class CallResult:
     transcripts: list[Transcript] = field(default_factory=list)
     transcripts_dropped: int = 0
     feed_url: str | None = None
+    feed_messages: int = 0  # messages that arrived on the call's transcript feed
+    feed_unrecognised: int = 0  # of those, not understood
+    latency: LatencySamples = field(default_factory=LatencySamples)  # rtaa_cli.latency rules
     call_ended: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -189,7 +181,8 @@ class CallResult:
         return self.connected and self.stop_sent and self.close_code in CLEAN_CLOSES
 
     def finals(self) -> list[Transcript]:
-        return [t for t in self.transcripts if t.is_final]
+        """Final results with text (the ones an agent would see)."""
+        return [t for t in self.transcripts if t.is_final and t.text.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -197,6 +190,8 @@ class CallResult:
         data["pacing"] = pacing
         data["close"] = {"code": self.close_code, "reason": self.close_reason, "by": self.closed_by}
         data["clean"] = self.clean
+        data["latency"] = latency_summary(self.latency)
+        data["finals"] = self.latency.finals
         for key in ("close_code", "close_reason", "closed_by"):
             del data[key]
         return data
@@ -206,13 +201,16 @@ class CallRecorder:
     """Sans-I/O bookkeeping of one call; drivers feed it sends and received frames."""
 
     def __init__(self, script: CallScript, url: str = "", feed_url: str | None = None,
-                 on_transcript: Callable[[Transcript], None] | None = None) -> None:
+                 on_transcript: Callable[[Transcript], None] | None = None, *,
+                 mapping: FieldMapping | None = None, matcher: TextMatcher | None = None) -> None:
         o = script.options
+        self.send_log = SendLog()
+        self.feed = FeedRecorder(o.call_sid, self.send_log, mapping=mapping, matcher=matcher,
+                                 on_transcript=on_transcript)
         self.result = CallResult(call_sid=o.call_sid, stream_sid=o.stream_sid, url=redact_url(url),
                                  frames_total=len(script.frames), audio_ms_total=script.audio_ms,
-                                 padding_bytes=script.padding_bytes, feed_url=feed_url and redact_url(feed_url))
-        self.send_log = SendLog()
-        self.on_transcript = on_transcript
+                                 padding_bytes=script.padding_bytes, feed_url=feed_url and redact_url(feed_url),
+                                 transcripts=self.feed.transcripts, latency=self.feed.samples)
         self._counts: Counter[str] = Counter()
 
     def error(self, message: str) -> None:
@@ -263,76 +261,21 @@ class CallRecorder:
             kept["at"] = wall
             self.result.server_messages.append(kept)
 
-    def feed_message(self, data: str | bytes, wall: float) -> Transcript | None:
-        """A transcript-feed frame; keeps this call's transcripts, notes ``call_ended``."""
-        try:
-            msg = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.error("transcript feed sent invalid JSON")
-            return None
-        if type(msg) is not dict or msg.get("interaction_id") != self.result.call_sid:
-            return None
-        kind = msg.get("type")
-        if kind == "call_ended":
-            self.result.call_ended = msg
-            return None
-        if kind != "transcript":
-            return None
-        audio_end = _number(msg.get("audio_end_ms"))
-        transcript = Transcript(
-            seq=msg.get("seq") if type(msg.get("seq")) is int else None,
-            is_final=msg.get("is_final") is True,
-            speech_final=msg.get("speech_final") is True,
-            from_finalize=msg.get("from_finalize") is True,
-            text=msg.get("text") if type(msg.get("text")) is str else "",
-            audio_start_ms=_number(msg.get("audio_start_ms")),
-            audio_end_ms=audio_end,
-            received_at=wall,
-            latency_ms=None if audio_end is None else self.send_log.latency_ms(audio_end, wall),
-            provider_connection=msg.get("provider_connection") if type(msg.get("provider_connection")) is int else None,
-        )
-        if len(self.result.transcripts) < MAX_TRANSCRIPTS_KEPT:
-            self.result.transcripts.append(transcript)
-        else:
-            self.result.transcripts_dropped += 1
-        if self.on_transcript is not None:
-            self.on_transcript(transcript)
-        return transcript
+    def feed_message(self, data: str | bytes, wall: float, call_id: str | None = None) -> Transcript | None:
+        """A transcript-feed message (any tap); see :class:`~rtaa_cli.feeds.recorder.FeedRecorder`."""
+        t = self.feed.message(data, wall, call_id)
+        r, f = self.result, self.feed
+        r.feed_messages, r.feed_unrecognised, r.transcripts_dropped = f.feed_messages, f.feed_unrecognised, f.transcripts_dropped
+        r.call_ended = dict(f.call_ended) if f.call_ended is not None else None
+        return t
 
-
-def _number(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
+    def finish(self) -> None:
+        """Copy the feed's problems (errors, messages not understood) into the result."""
+        for line in self.feed.problems():
+            self.error(line)
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-def feed_url_for(url: str, call_sid: str) -> str:
-    """Resolve ``--transcripts URL`` for one call (docs/transcript-feed.md).
-
-    ``{call_sid}``/``{interaction_id}`` placeholders are filled in; a URL with no path gets
-    ``/v1/transcripts/<call_sid>``; any other URL (the firehose, a per-call URL) is used as is --
-    the recorder keeps only messages whose ``interaction_id`` is this call's.
-    """
-    quoted = urllib.parse.quote(call_sid, safe="")
-    if "{call_sid}" in url or "{interaction_id}" in url:
-        return url.replace("{call_sid}", quoted).replace("{interaction_id}", quoted)
-    parts = urllib.parse.urlsplit(url)
-    if parts.path in ("", "/"):
-        return urllib.parse.urlunsplit(parts._replace(path=f"/v1/transcripts/{quoted}"))
-    return url
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for reports and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _proxy_for(url: str) -> str | bool | None:
@@ -370,6 +313,8 @@ async def run_call(
     open_timeout_s: float = 10.0,
     on_progress: Callable[[CallResult, float], None] | None = None,
     on_transcript: Callable[[Transcript], None] | None = None,
+    mapping: FieldMapping | None = None,
+    matcher: TextMatcher | None = None,
 ) -> CallResult:
     """Place one call: stream ``script`` to ``url`` paced at ``speed`` (0 = as fast as possible).
 
@@ -379,7 +324,7 @@ async def run_call(
     transcripts as it arrives.
     """
     feed = feed_url_for(transcripts_url, script.options.call_sid) if transcripts_url else None
-    recorder = CallRecorder(script, url, feed, on_transcript)
+    recorder = CallRecorder(script, url, feed, on_transcript, mapping=mapping, matcher=matcher)
     result = recorder.result
     started = time.monotonic()
     feed_ws: ClientConnection | None = None
@@ -420,6 +365,7 @@ async def run_call(
         if feed_task is not None:
             feed_task.cancel()
             await asyncio.gather(feed_task, return_exceptions=True)
+        recorder.finish()
         result.duration_s = round(time.monotonic() - started, 3)
     return result
 
@@ -491,34 +437,3 @@ def _note_close(ws: ClientConnection, result: CallResult) -> None:
     elif ws.close_code is not None:
         result.close_code = ws.close_code  # 1006: the TCP connection dropped without a close frame
         result.closed_by = None
-
-
-# ------------------------------------------------------------------------------------ summaries
-
-
-def _nearest_rank(sorted_values: list[float], q: float) -> float:
-    rank = max(1, -(-len(sorted_values) * q // 100))
-    return sorted_values[int(rank) - 1]
-
-
-def latency_summary(transcripts: Sequence[Transcript]) -> dict[str, dict[str, float | int | None]]:
-    """p50/p95/p99/max latency of finals and of first partials (first non-final of an utterance)."""
-    finals, firsts, in_utterance = [], [], False
-    for t in transcripts:
-        if t.is_final:
-            in_utterance = False
-            if t.latency_ms is not None:
-                finals.append(t.latency_ms)
-        elif not in_utterance:
-            in_utterance = True
-            if t.latency_ms is not None:
-                firsts.append(t.latency_ms)
-
-    def summary(values: list[float]) -> dict[str, float | int | None]:
-        values = sorted(values)
-        if not values:
-            return {"count": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
-        return {"count": len(values), **{f"p{q}_ms": round(_nearest_rank(values, q), 1) for q in (50, 95, 99)},
-                "max_ms": round(values[-1], 1)}
-
-    return {"final": summary(finals), "first_partial": summary(firsts)}

@@ -1,5 +1,5 @@
-"""``rtaa smoke``: the post-deploy check -- health, one replayed call (helper A's asyncio caller, the
-same one ``rtaa replay`` uses), a final transcript arrived, latency under the limit, no duplicate
+"""``rtaa smoke``: the post-deploy check -- health, one replayed call (the asyncio caller ``rtaa replay``
+uses, with the same feed rule and latency definition as soak), a final transcript arrived, latency under the limit, no duplicate
 provider connection and no 1011 on either side.
 
 The result document has the soak report's shape (``verdict``, ``thresholds`` rows, ``latency_ms``,
@@ -21,8 +21,7 @@ import orjson
 from rtaa_cli.caller import CallOptions, CallScript, run_call
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak.audioset import call_frames
-from rtaa_cli.soak.calltrack import TranscriptTracker
-from rtaa_cli.soak.stats import Histogram, provider_counts_from_emulator
+from rtaa_cli.soak.stats import LATENCY_RESOLUTION_MS, Histogram, provider_counts_from_emulator
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -92,32 +91,22 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
     script = CallScript(list(frames), CallOptions(call_sid=call_sid, stream_sid="ST" + uuid.uuid4().hex[:24],
                                                  account_sid="AC_rtaa_smoke", sample_rate=opts.sample_rate,
                                                  frame_ms=opts.frame_ms, custom_parameters={"rtaa": "smoke"}))
-    per_call_feed = None
-    if feed_url:  # the per-interaction feed (docs/transcript-feed.md), unless a template was given
-        per_call_feed = feed_url if "{call_sid}" in feed_url else feed_url.rstrip("/") + "/{call_sid}"
-    result = asyncio.run(run_call(opts.url, script, speed=opts.speed, transcripts_url=per_call_feed,
-                                  wait_final_s=opts.wait_final_s))
-    tracker = TranscriptTracker(_NoSendLog(), call_sid)
-    for t in result.transcripts:
-        tracker.on_result(t.is_final, t.text, t.audio_end_ms or 0.0, t.received_at, t.latency_ms)
+    result = asyncio.run(run_call(opts.url, script, speed=opts.speed, transcripts_url=feed_url or None,
+                                  wait_final_s=opts.wait_final_s))  # feed URL: rtaa_cli.feeds.url rule
+    samples = result.latency
     code = result.close_code
     rows.append(_row("call_clean", result.clean, code, "1000/1001", "eq",
                      "; ".join(result.errors[:3]) or (result.close_reason or "")))
     rows.append(_row("caller_1011", None if not result.connected else code != 1011,
                      int(code == 1011), 0, detail=result.close_reason or ""))
-    finals = [t for t in result.transcripts if t.is_final and t.text]
+    finals = result.finals()
     if feed_url:
         rows.append(_row("transcript_received", len(finals) > 0, len(finals), 1, "min",
                          " ".join(t.text for t in finals)[:200]))
-        h = Histogram()
-        for _, ms in tracker.final:
-            h.add(ms)
+        h, fp = _histogram(samples.final), _histogram(samples.first_partial)
         p95 = h.percentile(95)
         rows.append(_row("latency_final_p95_ms", None if p95 is None else p95 <= opts.max_latency_p95_ms, p95,
                          opts.max_latency_p95_ms))
-        fp = Histogram()
-        for _, ms in tracker.first_partial:
-            fp.add(ms)
         doc["latency_ms"] = {"first_partial": fp.summary(), "final": h.summary()}
     # 3. provider side (the emulator's accounting for this call)
     dup = prov_1011 = None
@@ -136,7 +125,8 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
         "call": {"call_sid": call_sid, "connected": result.connected, "frames_sent": result.frames_sent,
                  "audio_ms_sent": result.audio_ms_sent, "close": {"code": code, "reason": result.close_reason},
                  "pacing": result.pacing.as_dict() if result.pacing else None, "errors": result.errors[:20],
-                 "finals": len(finals), "transcript": " ".join(t.text for t in finals)},
+                 "finals": len(finals), "transcript": " ".join(t.text for t in finals),
+                 "feed_messages": result.feed_messages, "feed_unrecognised": result.feed_unrecognised},
         "duplicates": dup,
         "closes_1011": {"provider": prov_1011, "caller": int(code == 1011), "rate": None},
         "thresholds": rows,
@@ -146,8 +136,7 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
     return doc
 
 
-class _NoSendLog:
-    """The caller already computed each transcript's latency with its own SendLog."""
-
-    def latency_ms(self, audio_end_ms: float, received_at: float) -> float | None:  # pragma: no cover
-        return None
+def _histogram(values: list[tuple[float, float]]) -> Histogram:
+    h = Histogram(LATENCY_RESOLUTION_MS)
+    h.extend(ms for _, ms in values)
+    return h

@@ -166,7 +166,7 @@ def test_transcripts_feed_latency_and_call_ended() -> None:
     assert result.transcripts[0].audio_end_ms == pytest.approx(360.0)
     for t in result.transcripts:  # published as soon as the frame arrived: small, never negative
         assert t.latency_ms is not None and 0 <= t.latency_ms < 2000, t
-    summary = latency_summary(result.transcripts)
+    summary = latency_summary(result.latency)
     assert summary["final"]["count"] == 4 and summary["first_partial"]["count"] == 3
     assert result.errors == [] and result.clean
 
@@ -223,27 +223,36 @@ def test_recorder_latency_uses_the_send_log() -> None:
                                             "is_final": True, "text": "hi", "audio_end_ms": 50.0}), 100.5)
     assert t is not None and t.latency_ms == pytest.approx(464.0)  # 50 ms is in frame 2, sent at 100.036
     assert recorder.feed_message(b'{"type":"transcript","interaction_id":"other"}', 101) is None
-    assert recorder.feed_message(b"garbage", 101) is None and recorder.result.errors
+    assert recorder.feed_message(b"garbage", 101) is None and recorder.result.feed_unrecognised == 1
+    assert recorder.result.feed_messages == 3
+    recorder.finish()
+    assert recorder.result.errors == ["transcript feed: 1 of 3 messages not understood (1x: not JSON)"]
 
 
 def test_feed_url_and_redaction_helpers() -> None:
     assert feed_url_for("ws://h:1", "CA1") == "ws://h:1/v1/transcripts/CA1"
     assert feed_url_for("ws://h:1/", "CA1") == "ws://h:1/v1/transcripts/CA1"
-    assert feed_url_for("ws://h:1/v1/transcripts", "CA1") == "ws://h:1/v1/transcripts"
+    # one rule for replay, soak and smoke: a base and rtaa serve's feed base mean the per-call feed
+    assert feed_url_for("ws://h:1/v1/transcripts", "CA1") == "ws://h:1/v1/transcripts/CA1"
+    assert feed_url_for("ws://h:1/v1/transcripts/", "CA1") == "ws://h:1/v1/transcripts/CA1"
+    assert feed_url_for("ws://h:1/feed", "CA1") == "ws://h:1/feed"  # a foreign feed: as is, filtered by call id
     assert feed_url_for("ws://h/feeds/{call_sid}?x=1", "CA 1") == "ws://h/feeds/CA%201?x=1"
     assert redact_url("ws://u:p@h:9/x") == "ws://u:***@h:9/x"
     assert redact_url("ws://h/x") == "ws://h/x"
 
 
 def test_latency_summary_first_partials_and_finals() -> None:
-    from rtaa_cli.caller import Transcript
+    from rtaa_cli.latency import LatencySamples
 
-    def t(final: bool, latency: float) -> Transcript:
-        return Transcript(None, final, final, False, "", 0, 0, 0, latency)
-
-    summary = latency_summary([t(False, 100), t(False, 300), t(True, 500), t(False, 50), t(True, 700)])
+    samples = LatencySamples()
+    for final, text, latency in [(False, "a", 100), (False, "a b", 300), (True, "a b", 500), (False, "", 10),
+                                 (False, "c", 50), (True, "c", 700), (True, "", 5000)]:
+        samples.add(final, text, 1000.0, latency, 0.0)
+    summary = latency_summary(samples)
     assert summary["first_partial"] == {"count": 2, "p50_ms": 50.0, "p95_ms": 100.0, "p99_ms": 100.0, "max_ms": 100.0}
+    # the empty final (5000 ms) is not a final result: it must not reach the percentiles
     assert summary["final"]["count"] == 2 and summary["final"]["max_ms"] == 700.0
+    assert samples.results == 7 and samples.finals == 2
 
 
 def test_step_is_small() -> None:

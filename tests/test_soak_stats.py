@@ -9,9 +9,7 @@ import random
 
 import pytest
 
-from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import LatenessHistogram
-from rtaa_cli.soak.calltrack import TranscriptTracker
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.stats import (
     CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold, apply_overrides,
@@ -71,35 +69,6 @@ def test_values_above_the_cap_are_bounded_but_counted() -> None:
     h.extend([10, 5000, 7000])
     assert h.n == 3 and h.clipped == 2 and len(h.counts) == 2 and h.max == 7000
     assert h.percentile(99) == 1000
-
-
-# ---------------------------------------------------------------------------- transcript tracker
-
-def _send_log(frames: int, frame_ms: float = 100.0, t0: float = 1000.0) -> SendLog:
-    log = SendLog()
-    for k in range(1, frames + 1):
-        log.record(k * frame_ms, t0 + k * frame_ms / 1000.0)  # frame k's end sent at t0 + k*0.1 s
-    return log
-
-
-def test_tracker_first_partial_per_utterance_finals_and_coverage() -> None:
-    tr = TranscriptTracker(_send_log(30), "CA1")
-    t = lambda final, text, end, at: tr.on_message(  # noqa: E731
-        {"type": "transcript", "interaction_id": "CA1", "is_final": final, "text": text, "audio_end_ms": end}, at)
-    t(False, "", 500, 1000.9)  # empty interim in silence: not a first partial
-    t(False, "hello", 1000, 1001.25)  # first partial of utterance 1: frame 10 sent at 1001.0 -> 250 ms
-    t(False, "hello there", 1500, 1001.9)  # second partial of the same utterance: not counted
-    t(True, "hello there", 1800, 1002.1)  # final: frame 18 sent at 1001.8 -> 300 ms
-    t(False, "next", 2500, 1002.6)  # utterance 2 starts: frame 25 at 1002.5 -> 100 ms
-    t(True, "", 3000, 1003.05)  # empty final (endpoint in silence): coverage only
-    tr.on_message({"type": "transcript", "interaction_id": "OTHER", "is_final": True, "text": "x",
-                   "audio_end_ms": 3000}, 1003.1)  # another call's message: ignored
-    tr.on_message({"type": "call_ended", "interaction_id": "CA1"}, 1003.2)
-    assert [round(ms, 6) for _, ms in tr.first_partial] == [250.0, 100.0]
-    assert [round(ms, 6) for _, ms in tr.final] == [300.0]
-    assert tr.final_audio_end_ms == 3000 and tr.results == 6 and tr.ended
-    t(True, "late", 9999, 1004.0)  # covers audio never sent: an error, not a sample
-    assert tr.errors and len(tr.final) == 1
 
 
 # --------------------------------------------------------------------------------- thresholds

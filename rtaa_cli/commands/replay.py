@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_bytes, load_audio
-from rtaa_cli.caller import CallOptions, CallResult, CallScript, Transcript, latency_summary, redact_url, run_call
+from rtaa_cli.caller import CallOptions, CallResult, CallScript, Transcript, redact_url, run_call
+from rtaa_cli.latency import latency_summary
 from rtaa_cli.closecodes import describe
 from rtaa_cli.embedded import PROVIDERS, EmbeddedTarget, embedded_pipeline
 from rtaa_cli.errors import RtaaError
@@ -331,12 +332,26 @@ def _json_report(result: CallResult, file: Path, script: CallScript, speed: floa
     data.update(
         file=str(file), sample_rate=script.options.sample_rate, frame_ms=script.options.frame_ms,
         frame_bytes=frame_bytes(script.options.sample_rate, script.options.frame_ms), speed=speed,
-        latency=latency_summary(result.transcripts), wer=accuracy,
+        wer=accuracy,
         embedded=None if embedded is None else {
             "provider": embedded.provider, "exit_code": embedded.exit_code,
             "log_tail": list(embedded.log)[-LOG_TAIL_LINES:]},
     )
     return orjson.dumps(data, option=orjson.OPT_INDENT_2)
+
+
+def transcripts_line(result: CallResult) -> str:
+    """The summary's transcripts row: results, finals (with text) and their latency, or why none."""
+    samples = result.latency
+    line = f"{samples.results} results ({samples.finals} final)"
+    lat = latency_summary(samples)["final"]
+    if lat["count"]:
+        line += f", final latency p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms"
+    elif samples.finals:
+        line += ", final latency not measured (the feed carries no audio offsets)"
+    if result.feed_unrecognised:
+        line += f"; {result.feed_unrecognised} of {result.feed_messages} feed messages not understood"
+    return line
 
 
 def _print_summary(console: Console, result: CallResult, file: str, accuracy: dict[str, Any] | None) -> None:
@@ -367,12 +382,7 @@ def _print_summary(console: Console, result: CallResult, file: str, accuracy: di
     if result.server_message_counts:
         table.add_row("server sent", ", ".join(f"{n} {k}" for k, n in sorted(result.server_message_counts.items())))
     if result.feed_url is not None:
-        lat = latency_summary(result.transcripts)
-        finals = lat["final"]
-        line = f"{len(result.transcripts)} ({finals['count']} final)"
-        if finals["count"]:
-            line += f", final latency p50 {finals['p50_ms']:.0f} ms, p95 {finals['p95_ms']:.0f} ms"
-        table.add_row("transcripts", line)
+        table.add_row("transcripts", transcripts_line(result))
         text = " ".join(t.text for t in result.finals() if t.text)
         if text:
             table.add_row("text", Text(text))

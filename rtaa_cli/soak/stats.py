@@ -164,6 +164,8 @@ class CallRecord:
     final_audio_end_ms: float | None = None  # furthest audio covered by a final result
     transcripts_observed: bool = True  # False when no transcript feed was read (delivery unknown)
     results: int = 0
+    feed_messages: int = 0  # messages that arrived on the call's transcript feed
+    feed_unrecognised: int = 0  # of those, not understood (a foreign schema without --feed-map)
     first_partial: list[tuple[float, float]] = field(default_factory=list)
     final: list[tuple[float, float]] = field(default_factory=list)
     lateness: LatenessHistogram = field(default_factory=LatenessHistogram)  # the pacer's own histogram

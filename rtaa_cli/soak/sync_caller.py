@@ -4,7 +4,7 @@
 Built from the shared pieces: :class:`rtaa_cli.exotel.StreamEncoder` (the one codec),
 :class:`rtaa_cli.pacing.Pacer` + ``wait_sync`` (the one drift-free pacer; ``time.sleep`` is gevent's
 once Locust patched it), :class:`rtaa_cli.latency.SendLog` (the one latency definition) and the
-sans-I/O :class:`~rtaa_cli.soak.calltrack.TranscriptTracker`. websockets' *sync* client works under
+sans-I/O :class:`~rtaa_cli.feeds.recorder.FeedRecorder` (the feed bookkeeping replay uses too). websockets' *sync* client works under
 gevent (its reader thread becomes a greenlet). Media frames are sent by the process's
 :mod:`~rtaa_cli.soak.frame_scheduler` (one greenlet for every call); the call's greenlet waits for
 each run of frames and does everything else. Every socket is closed in ``finally``.
@@ -34,9 +34,11 @@ from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
 from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
+from rtaa_cli.feeds.parse import FieldMapping
+from rtaa_cli.feeds.recorder import FeedRecorder
+from rtaa_cli.feeds.url import feed_url_for
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import Pacer, wait_sync
-from rtaa_cli.soak.calltrack import TranscriptTracker
 from rtaa_cli.soak.frame_scheduler import MediaRun, scheduler
 from rtaa_cli.soak.scenario import BAD_INPUTS
 from rtaa_cli.soak.stats import CallRecord
@@ -53,7 +55,8 @@ class CallSpec:
     frame_ms: int = 36
     sample_rate: int = 8000
     kind: str = "normal"
-    transcripts_url: str | None = None  # base of the per-interaction feed (".../v1/transcripts")
+    transcripts_url: str | None = None  # --transcripts (rtaa_cli.feeds.url rule)
+    feed_mapping: FieldMapping | None = None  # --feed-map for a foreign schema
     headers: dict[str, str] = field(default_factory=dict)
     account_sid: str = "AC_rtaa_soak"
     hold_at_s: float = 3.0
@@ -165,29 +168,21 @@ class _Stream:
 class _Feed:
     """The call's transcript subscription (opened before ``start`` so nothing is missed)."""
 
-    def __init__(self, base: str, call_sid: str, tracker: TranscriptTracker) -> None:
-        # the per-interaction feed: <base>/<call_sid>, or a template with {call_sid}
-        self.url = base.replace("{call_sid}", call_sid) if "{call_sid}" in base else base.rstrip("/") + "/" + call_sid
-        self.tracker = tracker
+    def __init__(self, base: str, call_sid: str, recorder: FeedRecorder) -> None:
+        self.url = feed_url_for(base, call_sid)
+        self.recorder = recorder
         self.done = threading.Event()
         self.ws = connect(self.url, compression=None, proxy=None, open_timeout=OPEN_TIMEOUT_S,
-                          ping_interval=None, close_timeout=2.0, legacy=True)
+                          ping_interval=None, close_timeout=2.0, legacy=True, max_size=1 << 20)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        loads, on_message, now = orjson.loads, self.tracker.on_message, time.time
+        message, now, recorder = self.recorder.message, time.time, self.recorder
         try:
             for raw in self.ws:
-                received = now()
-                try:
-                    msg = loads(raw)
-                except orjson.JSONDecodeError:
-                    self.tracker.error("feed sent invalid JSON")
-                    continue
-                if type(msg) is dict:
-                    on_message(msg, received)
-                    if self.tracker.ended:
-                        break
+                message(raw, now())
+                if recorder.ended:
+                    break
         except (ConnectionClosed, OSError, RuntimeError):
             pass
         finally:
@@ -206,7 +201,7 @@ def run_call(spec: CallSpec) -> CallRecord:
     if spec.kind.startswith("bad:"):
         rec.expected_closes = list(BAD_INPUTS[spec.kind[4:]])
     send_log = SendLog()
-    tracker = TranscriptTracker(send_log, spec.call_sid)
+    recorder = FeedRecorder(spec.call_sid, send_log, mapping=spec.feed_mapping, keep_transcripts=False)
     feed: _Feed | None = None
     streams: list[_Stream] = []
     pacer = Pacer(spec.speed)
@@ -218,7 +213,7 @@ def run_call(spec: CallSpec) -> CallRecord:
             rec.started_at = time.time()
         if spec.transcripts_url and not spec.kind.startswith("bad:"):
             try:
-                feed = _Feed(spec.transcripts_url, spec.call_sid, tracker)
+                feed = _Feed(spec.transcripts_url, spec.call_sid, recorder)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 rec.errors.append(f"transcript feed: {_describe(exc)}")
                 feed = None
@@ -248,13 +243,18 @@ def run_call(spec: CallSpec) -> CallRecord:
         if feed is not None:
             feed.close()
         rec.ended_at = time.time()
-        rec.first_partial = tracker.first_partial
-        rec.final = tracker.final
-        rec.final_audio_end_ms = tracker.final_audio_end_ms
-        rec.results = tracker.results
-        rec.errors.extend(tracker.errors)
+        record_feed(rec, recorder)
         rec.lateness = pacer.lateness
         rec.drift_ms = pacer.drift_s * 1000.0
+
+
+def record_feed(rec: CallRecord, recorder: FeedRecorder) -> None:
+    """The call's feed bookkeeping into its soak record (samples by rtaa_cli.latency's rules)."""
+    samples = recorder.samples
+    rec.first_partial, rec.final = samples.first_partial, samples.final
+    rec.final_audio_end_ms, rec.results = samples.final_audio_end_ms, samples.results
+    rec.feed_messages, rec.feed_unrecognised = recorder.feed_messages, recorder.feed_unrecognised
+    rec.errors.extend(recorder.problems())
 
 
 def _describe(exc: BaseException) -> str:
