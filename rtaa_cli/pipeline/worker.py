@@ -52,6 +52,7 @@ class Interaction:
         self.metrics = metrics
         self._publish = publish
         self.state = ACTIVE
+        self.finished = False  # set by the worker's _finish (exactly once per interaction)
         self.stream_sid = ""
         self.timeline = CallTimeline(sample_rate, cfg.replay_limit_s, cfg.latency_window_frames)
         self.seq = 0
@@ -321,6 +322,8 @@ class Interaction:
                         timeout_s=self.cfg.finalize_timeout_s)
         except (ProviderError, CallEnded) as exc:
             log.warning("finalize_failed", interaction_id=self.interaction_id, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - never let a provider fault skip the teardown or escape
+            log.warning("finalize_failed", interaction_id=self.interaction_id, error=repr(exc))
         finally:
             await self._teardown()
         log.info("call_finished", interaction_id=self.interaction_id, reason=reason,
@@ -335,7 +338,10 @@ class Interaction:
             conn = await self.connection()
             done = self._conn_done
             assert done is not None
-            await conn.close_stream()
+            try:
+                await conn.close_stream()
+            except Exception:  # noqa: BLE001 - the provider closed first (e.g. 1011): its receiver
+                pass  # resolves ``done`` with that code, and the loop reopens, replays, CloseStreams again
             code = await asyncio.shield(done)
             if code == 1000:
                 return
@@ -397,8 +403,8 @@ class Worker:
                         pass  # counted and logged by push_audio
                     except ProviderError as exc:
                         channel.fast_path = None
-                        await self._fail(channel, interaction, exc)
-                        interaction = None
+                        failed, interaction = interaction, None
+                        await self._fail(channel, failed, exc)
                 elif kind is busmod.START:
                     if interaction is None:
                         interaction = Interaction(iid, item[2], self.provider, self.cfg, self.metrics, self.publish)
@@ -416,8 +422,9 @@ class Worker:
                 else:  # END
                     channel.fast_path = None
                     if interaction is not None:
-                        await self._finish(interaction, item[1])
-                        interaction = None
+                        # Cleared before the await: whatever happens inside, ``finally`` must not finish it twice.
+                        ending, interaction = interaction, None
+                        await self._finish(ending, item[1])
                     if self.bus.release_if_idle(channel):
                         return
         finally:
@@ -427,6 +434,9 @@ class Worker:
                 await self._finish(interaction, "shutdown")
 
     async def _finish(self, interaction: Interaction, reason: str) -> None:
+        if interaction.finished:
+            return  # exactly once: one calls_active decrement, one call_ended
+        interaction.finished = True
         try:
             await interaction.end(reason)
         finally:

@@ -1,0 +1,72 @@
+"""Issue 10, bounds: provider faults racing the stop, full channels, empty frames, outages, gaps, health.
+Real sockets throughout: real ingest, real deepgram-sdk, the real emulator with injected faults."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+from rtaa_cli.emulator import EmulatorConfig
+from test_pipeline_support import Caller, Feed, frames_of, pipeline, run, speech_like, until
+
+
+class GaugeWatch:
+    """Samples ``rtaa_calls_active`` on every loop turn it gets: the lowest value seen."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.lowest = 0.0
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            self.lowest = min(self.lowest, self.server.metrics.value("rtaa_calls_active"))
+            await asyncio.sleep(0)
+
+    async def stop(self) -> float:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return self.lowest
+
+
+def _per_call(feed: Feed, kind: str) -> collections.Counter:
+    return collections.Counter(m["interaction_id"] for m in feed.messages if m["type"] == kind)
+
+
+def test_provider_1011_racing_the_stop_finishes_each_call_once_with_its_final() -> None:
+    """Item 9: the provider closes each call 1011 at 0.8 s; the calls' stops are spread over the instants
+    around it. close_stream() on a connection that had just closed raised out of Interaction.end:
+    duplicate call_ended, a negative calls_active gauge, calls without their final (a timing race: the
+    unfixed code fails this test in about half the runs). Now: exactly one call_ended each, every final."""
+    calls, fault_s = 80, 0.8
+    audio = speech_like(2, on_s=0.3, off_s=0.2)  # 1 s, two utterances
+
+    async def main() -> None:
+        async with pipeline(EmulatorConfig(close_1011_after_s=fault_s, seed=11)) as (server, emu):
+            feed = await Feed.open(server)
+            watch = GaugeWatch(server)
+
+            async def one(i: int) -> None:
+                c = await Caller.open(server, f"race-{i}")
+                await c.start()
+                opened = time.perf_counter()
+                for f in frames_of(audio):
+                    await c.media(f)
+                # stops spread over [0, +640 ms] after the fault is due (pacing, not synchronisation)
+                await asyncio.sleep(max(0.0, opened + fault_s + i * 0.008 - time.perf_counter()))
+                await c.stop()
+
+            await asyncio.gather(*(one(i) for i in range(calls)))
+            await until(lambda: sum(_per_call(feed, "call_ended").values()) >= calls, 30, "every call_ended")
+            await until(lambda: server.metrics.value("rtaa_calls_active") == 0, 5, "calls_active back to 0")
+            lowest = await watch.stop()
+            ended = _per_call(feed, "call_ended")
+            finals = collections.Counter(m["interaction_id"] for m in feed.transcripts(final=True))
+            await feed.close()
+            assert lowest >= 0, f"rtaa_calls_active went negative: {lowest}"
+            assert all(n == 1 for n in ended.values()) and len(ended) == calls, ended
+            missing = [f"race-{i}" for i in range(calls) if finals[f"race-{i}"] == 0]
+            assert not missing, f"calls without a final transcript: {missing}"
+            assert server.metrics.value("rtaa_provider_closes_total", code="1011") > 0  # the fault did fire
+
+    run(main(), 60)
