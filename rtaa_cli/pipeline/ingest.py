@@ -6,7 +6,7 @@ with the interaction id when known; no bad input affects another call):
 | input | outcome |
 |---|---|
 | malformed JSON, missing/mistyped field, bad base64, odd-length PCM | close 1007 with the codec's reason |
-| start with a sample rate not served, or differing from the call's earlier stream | close 1007 |
+| start with a sample rate not served, or differing from the rate of audio the call already had | close 1007 |
 | media before start | close 1008 "media before start" |
 | media after stop | close 1008 "media after stop" (the audio is reported, never sent) |
 | unknown event | counted + logged, **ignored** (Exotel adds events; one should not kill a call) |
@@ -22,6 +22,9 @@ with the interaction id when known; no bad input affects another call):
 A stream that drops without ``stop`` keeps its call (and provider stream, with KeepAlive) for
 ``reconnect_grace_s``: a new stream with the same call_sid continues it seamlessly; otherwise the call
 ends with reason "stream dropped".
+
+A call's sample rate is fixed by its first audio frame, not by a start: a newer stream with another rate
+may supersede a stream that never sent audio (the worker reopens the provider stream at the new rate).
 """
 from __future__ import annotations
 
@@ -60,13 +63,14 @@ def _kind_of(exc: ExotelProtocolError) -> str:
 class StreamConn:
     """One caller connection (one Exotel stream)."""
 
-    __slots__ = ("ws", "interaction_id", "stream_sid", "channel", "stopped", "superseded", "closing",
+    __slots__ = ("ws", "interaction_id", "stream_sid", "sample_rate", "channel", "stopped", "superseded", "closing",
                  "close_task", "_unsubscribe")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
         self.interaction_id: str | None = None
         self.stream_sid = ""
+        self.sample_rate = 0  # of its start; fixes the call's rate at this stream's first published frame
         self.channel: busmod.CallChannel | None = None
         self.stopped = False
         self.superseded = False
@@ -152,6 +156,8 @@ class Ingest:
                     frames_in.inc()
                     if s.superseded:
                         continue
+                    if channel.sample_rate is None:
+                        channel.sample_rate = s.sample_rate  # the rate is fixed by audio, not by a start
                     try:
                         await channel.publish((busmod.AUDIO, ev.payload, now))
                     except busmod.BusOverloaded:
@@ -210,8 +216,7 @@ class Ingest:
                             f"sample rate {ev.sample_rate} differs from this call's {existing.sample_rate}")
             return False
         channel = self.bus.open(iid)
-        if channel.sample_rate is None:
-            channel.sample_rate = ev.sample_rate
+        s.sample_rate = ev.sample_rate
         s.channel = channel
         timer = self._grace.pop(iid, None)
         if timer is not None:

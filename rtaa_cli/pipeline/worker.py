@@ -406,18 +406,27 @@ class Worker:
                         failed, interaction = interaction, None
                         await self._fail(channel, failed, exc)
                 elif kind is busmod.START:
+                    restart = interaction is not None and interaction.sample_rate != item[2]
+                    if restart:
+                        # The ingest lets a new rate through only before any audio (a silent start must not
+                        # fix the rate): same call, a fresh provider stream at the new rate, no call_ended.
+                        channel.fast_path = None
+                        old, interaction = interaction, None
+                        await old.end("sample rate changed before audio")
                     if interaction is None:
                         interaction = Interaction(iid, item[2], self.provider, self.cfg, self.metrics, self.publish)
                         self.interactions[iid] = interaction
-                        self.metrics.calls_active.inc()
-                        self.metrics.calls_total.inc()
+                        if not restart:
+                            self.metrics.calls_active.inc()
+                            self.metrics.calls_total.inc()
                         # Open eagerly: the handshake overlaps the first frames instead of delaying them.
                         interaction._spawn(interaction._reopen())
                         channel.fast_path = interaction.send_now
                         interaction.on_failure = self._failure_reporter(channel, iid)
                         # Here, not at the ingest: a start that arrives while the call's previous stream is
                         # still finalising begins a new call only now, after that call's call_ended.
-                        self.on_call_started(iid, item[1])
+                        if not restart:
+                            self.on_call_started(iid, item[1])
                     interaction.stream_sid = item[1]
                 else:  # END
                     channel.fast_path = None
