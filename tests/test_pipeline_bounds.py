@@ -7,7 +7,7 @@ import collections
 import time
 
 from rtaa_cli.emulator import EmulatorConfig
-from test_pipeline_support import Caller, Feed, frames_of, pipeline, run, speech_like, until
+from test_pipeline_support import FRAME, Caller, Feed, frames_of, pipeline, run, speech_like, until
 
 
 class GaugeWatch:
@@ -70,3 +70,59 @@ def test_provider_1011_racing_the_stop_finishes_each_call_once_with_its_final() 
             assert server.metrics.value("rtaa_provider_closes_total", code="1011") > 0  # the fault did fire
 
     run(main(), 60)
+
+
+def test_stop_on_a_full_channel_still_ends_the_call() -> None:
+    """Item 8: the provider handshake stalls, the call's channel fills up, then the caller stops. The END
+    hit BusOverloaded and was dropped: the call, its slot and its provider stream stayed forever. Now
+    control items always get in: the call ends once the provider answers."""
+    depth = 8
+
+    async def main() -> None:
+        emu_cfg = EmulatorConfig(handshake_delay_ms=(1500.0, 1500.0), seed=5)
+        async with pipeline(emu_cfg, bus_queue_frames=depth, bus_publish_timeout_s=0.2) as (server, emu):
+            feed = await Feed.open(server, "full-1")
+            c = await Caller.open(server, "full-1")
+            await c.start()
+            frames = frames_of(speech_like(1))
+            await until(lambda: "full-1" in server.bus.channels, 5, "the call's channel")
+            channel = server.bus.channels["full-1"]
+            sent = 0
+            while channel.queue.qsize() < depth:  # the consumer is stuck on the first frame
+                await c.media(frames[sent])
+                sent += 1
+                await until(lambda: channel.queue.qsize() >= sent - 1, 5, "frame queued")
+            await c.stop()
+            await feed.wait_ended(10)
+            await c.ws.close()
+            assert [m["reason"] for m in feed.messages if m["type"] == "call_ended"] == ["stopped"]
+            await until(lambda: server.metrics.value("rtaa_calls_active") == 0, 5, "calls_active back to 0")
+            await until(lambda: emu.stats()["totals"]["close_codes"].get("1000") == 1, 5, "provider stream closed")
+            assert emu.stats()["totals"]["audio_bytes"] == sent * FRAME  # every queued frame went out, once
+
+    run(main(), 30)
+
+
+def test_empty_payloads_are_dropped_and_never_reopen_the_provider() -> None:
+    """Item 5: every 10th media frame has an empty payload. Forwarded, each was a 0-byte frame (CloseStream
+    to Deepgram) and the call reconnected each time. Now: dropped, counted, one provider connection."""
+    async def main() -> None:
+        async with pipeline() as (server, emu):
+            feed = await Feed.open(server, "empty-1")
+            c = await Caller.open(server, "empty-1")
+            await c.start()
+            frames = frames_of(speech_like(3))
+            sent = [b"" if i % 10 == 9 else f for i, f in enumerate(frames)]
+            for f in sent:
+                await c.media(f)
+            await c.stop()
+            await feed.wait_ended(15)
+            await c.ws.close()
+            interaction = emu.stats()["interactions"]["empty-1"]
+            assert interaction["connections"] == 1, interaction
+            assert emu.stats()["totals"]["audio_bytes"] == sum(len(f) for f in sent)
+            empties = sent.count(b"")
+            assert server.metrics.value("rtaa_empty_audio_frames_total") == empties > 0
+            assert feed.transcripts(final=True)
+
+    run(main(), 30)

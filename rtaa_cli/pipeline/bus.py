@@ -13,10 +13,11 @@ provider stream can take a frame without blocking, ``publish`` hands an AUDIO it
 (``fast_path``), saving the queue hop (a task switch, which under load is most of the added latency).
 Order is kept: anything queued or in progress forces the queued path.
 
-Backpressure: a channel holds at most ``maxsize`` items. ``publish`` returns at once while there is
-room; when full it waits up to ``timeout_s`` for the worker to catch up, then raises
+Backpressure: a channel holds at most ``maxsize`` AUDIO items. ``publish`` returns at once while there
+is room; when full it waits up to ``timeout_s`` for the worker to catch up, then raises
 :class:`BusOverloaded` (the ingest closes that caller 1011 "pipeline overloaded" and counts it). Nothing
-is ever dropped silently.
+is ever dropped silently. Control items (START, END) are never refused: they go into the queue past the
+bound (at most a few per stream), in order, so a call whose channel is full still ends.
 """
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ class ChannelClosed(Exception):
 
 class CallChannel:
     __slots__ = ("interaction_id", "queue", "closed", "sample_rate", "_timeout_s", "_fail_callbacks", "failure",
-                 "busy", "fast_path")
+                 "busy", "fast_path", "_maxsize", "_room")
 
     def __init__(self, interaction_id: str, maxsize: int, timeout_s: float) -> None:
         self.interaction_id = interaction_id
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
+        # Unbounded queue, bound enforced for AUDIO only in publish(): control items must always get in.
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._maxsize = maxsize
+        self._room = asyncio.Event()  # set by get() when the consumer made room
         self.closed = False
         self.sample_rate: int | None = None  # of the call's first stream; later streams must match
         self._timeout_s = timeout_s
@@ -63,14 +67,21 @@ class CallChannel:
                     return
             finally:
                 self.busy = False
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if item[0] is AUDIO and self.queue.qsize() >= self._maxsize:
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await self.queue.put(item)
+                    while self.queue.qsize() >= self._maxsize:
+                        self._room.clear()
+                        await self._room.wait()
             except TimeoutError:
                 raise BusOverloaded(self.interaction_id) from None
+        self.queue.put_nowait(item)
+
+    async def get(self) -> Item:
+        """Consumer side: the next item, in order."""
+        item = await self.queue.get()
+        self._room.set()
+        return item
 
     # Worker -> ingest: the call cannot go on (provider down for good); the ingest closes its caller.
     def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:

@@ -32,6 +32,9 @@ class PipelineMetrics:
                                       registry=r)
         self.audio_after_end = Counter("rtaa_audio_after_end", "Audio pushed after the call ended (reported, not sent)",
                                        registry=r)
+        self.empty_frames = Counter("rtaa_empty_audio_frames",
+                                    "Media frames with an empty payload, dropped (0 bytes is CloseStream to Deepgram)",
+                                    registry=r)
         self.provider_opened = Counter("rtaa_provider_connections_opened", "Provider connections opened",
                                        ["provider"], registry=r)
         self.provider_open_failures = Counter("rtaa_provider_open_failures", "Failed provider connection attempts",

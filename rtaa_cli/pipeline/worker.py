@@ -68,6 +68,7 @@ class Interaction:
         self._last_sent = time.perf_counter()
         self._conn_ready_at = 0.0  # when the current connection became usable (after its replay)
         self._trimmed_reported = 0
+        self._empty_logged = False
         # Called when the provider is given up on outside a frame's path (e.g. a reopen during a hold).
         self.on_failure: Callable[[ProviderError], None] | None = None
         self._spawn(self._keepalive_loop())
@@ -161,6 +162,9 @@ class Interaction:
     # -- audio in --------------------------------------------------------------------------------
     async def push_audio(self, pcm: bytes, received_at: float) -> None:
         """Forward one frame now. Must be called in frame order (the bus consumer is one task per call)."""
+        if not pcm:
+            self._drop_empty()
+            return
         if self.state is not ACTIVE:
             self.metrics.audio_after_end.inc()
             log.warning("audio_after_end", interaction_id=self.interaction_id, bytes=len(pcm), state=self.state)
@@ -187,6 +191,14 @@ class Interaction:
         else:  # queued behind the opening: its wait is the provider handshake, counted apart
             self.metrics.frames_waited.inc()
 
+    def _drop_empty(self) -> None:
+        """A 0-byte media frame must never reach the provider: Deepgram reads an empty binary message as
+        CloseStream (and the worker would reconnect). Counted; logged once per call (it can be a flood)."""
+        self.metrics.empty_frames.inc()
+        if not self._empty_logged:
+            self._empty_logged = True
+            log.warning("empty_audio_dropped", interaction_id=self.interaction_id)
+
     def _append(self, pcm: bytes, received_at: float) -> int:
         tl = self.timeline
         end = tl.append(pcm, received_at)
@@ -198,6 +210,9 @@ class Interaction:
     async def send_now(self, pcm: bytes, received_at: float) -> bool:
         """The bus's fast path: forward now if the provider stream is open and will not block; False
         (nothing done) otherwise, and the frame takes the queued path through :meth:`push_audio`."""
+        if not pcm:
+            self._drop_empty()
+            return True
         conn = self._conn
         if conn is None or self.state is not ACTIVE or not conn.writable():
             return False
@@ -385,11 +400,10 @@ class Worker:
     async def _consume(self, channel: busmod.CallChannel) -> None:
         iid = channel.interaction_id
         interaction: Interaction | None = None
-        queue = channel.queue
         try:
             while True:
                 channel.busy = False
-                item = await queue.get()
+                item = await channel.get()
                 channel.busy = True  # until this item is handled: a fast-path frame must not overtake it
                 kind = item[0]
                 if kind is busmod.AUDIO:
