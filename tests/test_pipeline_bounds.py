@@ -6,8 +6,10 @@ import asyncio
 import collections
 import time
 
+import orjson
+
 from rtaa_cli.emulator import EmulatorConfig
-from test_pipeline_support import FRAME, Caller, Feed, frames_of, pipeline, run, speech_like, until
+from test_pipeline_support import FRAME, Caller, Feed, frames_of, http_get, pipeline, run, speech_like, until
 
 
 class GaugeWatch:
@@ -126,3 +128,28 @@ def test_empty_payloads_are_dropped_and_never_reopen_the_provider() -> None:
             assert feed.transcripts(final=True)
 
     run(main(), 30)
+
+
+def test_health_degrades_on_recent_provider_open_failures_without_exception_text() -> None:
+    """Item 13: /health said ok while the provider was unreachable and then showed exception text
+    (``ConnectionRefusedError ('127.0.0.1', port)``). Now: ok while reachable, degraded with a plain reason
+    once opens fail, ok again after a successful open."""
+    async def main() -> None:
+        async with pipeline() as (server, emu):
+            status, body, _ = await asyncio.to_thread(http_get, server.http_url + "/health")
+            assert (status, orjson.loads(body)["status"]) == (200, "ok")
+            port = emu.port if hasattr(emu, "port") else int(emu.url.rsplit(":", 1)[1])
+            await emu.__aexit__(None, None, None)  # the provider goes away
+            c = await Caller.open(server, "health-1")
+            await c.start()
+            await c.media(frames_of(speech_like(1))[0])
+            await until(lambda: server.metrics.value("rtaa_provider_open_failures_total", provider="deepgram") > 0,
+                        10, "a failed provider open")
+            status, raw, _ = await asyncio.to_thread(http_get, server.http_url + "/health")
+            body = orjson.loads(raw)
+            assert status == 503 and body["status"] == "degraded", body
+            text = " ".join(body["reasons"])
+            assert "unreachable" in text and "Error" not in text and str(port) not in text, body
+            await c.closed(30)
+
+    run(main(), 60)

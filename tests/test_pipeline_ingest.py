@@ -191,7 +191,7 @@ def test_health_is_503_with_a_reason_when_the_provider_is_unreachable() -> None:
 
     code, status, body = run(main(), 60)
     assert code == (1011, "transcription provider unavailable")
-    assert status == 503 and body["status"] == "unavailable"
+    assert status == 503 and body["status"] == "degraded"
     assert any("deepgram" in r for r in body["reasons"]), body
 
 

@@ -126,7 +126,7 @@ class PipelineServer:
             reasons.append("shutting down")
         reasons.extend(self.provider.health())
         body = {
-            "status": "ok" if not reasons else "unavailable",
+            "status": "ok" if not reasons else "unavailable" if self.shutting_down else "degraded",
             "reasons": reasons,
             "provider": self.provider.name,
             "calls_active": len(self.worker.interactions),

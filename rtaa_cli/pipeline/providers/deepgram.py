@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import warnings
+from collections import deque
 from typing import Any, AsyncIterator
 
 import orjson
@@ -23,6 +25,7 @@ with warnings.catch_warnings():
     import deepgram.listen.v1.client  # noqa: F401
 
 _PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404})
+HEALTH_WINDOW_S = 30.0  # /health reports failed provider opens this recent (no success since)
 _HIGH_WATER = 64 * 1024  # transport backlog above which a send may block: take the queued path
 
 
@@ -144,7 +147,8 @@ class DeepgramProvider(Provider):
         if utterance_end_ms:
             self._params["utterance_end_ms"] = str(utterance_end_ms)
         self._open_timeout_s = open_timeout_s
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # a short kind, never exception text (it is shown on /health)
+        self._failures: deque[float] = deque(maxlen=64)  # monotonic times of recent failed opens
 
     async def open(self, interaction_id: str, sample_rate: int) -> ProviderConnection:
         stack = contextlib.AsyncExitStack()
@@ -155,15 +159,25 @@ class DeepgramProvider(Provider):
         except ApiError as exc:
             await stack.aclose()
             status = exc.status_code
-            self.last_error = f"handshake HTTP {status}"
+            self._failed(f"handshake HTTP {status}")
             raise ProviderError(f"deepgram refused the stream: HTTP {status}", status=status,
                                 permanent=status in _PERMANENT_STATUSES) from None
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             await stack.aclose()
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            raise ProviderError(f"deepgram unreachable: {self.last_error}") from None
+            self._failed("timeout" if isinstance(exc, TimeoutError) else "unreachable")
+            raise ProviderError(f"deepgram unreachable: {type(exc).__name__}: {exc}") from None
         self.last_error = None
+        self._failures.clear()
         return DeepgramConnection(stack, sock)
 
+    def _failed(self, kind: str) -> None:
+        self.last_error = kind
+        self._failures.append(time.monotonic())
+
     def health(self) -> list[str]:
-        return [f"provider deepgram: {self.last_error}"] if self.last_error else []
+        """Degraded while opens failed within the last HEALTH_WINDOW_S and none succeeded since."""
+        recent = sum(1 for t in self._failures if time.monotonic() - t <= HEALTH_WINDOW_S)
+        if not recent or self.last_error is None:
+            return []
+        return [f"provider deepgram: {recent} failed connection attempt(s) in the last {HEALTH_WINDOW_S:.0f} s "
+                f"({self.last_error})"]
