@@ -32,6 +32,8 @@ from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_padding, frames
 from rtaa_cli.closecodes import CLEAN_CLOSES
 from rtaa_cli.exotel import DEFAULT_SAMPLE_RATE, ExotelProtocolError, Media, StreamEncoder, parse_event
 from rtaa_cli.feeds.parse import FieldMapping
+from rtaa_cli.feeds import redis_feed
+from rtaa_cli.feeds.redis_feed import is_redis
 from rtaa_cli.feeds.recorder import FeedRecorder, TextMatcher, Transcript
 from rtaa_cli.feeds.url import feed_url_for, redact_url
 from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
@@ -331,7 +333,14 @@ async def run_call(
     feed_task: asyncio.Task[None] | None = None
     feed_done = asyncio.Event()
     try:
-        if feed is not None:  # subscribe before start: nothing of this call is missed
+        if feed is not None and is_redis(feed):  # subscribe before start: nothing of this call is missed
+            try:
+                state = await asyncio.wait_for(redis_feed.open_async(feed, script.options.call_sid), open_timeout_s)
+            except (OSError, TimeoutError) as exc:
+                recorder.error(f"transcript feed: {exc or 'timed out connecting to Redis'}")
+                return result
+            feed_task = asyncio.create_task(_read_redis_feed(state, recorder, feed_done))
+        elif feed is not None:
             try:
                 feed_ws = await connect(feed, open_timeout=open_timeout_s, proxy=_proxy_for(feed),
                                         compression=None, max_size=MAX_FEED_MESSAGE_BYTES)
@@ -352,7 +361,8 @@ async def run_call(
             await _send_script(ws, script, pacer, recorder, reader, on_progress)
             result.pacing = pacer.stats()
             if result.stop_sent and feed_task is not None:
-                await _wait_for_end(recorder, feed_done, reader, wait_final_s)
+                # rtaa's own feed ends each call with call_ended; a foreign one (Redis) may never say
+                await _wait_for_end(recorder, feed_done, reader, wait_final_s, expect_end=feed_ws is not None)
             if not reader.done():
                 await ws.close(1000, "stream stopped" if result.stop_sent else "caller gave up")
             await reader
@@ -416,15 +426,24 @@ async def _read_feed(ws: ClientConnection, recorder: CallRecorder, done: asyncio
         done.set()
 
 
+async def _read_redis_feed(state: Any, recorder: CallRecorder, done: asyncio.Event) -> None:
+    try:
+        await redis_feed.read_async(state, recorder.feed_message, lambda: recorder.result.call_ended is not None)
+    except (OSError, redis_feed.redis_errors()) as exc:
+        recorder.error(f"transcript feed: redis: {type(exc).__name__}: {exc}")
+    finally:
+        done.set()
+
+
 async def _wait_for_end(recorder: CallRecorder, feed_done: asyncio.Event, reader: asyncio.Task[None],
-                        timeout_s: float) -> None:
+                        timeout_s: float, expect_end: bool = True) -> None:
     """After stop: until ``call_ended`` arrives or the feed closes, bounded by ``timeout_s``."""
     waiter = asyncio.create_task(feed_done.wait())
     try:
         await asyncio.wait((waiter,), timeout=timeout_s)
     finally:
         waiter.cancel()
-    if recorder.result.call_ended is None and not feed_done.is_set():
+    if expect_end and recorder.result.call_ended is None and not feed_done.is_set():
         recorder.error(f"no call_ended on the transcript feed within {timeout_s:g} s of stop")
 
 

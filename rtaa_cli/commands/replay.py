@@ -21,6 +21,8 @@ from rtaa_cli.latency import latency_summary
 from rtaa_cli.closecodes import describe
 from rtaa_cli.embedded import PROVIDERS, EmbeddedTarget, embedded_pipeline
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.feeds.parse import FieldMapping
+from rtaa_cli.feeds.url import check_feed_url, parse_feed_map
 from rtaa_cli.exotel import SAMPLE_RATES
 from rtaa_cli.wer import wer
 
@@ -117,7 +119,8 @@ def register(app: typer.Typer) -> None:
         dtmf: list[str] = typer.Option([], "--dtmf", metavar="DIGIT@SECONDS", help="Send a DTMF key at this audio offset (repeatable)."),
         hold: list[str] = typer.Option([], "--hold", metavar="SECONDS@OFFSET", help="Pause media for SECONDS at audio OFFSET (repeatable)."),
         speed: float = typer.Option(1.0, "--speed", help="Pacing: 1.0 = real time, 2 = twice as fast, 0 = as fast as possible."),
-        transcripts: Optional[str] = typer.Option(None, "--transcripts", metavar="URL", help="Transcript feed to subscribe to (ws://host:port, or a full feed URL)."),
+        transcripts: Optional[str] = typer.Option(None, "--transcripts", metavar="URL", help="Transcript feed to subscribe to: ws://host:port, a full feed URL, or redis://HOST:PORT/DB?stream=KEY (see docs/transcript-feed.md)."),
+        feed_map: Optional[str] = typer.Option(None, "--feed-map", metavar="FIELD=PATH,...", help="Where a foreign feed schema keeps each field, e.g. 'text=text,is_final=type==final,seq=seq' (docs/transcript-feed.md)."),
         wait_final: Optional[float] = typer.Option(None, "--wait-final", metavar="SECONDS", help="After stop, wait this long at most for the call's final transcripts (default 10; 30 for the embedded pipeline, whose pocketsphinx can trail real time)."),
         json_out: Optional[str] = typer.Option(None, "--json", metavar="[FILE]", help="Write the result as JSON to FILE, or to stdout (then stdout has JSON only)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, transcript lines or summary."),
@@ -156,9 +159,14 @@ def register(app: typer.Typer) -> None:
             raise RtaaError("--wait-final must be >= 0")
         if provider not in PROVIDERS:
             raise RtaaError(f"--provider {provider!r}: use one of {', '.join(PROVIDERS)}")
-        for name, value in (("--url", url), ("--transcripts", transcripts)):
-            if value is not None and not value.startswith(("ws://", "wss://")):
-                raise RtaaError(f"{name} {redact_url(value)!r}: must start with ws:// or wss://")
+        if url is not None and not url.startswith(("ws://", "wss://")):
+            raise RtaaError(f"--url {redact_url(url)!r}: must start with ws:// or wss://")
+        try:
+            if transcripts is not None:
+                check_feed_url(transcripts)
+            mapping = parse_feed_map(feed_map)
+        except ValueError as exc:
+            raise RtaaError(str(exc)) from None
         options = CallOptions(
             call_sid=call_sid or "CA" + uuid.uuid4().hex,
             stream_sid=stream_sid or "ST" + uuid.uuid4().hex,
@@ -176,7 +184,8 @@ def register(app: typer.Typer) -> None:
         json_to_stdout = json_out == _STDOUT
         console = Console(stderr=json_to_stdout, highlight=False, soft_wrap=True)
         view = _LiveView(console, script, quiet)
-        result, embedded = asyncio.run(_replay(url, transcripts, provider, script, speed, headers, wait_final, view))
+        result, embedded = asyncio.run(_replay(url, transcripts, provider, script, speed, headers, wait_final, view,
+                                               mapping))
         accuracy = _wer_report(result, reference)
 
         if not quiet and result.connected:
@@ -209,19 +218,19 @@ def sidecar_transcript(file: Path) -> Path | None:
 
 async def _replay(url: str | None, transcripts: str | None, provider: str, script: CallScript, speed: float,
                   headers: list[tuple[str, str]], wait_final: float,
-                  view: _LiveView) -> tuple[CallResult, EmbeddedTarget | None]:
+                  view: _LiveView, mapping: FieldMapping | None = None) -> tuple[CallResult, EmbeddedTarget | None]:
     if url is not None:
         with view:
             return await run_call(url, script, speed=speed, headers=headers, transcripts_url=transcripts,
                                   wait_final_s=wait_final, on_progress=view.progress,
-                                  on_transcript=view.transcript), None
+                                  on_transcript=view.transcript, mapping=mapping), None
     view.note(f"starting the embedded pipeline (provider {provider}: {PROVIDER_NOTES[provider]}) ...")
     async with embedded_pipeline(provider, script.options.sample_rate) as target:
         view.note(f"embedded pipeline listening on {target.url}")
         with view:
             result = await run_call(target.url, script, speed=speed, headers=headers,
                                     transcripts_url=transcripts or target.transcripts_url, wait_final_s=wait_final,
-                                    on_progress=view.progress, on_transcript=view.transcript)
+                                    on_progress=view.progress, on_transcript=view.transcript, mapping=mapping)
     return result, target
 
 

@@ -13,6 +13,7 @@ For a call with call SID ``CA1``:
 """
 from __future__ import annotations
 
+import functools
 import urllib.parse
 
 FEED_BASE_PATH = "/v1/transcripts"
@@ -41,3 +42,33 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+FEED_SCHEMES = ("ws", "wss", "redis", "rediss")
+
+
+def check_feed_url(url: str, option: str = "--transcripts") -> None:
+    """ValueError (one line) unless ``url`` is a feed rtaa can read (docs/transcript-feed.md)."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in FEED_SCHEMES:
+        raise ValueError(f"{option} {redact_url(url)!r}: use ws://, wss://, redis:// or rediss://")
+    if scheme in ("redis", "rediss"):
+        from rtaa_cli.feeds.redis_feed import parse_redis_url  # noqa: PLC0415 - avoids an import cycle
+
+        try:
+            parse_redis_url(url)
+        except ValueError as exc:
+            raise ValueError(f"{option} {redact_url(url)!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)  # soak parses the run's one spec once, not per call
+def parse_feed_map(spec: str | None, option: str = "--feed-map"):  # -> FieldMapping | None
+    """``--feed-map`` text -> a FieldMapping (None when not given); ValueError naming the option."""
+    if not spec:
+        return None
+    from rtaa_cli.feeds.parse import FieldMapping  # noqa: PLC0415
+
+    try:
+        return FieldMapping.parse(spec)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None

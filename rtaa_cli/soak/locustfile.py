@@ -24,6 +24,7 @@ from typing import Any
 from locust import User, task
 from locust.exception import StopUser
 
+from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.audioset import call_frames
 from rtaa_cli.soak.scenario import Scenario, SmoothWeighted
 from rtaa_cli.soak.stats import CallRecord
@@ -76,7 +77,7 @@ class RtaaCaller(User):
         spec = CallSpec(
             url=cfg["url"], call_sid=new_call_sid(cfg["call_prefix"]), frames=frames,
             frame_ms=sc.frame_ms, sample_rate=sc.sample_rate, kind=kind,
-            transcripts_url=cfg.get("transcripts_url"), headers=dict(cfg.get("headers") or {}),
+            transcripts_url=cfg.get("transcripts_url"), feed_mapping=parse_feed_map(sc.feed_map), headers=dict(cfg.get("headers") or {}),
             hold_at_s=sc.hold_at_s, hold_s=sc.hold_s,
             disconnect_at_s=self._rng.uniform(*sc.disconnect_at_s), reconnect_after_s=sc.reconnect_after_s,
             second_stream_at_s=sc.second_stream_at_s, wait_final_s=sc.wait_final_s,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.stats import METRICS
 
 KINDS = ("normal", "hold", "disconnect", "second_stream", "bad_input")
@@ -117,6 +118,7 @@ class Scenario:
     thresholds: dict[str, float | None] = field(default_factory=dict)
     max_lateness_p99_ms: float = 25.0
     delivery_tolerance_ms: float = 1000.0
+    feed_map: str | None = None  # [feed] map / --feed-map: field mapping of a foreign feed schema
     path: str | None = None
 
     def with_overrides(self, *, users: int | None = None, spawn_rate: float | None = None,
@@ -167,6 +169,7 @@ _SECTIONS = {
     "thresholds": set(METRICS),
     "pacing": {"max_lateness_p99_ms"},
     "delivery": {"tolerance_ms"},
+    "feed": {"map"},
 }
 
 
@@ -228,6 +231,12 @@ def parse_scenario(doc: dict[str, Any], where: str = "scenario") -> Scenario:
         s.mix = {k: _number(v, f"mix.{k}", 0) for k, v in sec["mix"].items()}
         if sum(s.mix.values()) <= 0:
             raise RtaaError("mix: at least one weight must be > 0")
+    if "map" in sec["feed"]:
+        try:
+            parse_feed_map(str(sec["feed"]["map"]), "feed.map")
+        except ValueError as exc:
+            raise RtaaError(str(exc)) from None
+        s.feed_map = str(sec["feed"]["map"])
     if "at" in sec["hold"]:
         s.hold_at_s = parse_duration(sec["hold"]["at"], "hold.at")
     if "length" in sec["hold"]:

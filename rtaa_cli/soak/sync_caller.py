@@ -36,6 +36,7 @@ from websockets.sync.client import ClientConnection, connect
 from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
 from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds.recorder import FeedRecorder
+from rtaa_cli.feeds.redis_feed import SyncRedisFeed, is_redis
 from rtaa_cli.feeds.url import feed_url_for
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import Pacer, wait_sync
@@ -195,6 +196,12 @@ class _Feed:
             pass
 
 
+def _open_feed(url: str, call_sid: str, recorder: FeedRecorder) -> _Feed | SyncRedisFeed:
+    if is_redis(url):
+        return SyncRedisFeed(url, call_sid, recorder.message, lambda: recorder.ended)
+    return _Feed(url, call_sid, recorder)
+
+
 def run_call(spec: CallSpec) -> CallRecord:
     """Play one call as described by ``spec``; never raises for target behaviour (it is recorded)."""
     rec = CallRecord(call_sid=spec.call_sid, kind=spec.kind, started_at=time.time())
@@ -202,7 +209,7 @@ def run_call(spec: CallSpec) -> CallRecord:
         rec.expected_closes = list(BAD_INPUTS[spec.kind[4:]])
     send_log = SendLog()
     recorder = FeedRecorder(spec.call_sid, send_log, mapping=spec.feed_mapping, keep_transcripts=False)
-    feed: _Feed | None = None
+    feed: _Feed | SyncRedisFeed | None = None
     streams: list[_Stream] = []
     pacer = Pacer(spec.speed)
     try:
@@ -213,7 +220,7 @@ def run_call(spec: CallSpec) -> CallRecord:
             rec.started_at = time.time()
         if spec.transcripts_url and not spec.kind.startswith("bad:"):
             try:
-                feed = _Feed(spec.transcripts_url, spec.call_sid, recorder)
+                feed = _open_feed(spec.transcripts_url, spec.call_sid, recorder)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 rec.errors.append(f"transcript feed: {_describe(exc)}")
                 feed = None
@@ -242,6 +249,8 @@ def run_call(spec: CallSpec) -> CallRecord:
             s.close()
         if feed is not None:
             feed.close()
+            if getattr(feed, "error", None):
+                rec.errors.append(f"transcript feed: {feed.error}")
         rec.ended_at = time.time()
         record_feed(rec, recorder)
         rec.lateness = pacer.lateness
