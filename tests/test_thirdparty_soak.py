@@ -32,6 +32,7 @@ audio = "synthetic"
 length = "4s"
 pause = "0.2s"
 wait_final = "2s"
+{feed}
 [pacing]
 max_lateness_p99_ms = 150
 """
@@ -75,7 +76,7 @@ def setup(tmp_path_factory):
 
 def _soak(setup, name: str, *extra: str) -> tuple[int, dict, str]:
     toml = setup["tmp"] / f"{name}.toml"
-    toml.write_text(SCENARIO)
+    toml.write_text(SCENARIO.format(feed=f'[feed]\nmap = "{FEED_MAP}"' if name == "mapped" else ""))
     out = setup["tmp"] / f"{name}.json"
     feed = f"{REDIS.rstrip('/')}?stream={setup['prefix']}{{call_sid}}"
     proc = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", setup["target"],
@@ -90,7 +91,7 @@ def test_soak_against_a_foreign_redis_feed_with_a_mapping(setup) -> None:
     finals in its own schema to one stream per soak call (ground truth read back from Redis).
     The soak report does not aggregate the per-call feed counts yet (the lead's report): see
     tests/test_feed_redis.py for the counts themselves."""
-    code, doc, output = _soak(setup, "mapped", "--feed-map", FEED_MAP)
+    code, doc, output = _soak(setup, "mapped")
     calls = doc["calls"]
     assert calls["completed"] == calls["started"] >= 2 and calls["failed"] == 0, (calls, output[-2000:])
     assert doc["failures"]["by_reason"] == {}, doc["failures"]
