@@ -342,8 +342,9 @@ async def run_call(
             feed_task = asyncio.create_task(_read_redis_feed(state, recorder, feed_done))
         elif feed is not None:
             try:
-                feed_ws = await connect(feed, open_timeout=open_timeout_s, proxy=_proxy_for(feed),
-                                        compression=None, max_size=MAX_FEED_MESSAGE_BYTES)
+                # The ingest's credentials: with auth on, `rtaa serve` lets the streamer read its own call.
+                feed_ws = await connect(feed, additional_headers=list(headers), open_timeout=open_timeout_s,
+                                        proxy=_proxy_for(feed), compression=None, max_size=MAX_FEED_MESSAGE_BYTES)
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 recorder.error(f"transcript feed {describe_connect_error(feed, exc)}")
                 return result

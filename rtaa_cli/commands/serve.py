@@ -21,7 +21,15 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                  ingest_path: str, interaction_key: str, auth: str, basic_user: Optional[str],
                  basic_password: Optional[str], jwt_public_key: Optional[Path], max_calls: int,
                  max_message_bytes: int, max_rate: float, keepalive_s: float, finalize_timeout_s: float,
-                 reconnect_grace_s: float, jsonl: Optional[Path]) -> PipelineConfig:
+                 reconnect_grace_s: float, jsonl: Optional[Path], jwt_audience: Optional[str] = None,
+                 jwt_issuer: Optional[str] = None, jwt_max_lifetime_s: Optional[float] = None,
+                 max_calls_per_principal: int = 0, admin_auth: bool = False) -> PipelineConfig:
+    if not 0 <= port <= 65535:
+        raise RtaaError(f"--port must be 0-65535, not {port}")
+    if max_calls_per_principal < 0:
+        raise RtaaError("--max-calls-per-principal must be >= 0 (0 = no per-principal limit)")
+    if jwt_max_lifetime_s is not None and jwt_max_lifetime_s <= 0:
+        raise RtaaError("--jwt-max-lifetime must be > 0 seconds")
     if provider not in PROVIDERS:
         raise RtaaError(f"--provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
     if fake_engine not in ("segmenter", "sphinx"):
@@ -50,7 +58,9 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                             basic_user=basic_user, basic_password=basic_password, jwt_public_key=pem,
                             max_calls=max_calls, max_message_bytes=max_message_bytes,
                             max_messages_per_s=max_rate, rate_burst=max(2 * max_rate, 10.0),
-                            reconnect_grace_s=reconnect_grace_s),
+                            reconnect_grace_s=reconnect_grace_s, jwt_audience=jwt_audience, jwt_issuer=jwt_issuer,
+                            jwt_max_lifetime_s=jwt_max_lifetime_s, max_calls_per_principal=max_calls_per_principal,
+                            admin_auth=admin_auth),
     )
 
 
@@ -96,7 +106,15 @@ def register(app: typer.Typer) -> None:
         basic_user: Optional[str] = typer.Option(None, envvar="RTAA_BASIC_USER", help="--auth basic user."),
         basic_password: Optional[str] = typer.Option(None, envvar="RTAA_BASIC_PASSWORD", help="--auth basic password."),
         jwt_public_key: Optional[Path] = typer.Option(None, help="--auth jwt: RS256 public key (PEM file)."),
+        jwt_audience: Optional[str] = typer.Option(None, help="--auth jwt: required `aud` claim."),
+        jwt_issuer: Optional[str] = typer.Option(None, help="--auth jwt: required `iss` claim."),
+        jwt_max_lifetime: Optional[float] = typer.Option(
+            None, help="--auth jwt: refuse tokens whose exp - iat exceeds this many seconds (iat then required)."),
+        admin_auth: bool = typer.Option(
+            False, help="/health and /metrics need a reader's credentials (see docs/security.md)."),
         max_calls: int = typer.Option(1000, help="Concurrent calls; beyond -> close 1013."),
+        max_calls_per_principal: int = typer.Option(
+            0, help="Concurrent calls of one principal (JWT sub / Basic user); beyond -> close 1013. 0 = off."),
         max_message_bytes: int = typer.Option(256 * 1024, help="Largest ingest message; beyond -> close 1009."),
         max_rate: float = typer.Option(200.0, help="Messages/s per caller connection; beyond -> close 1008."),
         keepalive_s: float = typer.Option(4.0, help="Send KeepAlive after this long without audio."),
@@ -128,11 +146,12 @@ def register(app: typer.Typer) -> None:
             raise RtaaError(f"--log-level must be debug, info, warning or error, not {log_level!r}")
         cfg = build_config(host, port, provider, deepgram_url, fake_engine, model, ingest_path, interaction_key, auth,
                            basic_user, basic_password, jwt_public_key, max_calls, max_message_bytes, max_rate,
-                           keepalive_s, finalize_timeout_s, reconnect_grace_s, jsonl)
+                           keepalive_s, finalize_timeout_s, reconnect_grace_s, jsonl, jwt_audience, jwt_issuer,
+                           jwt_max_lifetime, max_calls_per_principal, admin_auth)
         from rtaa_cli.pipeline.auth import make_check
         from rtaa_cli.pipeline.providers import make_provider
 
-        make_check(auth, basic_user, basic_password, cfg.ingest.jwt_public_key)  # fail fast, one line
+        make_check(auth, basic_user, basic_password, cfg.ingest.jwt_public_key)  # fail fast (bad key file), one line
         if provider == "deepgram":
             make_provider(cfg.provider)  # missing key -> one line before anything listens
         logs.setup(sys.stderr, log_level)

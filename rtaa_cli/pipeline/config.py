@@ -35,6 +35,7 @@ class IngestConfig:
     sample_rates: tuple[int, ...] = (8000, 16000, 24000)
     max_message_bytes: int = 256 * 1024  # websockets max_size -> 1009 (Exotel's max chunk is 100 KB)
     max_calls: int = 1000  # concurrent calls; beyond -> 1013 try again later
+    max_calls_per_principal: int = 0  # concurrent calls of one principal (0 = only max_calls); beyond -> 1013
     max_messages_per_s: float = 200.0  # per connection, token bucket (36 ms frames are ~28/s)
     rate_burst: float = 400.0
     reconnect_grace_s: float = 5.0  # a stream that drops without `stop` may be resumed this long
@@ -42,6 +43,10 @@ class IngestConfig:
     basic_user: str | None = None
     basic_password: str | None = None
     jwt_public_key: str | None = None  # PEM text (RS256)
+    jwt_audience: str | None = None  # required `aud` when set
+    jwt_issuer: str | None = None  # required `iss` when set
+    jwt_max_lifetime_s: float | None = None  # bound on exp - iat (iat then required)
+    admin_auth: bool = False  # /health and /metrics need a reader's credentials (when auth is not none)
 
 
 @dataclass

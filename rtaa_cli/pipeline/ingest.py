@@ -16,7 +16,9 @@ with the interaction id when known; no bad input affects another call):
 | a new call beyond ``max_calls`` | close 1013 "at capacity, try again later" |
 | bus full for ``bus_publish_timeout_s`` | close 1011 "pipeline overloaded" |
 | provider down for good | close 1011 "transcription provider unavailable" |
-| a newer stream of the same call | older stream closed 1001 "superseded by a newer stream for this call" |
+| a newer stream of the same call, same principal | older stream closed 1001 "superseded by a newer stream for this call" |
+| a start for a live call (or one in its resume grace) owned by another principal | close 1008 "call owned by another principal" |
+| a new call beyond ``max_calls_per_principal`` live calls of its principal | close 1013 "too many calls for this principal" |
 | server shutdown | close 1001 "server shutting down" |
 
 A stream that drops without ``stop`` keeps its call (and provider stream, with KeepAlive) for
@@ -39,6 +41,7 @@ from rtaa_cli import logs
 from rtaa_cli.closecodes import Close
 from rtaa_cli.exotel import ExotelProtocolError, Media, Start, Stop, parse_event
 from rtaa_cli.pipeline import bus as busmod
+from rtaa_cli.pipeline.auth import ANONYMOUS, Principal
 from rtaa_cli.pipeline.config import IngestConfig
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.ratelimit import TokenBucket
@@ -46,6 +49,8 @@ from rtaa_cli.pipeline.ratelimit import TokenBucket
 log = logs.get("rtaa.ingest")
 
 SUPERSEDED_REASON = "superseded by a newer stream for this call"
+OWNED_REASON = "call owned by another principal"
+PRINCIPAL_CAP_REASON = "too many calls for this principal"
 MAX_INTERACTION_ID = 128  # it names metrics-free state, log lines, feed paths and the provider's tag
 
 
@@ -63,11 +68,13 @@ def _kind_of(exc: ExotelProtocolError) -> str:
 class StreamConn:
     """One caller connection (one Exotel stream)."""
 
-    __slots__ = ("ws", "interaction_id", "stream_sid", "sample_rate", "channel", "stopped", "superseded", "closing",
+    __slots__ = ("ws", "principal", "interaction_id", "stream_sid", "sample_rate", "channel", "stopped", "superseded",
+                 "closing",
                  "close_task", "_unsubscribe")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
+        self.principal: Principal = getattr(ws, "principal", ANONYMOUS)  # set at the handshake (server.py)
         self.interaction_id: str | None = None
         self.stream_sid = ""
         self.sample_rate = 0  # of its start; fixes the call's rate at this stream's first published frame
@@ -87,6 +94,7 @@ class Ingest:
         self.current: dict[str, StreamConn] = {}  # interaction -> its newest stream
         self.connections: set[StreamConn] = set()
         self._grace: dict[str, asyncio.TimerHandle] = {}
+        self.owners: dict[str, str] = {}  # interaction -> principal name of the stream that opened the call
         self.accepting = True
         key = cfg.interaction_key
         if key not in ("call_sid", "stream_sid") and not key.startswith("custom:"):
@@ -206,6 +214,21 @@ class Ingest:
                             f"sample rate {ev.sample_rate} not served (use one of {list(self.cfg.sample_rates)})")
             return False
         existing = self.bus.channels.get(iid)
+        if existing is not None and self.owners.get(iid) != s.principal.name:
+            # Only the principal that opened a call may continue or take it over (also inside the grace).
+            self.metrics.bad_input.labels(kind="call_hijack").inc()
+            log.warning("call_hijack_refused", interaction_id=iid, principal=s.principal.name,
+                        stream_sid=ev.stream_sid)
+            s.interaction_id = None  # never this call's stream: its close must not touch the call
+            await self._close(s, Close.POLICY_VIOLATION, OWNED_REASON)
+            return False
+        if existing is None and self.cfg.max_calls_per_principal and \
+                self.live_calls_of(s.principal.name) >= self.cfg.max_calls_per_principal:
+            self.metrics.bad_input.labels(kind="over_principal_capacity").inc()
+            log.warning("over_principal_capacity", interaction_id=iid, principal=s.principal.name,
+                        max_calls_per_principal=self.cfg.max_calls_per_principal)
+            await self._close(s, Close.TRY_AGAIN_LATER, PRINCIPAL_CAP_REASON)
+            return False
         if existing is None and len(self.bus.channels) >= self.cfg.max_calls:
             self.metrics.bad_input.labels(kind="over_capacity").inc()
             log.warning("over_capacity", interaction_id=iid, max_calls=self.cfg.max_calls)
@@ -216,6 +239,8 @@ class Ingest:
                             f"sample rate {ev.sample_rate} differs from this call's {existing.sample_rate}")
             return False
         channel = self.bus.open(iid)
+        if existing is None:
+            self._own(iid, s.principal.name)
         s.sample_rate = ev.sample_rate
         s.channel = channel
         timer = self._grace.pop(iid, None)
@@ -236,6 +261,18 @@ class Ingest:
         await channel.publish((busmod.START, ev.stream_sid, ev.sample_rate))  # the worker publishes call_started
         log.info("stream_started", interaction_id=iid, stream_sid=ev.stream_sid, sample_rate=ev.sample_rate)
         return True
+
+    def owner_of(self, iid: str) -> str | None:
+        """The principal that opened the live call ``iid`` (None: no such call now)."""
+        return self.owners.get(iid) if iid in self.bus.channels else None
+
+    def live_calls_of(self, name: str) -> int:
+        return sum(1 for iid in self.bus.channels if self.owners.get(iid) == name)
+
+    def _own(self, iid: str, name: str) -> None:
+        self.owners[iid] = name
+        if len(self.owners) > 2 * len(self.bus.channels) + 64:  # amortised: forget calls that ended
+            self.owners = {k: v for k, v in self.owners.items() if k in self.bus.channels}
 
     async def _stop(self, s: StreamConn, reason: str) -> None:
         if s.channel is None or s.stopped or s.superseded:

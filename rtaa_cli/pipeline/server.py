@@ -17,7 +17,7 @@ from websockets.http11 import Request, Response
 
 from rtaa_cli import logs
 from rtaa_cli.pipeline import bus as busmod
-from rtaa_cli.pipeline.auth import make_check
+from rtaa_cli.pipeline.auth import ANONYMOUS, AuthFailed, Principal, make_check
 from rtaa_cli.pipeline.config import PipelineConfig
 from rtaa_cli.pipeline.ingest import Ingest
 from rtaa_cli.pipeline.metrics import PipelineMetrics
@@ -40,8 +40,9 @@ class PipelineServer:
         self._jsonl: IO[bytes] | None = None
         self.hub: TranscriptHub | None = None
         self.bus = busmod.MemoryBus(cfg.bus_queue_frames, cfg.bus_publish_timeout_s)
-        self._auth = make_check(cfg.ingest.auth, cfg.ingest.basic_user, cfg.ingest.basic_password,
-                                cfg.ingest.jwt_public_key)
+        ing = cfg.ingest
+        self._auth = make_check(ing.auth, ing.basic_user, ing.basic_password, ing.jwt_public_key,
+                                ing.jwt_audience, ing.jwt_issuer, ing.jwt_max_lifetime_s)
         self._server: Server | None = None
         self.shutting_down = False
         self.port = 0
@@ -51,11 +52,11 @@ class PipelineServer:
     async def start(self) -> None:
         if self.cfg.jsonl_path:
             self._jsonl = open(self.cfg.jsonl_path, "ab")
-        hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl)
+        self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics)
+        hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl, self.ingest.owner_of)
         self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
         self.worker = Worker(self.provider, self.cfg.worker, self.metrics, self.bus, hub.publish, hub.call_started,
                              hub.call_ended)
-        self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics)
         await self.provider.start()
         try:
             self._server = await serve(
@@ -124,7 +125,8 @@ class PipelineServer:
         reasons: list[str] = []
         if self.shutting_down:
             reasons.append("shutting down")
-        reasons.extend(self.provider.health())
+        if self.provider.health():  # details (exception text, addresses) go to the log only, never out
+            reasons.append(f"provider {self.provider.name} unavailable")
         body = {
             "status": "ok" if not reasons else "unavailable" if self.shutting_down else "degraded",
             "reasons": reasons,
@@ -134,18 +136,41 @@ class PipelineServer:
         }
         return (200 if not reasons else 503), body
 
+    def _authenticate(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Check the handshake's credentials; on success remember the principal on the connection."""
+        try:
+            conn.principal = self._auth(request.headers.get("Authorization"))  # type: ignore[attr-defined]
+        except AuthFailed as exc:
+            self.metrics.bad_input.labels(kind="auth").inc()
+            log.warning("auth_failed", reason=str(exc), path=request.path.split("?", 1)[0],
+                        remote=str(conn.remote_address))
+            return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps({"error": str(exc)}), "application/json",
+                             {"WWW-Authenticate": 'Basic realm="rtaa"'} if self.cfg.ingest.auth == "basic" else {})
+        return None
+
+    def _forbidden(self, conn: ServerConnection, what: str) -> Response:
+        principal: Principal = getattr(conn, "principal", ANONYMOUS)
+        self.metrics.bad_input.labels(kind="not_entitled").inc()
+        log.warning("not_entitled", principal=principal.name, path=what)
+        return _response(http.HTTPStatus.FORBIDDEN, orjson.dumps({"error": f"{what} needs the reader role"}),
+                         "application/json")
+
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == self.cfg.ingest.path:
-            reason = self._auth(request.headers.get("Authorization"))
-            if reason is not None:
-                self.metrics.bad_input.labels(kind="auth").inc()
-                log.warning("auth_failed", reason=reason, remote=str(conn.remote_address))
-                return _response(http.HTTPStatus.UNAUTHORIZED, orjson.dumps({"error": reason}), "application/json",
-                                 {"WWW-Authenticate": 'Basic realm="rtaa"'} if self.cfg.ingest.auth == "basic" else {})
-            return None
+            return self._authenticate(conn, request)
         if path == TRANSCRIPTS or path.startswith(TRANSCRIPTS + "/"):
-            return None
+            # Feeds need credentials whenever ingest does; per-call entitlement is checked by the hub.
+            denied = self._authenticate(conn, request)
+            if denied is None and path == TRANSCRIPTS and not conn.principal.reader:  # type: ignore[attr-defined]
+                return self._forbidden(conn, "the firehose")
+            return denied
+        if path in ("/health", "/metrics") and self.cfg.ingest.admin_auth:
+            denied = self._authenticate(conn, request)
+            if denied is None and not conn.principal.reader:  # type: ignore[attr-defined]
+                return self._forbidden(conn, path)
+            if denied is not None:
+                return denied
         if path == "/health":
             status, body = self.health()
             return _response(http.HTTPStatus(status), orjson.dumps(body), "application/json")
@@ -160,13 +185,13 @@ class PipelineServer:
             return
         assert self.hub is not None
         if path == TRANSCRIPTS:
-            await self.hub.serve(ws, None)
+            await self.hub.serve(ws, None, getattr(ws, "principal", ANONYMOUS))
         else:
             iid = path[len(TRANSCRIPTS) + 1:]
             if not iid:
                 await ws.close(1008, "missing interaction id")
                 return
-            await self.hub.serve(ws, iid)
+            await self.hub.serve(ws, iid, getattr(ws, "principal", ANONYMOUS))
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str,

@@ -4,12 +4,17 @@ Each message is serialised once (orjson) and queued to every subscriber as the s
 has a bounded queue (``subscriber_queue`` messages); when a slow reader lets it fill, that subscriber
 alone is closed with 1008 "subscriber too slow" and the call and other subscribers are unaffected.
 Per-interaction subscribers are closed with 1000 "call ended" after the call's ``call_ended``.
+
+Entitlement (auth.may_read): a per-call subscriber whose principal did not stream the call (and is not a
+reader) is closed 1008 "not entitled to this call" when it subscribes to a live call, or when the call it
+waits for starts; it never receives a message of that call. The firehose is refused (403) at the
+handshake to non-readers (server.py).
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import orjson
 from websockets.asyncio.server import ServerConnection
@@ -17,26 +22,32 @@ from websockets.exceptions import ConnectionClosed
 
 from rtaa_cli import logs
 from rtaa_cli.closecodes import Close
+from rtaa_cli.pipeline.auth import ANONYMOUS, Principal, may_read
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 
 log = logs.get("rtaa.transcripts")
 
+NOT_ENTITLED_REASON = "not entitled to this call"
 _CALL_ENDED = object()  # queue sentinel: close the per-call subscriber after this
 
 
 class Subscriber:
-    __slots__ = ("ws", "queue", "interaction_id", "too_slow")
+    __slots__ = ("ws", "queue", "interaction_id", "too_slow", "principal")
 
-    def __init__(self, ws: ServerConnection, maxsize: int, interaction_id: str | None) -> None:
+    def __init__(self, ws: ServerConnection, maxsize: int, interaction_id: str | None,
+                 principal: Principal = ANONYMOUS) -> None:
         self.ws = ws
+        self.principal = principal
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.interaction_id = interaction_id
         self.too_slow = False
 
 
 class TranscriptHub:
-    def __init__(self, metrics: PipelineMetrics, maxsize: int = 1000, jsonl: IO[bytes] | None = None) -> None:
+    def __init__(self, metrics: PipelineMetrics, maxsize: int = 1000, jsonl: IO[bytes] | None = None,
+                 owner_of: Callable[[str], str | None] = lambda _: None) -> None:
         self.metrics = metrics
+        self._owner_of = owner_of  # interaction -> principal that streams it (None: not live)
         self.maxsize = maxsize
         self._jsonl = jsonl
         self._by_call: dict[str, set[Subscriber]] = {}
@@ -55,6 +66,10 @@ class TranscriptHub:
             self._offer(sub, data)
 
     def call_started(self, interaction_id: str, stream_sid: str) -> None:
+        owner = self._owner_of(interaction_id)
+        for sub in list(self._by_call.get(interaction_id, ())):
+            if not may_read(sub.principal, owner):
+                self._deny(sub, owner)
         self.publish({"type": "call_started", "interaction_id": interaction_id, "stream_sid": stream_sid,
                       "at": time.time()})
 
@@ -76,6 +91,12 @@ class TranscriptHub:
             log.warning("subscriber_too_slow", interaction_id=sub.interaction_id, queue=self.maxsize)
             asyncio.get_running_loop().create_task(sub.ws.close(Close.POLICY_VIOLATION, "subscriber too slow"))
 
+    def _deny(self, sub: Subscriber, owner: str | None) -> None:
+        sub.too_slow = True  # receives nothing more
+        self.metrics.bad_input.labels(kind="not_entitled").inc()
+        log.warning("not_entitled", interaction_id=sub.interaction_id, principal=sub.principal.name)
+        asyncio.get_running_loop().create_task(sub.ws.close(Close.POLICY_VIOLATION, NOT_ENTITLED_REASON))
+
     def depth(self) -> int:
         total = sum(s.queue.qsize() for s in self._firehose)
         for subs in self._by_call.values():
@@ -83,8 +104,15 @@ class TranscriptHub:
         return total
 
     # -- a subscriber's connection ---------------------------------------------------------------
-    async def serve(self, ws: ServerConnection, interaction_id: str | None) -> None:
-        sub = Subscriber(ws, self.maxsize, interaction_id)
+    async def serve(self, ws: ServerConnection, interaction_id: str | None,
+                    principal: Principal = ANONYMOUS) -> None:
+        sub = Subscriber(ws, self.maxsize, interaction_id, principal)
+        if interaction_id is not None:
+            owner = self._owner_of(interaction_id)
+            if owner is not None and not may_read(principal, owner):
+                self._deny(sub, owner)
+                await ws.wait_closed()
+                return
         group = self._firehose if interaction_id is None else self._by_call.setdefault(interaction_id, set())
         group.add(sub)
         self.metrics.subscribers.inc()
