@@ -7,7 +7,6 @@ import time
 import urllib.request
 
 import jwt
-import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -179,18 +178,6 @@ def test_jwt_audience_issuer_and_lifetime_are_enforced(claims, ok) -> None:
             return await feed_status(server.ingest_url, bearer(token("alice", **{**base, **claims})))
 
     assert run(main(), 30) == (101 if ok else 401)
-
-
-def test_health_never_shows_exception_text() -> None:
-    async def main():
-        async with pipeline() as (server, emu):
-            server.provider.last_error = "ConnectionRefusedError ('127.0.0.1', 23766)"  # as after a failed open
-            status, body = server.health()
-            return status, orjson.dumps(body).decode()
-
-    status, body = run(main(), 30)
-    assert status == 503
-    assert "provider deepgram unavailable" in body and "Refused" not in body and "127.0.0.1" not in body
 
 
 @pytest.mark.parametrize("args, message", [

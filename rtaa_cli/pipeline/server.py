@@ -125,8 +125,7 @@ class PipelineServer:
         reasons: list[str] = []
         if self.shutting_down:
             reasons.append("shutting down")
-        if self.provider.health():  # details (exception text, addresses) go to the log only, never out
-            reasons.append(f"provider {self.provider.name} unavailable")
+        reasons.extend(self.provider.health())  # plain reasons, never exception text (providers' contract)
         body = {
             "status": "ok" if not reasons else "unavailable" if self.shutting_down else "degraded",
             "reasons": reasons,
