@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from rtaa_cli import verdict
+
 from rtaa_cli.caller import CallOptions, CallScript, run_call
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak.audioset import call_frames
@@ -65,8 +67,9 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _row(name: str, passed: bool | None, value: Any, limit: Any, kind: str = "max", detail: str = "") -> dict[str, Any]:
-    return {"name": name, "limit": limit, "kind": kind, "value": value, "passed": passed, "detail": detail}
+def _row(name: str, passed: bool | None, value: Any, limit: Any, kind: str = "max", detail: str = "",
+         reason: str = "", off: bool = False) -> dict[str, Any]:
+    return verdict.row(name, value, limit, kind, passed, reason=reason, detail=detail, off=off)
 
 
 def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
@@ -95,31 +98,48 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
                                   wait_final_s=opts.wait_final_s))  # feed URL: rtaa_cli.feeds.url rule
     samples = result.latency
     code = result.close_code
-    rows.append(_row("call_clean", result.clean, code, "1000/1001", "eq",
-                     "; ".join(result.errors[:3]) or (result.close_reason or "")))
+    why = "; ".join(result.errors[:3]) or (result.close_reason or "")
+    if not result.connected:
+        why = f"{why} at handshake" if why else "no stream could be opened"
+    rows.append(_row("call_clean", result.clean, code, "1000/1001", "eq", why))
     rows.append(_row("caller_1011", None if not result.connected else code != 1011,
-                     int(code == 1011), 0, detail=result.close_reason or ""))
+                     int(code == 1011), 0, detail=result.close_reason or "",
+                     reason="no stream was opened (see call_clean)"))
     finals = result.finals()
     if feed_url:
-        rows.append(_row("transcript_received", len(finals) > 0, len(finals), 1, "min",
-                         " ".join(t.text for t in finals)[:200]))
+        not_understood = result.feed_messages > 0 and result.feed_unrecognised >= result.feed_messages
+        feed_why = (f"{result.feed_messages} feed messages arrived, none understood (a foreign schema): map its "
+                    f"fields, see docs/transcript-feed.md") if not_understood else ""
+        rows.append(_row("transcript_received", None if not_understood else len(finals) > 0, len(finals), 1, "min",
+                         " ".join(t.text for t in finals)[:200] or "no final result arrived on the feed",
+                         reason=feed_why))
         h, fp = _histogram(samples.final), _histogram(samples.first_partial)
         p95 = h.percentile(95)
         rows.append(_row("latency_final_p95_ms", None if p95 is None else p95 <= opts.max_latency_p95_ms, p95,
-                         opts.max_latency_p95_ms))
+                         opts.max_latency_p95_ms,
+                         reason=feed_why or "no final result with text arrived on the call's feed"))
         doc["latency_ms"] = {"first_partial": fp.summary(), "final": h.summary()}
     # 3. provider side (the emulator's accounting for this call)
     dup = prov_1011 = None
-    if opts.provider_stats_url:
+    provider_why = ("no provider evidence: pass --provider-stats URL (the /stats of the rtaa fake-deepgram the "
+                    "target uses), or --provider-stats off when it talks to the real Deepgram")
+    provider_off = opts.provider_stats_url == "off"
+    if opts.provider_stats_url and not provider_off:
         try:
             status, body = _get(opts.provider_stats_url)
             counts = provider_counts_from_emulator(orjson.loads(body), call_sid)
             dup, prov_1011 = counts.duplicates, counts.closes_1011
             doc["provider"] = {"connections": counts.connections, "audio_bytes": counts.audio_bytes}
+            if counts.connections == 0 and result.connected:
+                dup = prov_1011 = None
+                provider_why = ("the provider saw no connection tagged with this call "
+                                f"({call_sid}): make the target tag its connections (docs/soak.md)")
         except (OSError, ValueError) as exc:
             doc["provider_error"] = str(exc)
-    rows.append(_row("duplicates", None if dup is None else dup == 0, dup, 0))
-    rows.append(_row("provider_1011", None if prov_1011 is None else prov_1011 == 0, prov_1011, 0))
+            provider_why = f"{opts.provider_stats_url} could not be read: {exc}"
+    rows.append(_row("duplicates", None if dup is None else dup == 0, dup, 0, reason=provider_why, off=provider_off))
+    rows.append(_row("provider_1011", None if prov_1011 is None else prov_1011 == 0, prov_1011, 0,
+                     reason=provider_why, off=provider_off))
 
     doc.update({
         "call": {"call_sid": call_sid, "connected": result.connected, "frames_sent": result.frames_sent,
@@ -130,9 +150,8 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
         "duplicates": dup,
         "closes_1011": {"provider": prov_1011, "caller": int(code == 1011), "rate": None},
         "thresholds": rows,
-        "invalid_reasons": [],
     })
-    doc["verdict"] = "fail" if any(r["passed"] is False for r in rows) else "pass"
+    doc["verdict"], doc["invalid_reasons"] = verdict.judge(rows, [])
     return doc
 
 

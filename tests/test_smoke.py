@@ -46,13 +46,21 @@ def smokes(tmp_path_factory) -> dict[str, tuple[int, dict, str]]:
     serve = subprocess.Popen([*RTAA, "serve", "--port", "0", "--json", "--provider", "fake"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     emus = [start_in_thread(EmulatorConfig(handshake_delay_ms=(150, 300))) for _ in range(2)]
-    targets = [Target(emus[0].url).__enter__(), Target(emus[1].url, Flaws(race=True)).__enter__()]
+    targets = [Target(emus[0].url).__enter__(), Target(emus[1].url, Flaws(race=True)).__enter__(),
+               Target(emus[0].url, Flaws(untagged=True)).__enter__()]
     try:
         line = readline(serve, 30.0)  # serve announces its endpoints once it listens
         assert line, "rtaa serve did not start"
         info = orjson.loads(line)
         procs = {
-            "serve": _smoke(["--url", info["ingest"], "--transcripts", info["transcripts"]], tmp, "serve"),
+            # --provider fake: no emulator to ask, so the provider checks are turned off
+            "serve": _smoke(["--url", info["ingest"], "--transcripts", info["transcripts"], "--provider-stats", "off"],
+                            tmp, "serve"),
+            # the same without saying so: the provider checks are not measured -> INVALID, never PASS
+            "unjudged": _smoke(["--url", info["ingest"], "--transcripts", info["transcripts"]], tmp, "unjudged"),
+            "untagged": _smoke(["--url", f"ws://{targets[2].url}/v1/ingest",
+                                "--provider-stats", f"{emus[0].http_url}/stats"], tmp, "untagged"),
+            "http404": _smoke(["--url", f"ws://{targets[0].url}/nosuch", "--health", ""], tmp, "http404"),
             "reference": _smoke(["--url", f"ws://{targets[0].url}/v1/ingest",
                                  "--provider-stats", f"{emus[0].http_url}/stats"], tmp, "reference"),
             "race": _smoke(["--url", f"ws://{targets[1].url}/v1/ingest",
@@ -86,7 +94,27 @@ def test_smoke_passes_against_the_real_pipeline(smokes) -> None:
     checks = _checks(doc)
     assert checks["health"] and checks["call_clean"] and checks["transcript_received"] and checks["caller_1011"]
     assert checks["latency_final_p95_ms"] is True and doc["latency_ms"]["final"]["count"] >= 1
-    assert checks["duplicates"] is None  # no --provider-stats: not measurable, reported as such
+    assert {r["name"]: r["status"] for r in doc["thresholds"]}["duplicates"] == "off"
+
+
+def test_smoke_without_provider_evidence_is_invalid_with_the_reason(smokes) -> None:
+    code, doc, out = smokes["unjudged"]
+    assert code == 2 and doc["verdict"] == "invalid", out
+    assert any(r.startswith("duplicates: not measured: no provider evidence") for r in doc["invalid_reasons"])
+    assert "--provider-stats off" in out and "Traceback" not in out
+
+
+def test_smoke_of_an_untagged_pipeline_cannot_pass(smokes) -> None:
+    code, doc, out = smokes["untagged"]
+    assert code == 2 and doc["verdict"] == "invalid", out
+    assert _checks(doc)["call_clean"] is True and _checks(doc)["duplicates"] is None
+    assert any("no connection tagged with this call" in r for r in doc["invalid_reasons"])
+
+
+def test_smoke_says_why_a_handshake_failed_in_the_table(smokes) -> None:
+    code, doc, out = smokes["http404"]
+    assert code == 1 and doc["verdict"] == "fail"
+    assert "call_clean" in out and "HTTP 404" in out and "at handshake" in out  # in the table, not only --json
 
 
 def test_smoke_with_provider_stats_checks_duplicates_and_1011(smokes) -> None:

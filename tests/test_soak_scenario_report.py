@@ -122,9 +122,15 @@ def test_junit_one_testcase_per_threshold_plus_validity() -> None:
     assert set(cases) == {"duplicates", "delivery_rate", "audio_loss", "run validity"}
     assert cases["duplicates"].find("failure") is not None and "limit <= 0" in cases["duplicates"].find("failure").get("message")
     assert cases["delivery_rate"].find("failure") is None and cases["delivery_rate"].find("skipped") is None
-    assert cases["audio_loss"].find("skipped") is not None
+    # not measured is an error, never a skip (a skip reads as "fine" in CI dashboards)
+    assert cases["audio_loss"].find("skipped") is None and cases["audio_loss"].find("error") is not None
     assert cases["run validity"].find("error") is None
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == ("4", "1", "1", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == ("4", "1", "0", "1")
+    doc = _doc()
+    doc["thresholds"].append({"name": "failed_rate", "limit": None, "kind": "max", "value": 0.3, "passed": None,
+                              "status": "off"})
+    off = ET.fromstring(junit_xml(doc, "soak")).find("testsuite").find("testcase[@name='failed_rate']")
+    assert off.find("skipped") is not None and "off" in off.find("skipped").get("message")
     invalid = ET.fromstring(junit_xml(_doc("invalid", ["load generator lateness p99 40.0 ms > 25 ms"]), "soak"))
     err = invalid.find("testsuite").find("testcase[@name='run validity']/error")
     assert err is not None and "lateness" in err.get("message")

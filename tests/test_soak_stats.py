@@ -11,9 +11,11 @@ import pytest
 
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
+from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli.soak.stats import (
-    CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold, apply_overrides,
-    default_thresholds, parse_threshold_override, provider_counts_from_emulator, provider_counts_from_metrics,
+    PROVIDER_RECORD_METRICS, CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold,
+    apply_overrides, classify_1011, default_thresholds, parse_threshold_override, provider_counts_from_emulator,
+    provider_counts_from_metrics,
 )
 
 
@@ -124,7 +126,8 @@ def _stats(records: list[CallRecord], provider: ProviderCounts | None) -> SoakSt
 
 
 def test_summary_values_and_failing_thresholds() -> None:
-    s = _stats(_records(), ProviderCounts(connections=3, duplicates=2, closes_1011=1, audio_bytes=80640))
+    s = _stats(_records(), ProviderCounts(connections=3, duplicates=2, closes_1011=1, audio_bytes=80640, records=True,
+                                          per_call={"rtaaX-1": [1, 57600], "rtaaX-2": [1, 23040]}))
     doc = s.summary(default_thresholds(), PacingLimits(25.0))
     assert doc["calls"]["started"] == 4 and doc["calls"]["failed"] == 2 and doc["calls"]["completed"] == 2
     assert doc["duplicates"] == 2
@@ -135,18 +138,97 @@ def test_summary_values_and_failing_thresholds() -> None:
     assert doc["latency_ms"]["first_partial"]["count"] == 1
     assert doc["calls"]["bad_input_unexpected"] == 1  # oversize answered 1011 instead of 1009
     failed = {r["name"] for r in doc["thresholds"] if r["passed"] is False}
-    assert failed == {"duplicates", "closes_1011_rate", "delivery_rate", "audio_loss", "bad_input_unexpected"}
+    assert failed == {"duplicates", "closes_1011_rate", "delivery_rate", "audio_loss", "bad_input_unexpected",
+                      "failed_rate"}  # 2 of 4 calls failed > 10 %
     assert doc["verdict"] == "fail"
     assert doc["pacing"]["lateness_ms"]["count"] == 150
 
 
-def test_pass_when_every_threshold_holds_and_unknowns_are_not_failures() -> None:
+def test_unmeasured_default_thresholds_make_the_run_invalid_never_pass() -> None:
     s = _stats(_records()[:1], None)  # no provider stats: duplicates / audio loss not measurable
     doc = s.summary(default_thresholds(), PacingLimits(25.0))
     rows = {r["name"]: r for r in doc["thresholds"]}
-    assert rows["duplicates"]["passed"] is None and rows["audio_loss"]["passed"] is None
+    assert rows["duplicates"]["status"] == "not measured" and rows["audio_loss"]["passed"] is None
     assert rows["delivery_rate"]["passed"] is True and rows["latency_final_p95_ms"]["value"] == 200
-    assert doc["verdict"] == "pass"
+    assert doc["verdict"] == "invalid"
+    assert any(r.startswith("duplicates: not measured: no provider evidence") and "-t duplicates=off" in r
+               for r in doc["invalid_reasons"])
+    # turned off by the user: shown as "off", the rest measured -> pass
+    th = apply_overrides(default_thresholds(), {n: None for n in ("duplicates", *PROVIDER_RECORD_METRICS)})
+    doc = s.summary(th, PacingLimits(25.0), off=("duplicates", *PROVIDER_RECORD_METRICS))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert rows["duplicates"]["status"] == "off" and doc["verdict"] == "pass"
+    # with the provider's per-connection records every default is measured
+    full = _stats(_records()[:1], ProviderCounts(connections=1, duplicates=0, audio_bytes=57600, records=True,
+                                                 per_call={"rtaaX-1": [1, 57600]}))
+    doc = full.summary(default_thresholds(), PacingLimits(25.0))
+    assert doc["verdict"] == "pass" and all(r["status"] == "pass" for r in doc["thresholds"]), doc["thresholds"]
+
+
+def test_zero_completed_calls_fail_and_handshake_failures_stop_early() -> None:
+    recs = [CallRecord(f"rtaaX-{i}", connected=False, failure="connect: HTTP 404") for i in range(3)]
+    s = _stats(recs[:2], None)
+    assert s.early_stop_reason(3) is None  # two calls are not yet a pattern
+    s.add(recs[2])
+    line = s.early_stop_reason(3)
+    assert line and "HTTP 404" in line and "3 calls" in line and "rtaaX-0" in line
+    doc = s.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert doc["verdict"] == "fail" and rows["completed_calls"]["status"] == "fail"
+    assert rows["failed_rate"]["value"] == 1.0 and doc["failures"]["examples"]["connect: HTTP 404"] == "rtaaX-0"
+
+
+def test_a_feed_in_a_foreign_schema_is_missing_evidence_not_zero_delivery() -> None:
+    rec = _records()[0]
+    rec.final, rec.first_partial, rec.final_audio_end_ms = [], [], None
+    rec.feed_messages, rec.feed_unrecognised = 12, 12
+    s = _stats([rec], ProviderCounts(connections=1, duplicates=0, audio_bytes=57600, records=True,
+                                     per_call={"rtaaX-1": [1, 57600]}))
+    doc = s.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert rows["delivery_rate"]["status"] == "not measured" and rows["delivery_rate"]["value"] is None
+    assert "12 messages arrived" in rows["delivery_rate"]["reason"] and "--feed-map" in rows["delivery_rate"]["reason"]
+    assert doc["verdict"] == "invalid"
+
+
+def test_untagged_provider_connections_are_unattributed_and_duplicates_unmeasured() -> None:
+    t0 = 1000.0
+    conns = [{"interaction": None, "opened_at": t0 + i, "closed_at": t0 + i + 2, "close_code": 1011,
+              "close_reason": NET0001, "audio_bytes": 320, "audio_seconds": 0.02, "keepalives": 0} for i in range(5)]
+    conns.append({"interaction": "x-old", "opened_at": t0 - 50, "closed_at": t0 - 40, "close_code": 1000})  # before
+    conns.append({"interaction": None, "opened_at": t0 + 30, "closed_at": None, "audio_bytes": 0})  # after the end
+    prov = provider_counts_from_emulator({"connections": conns, "interactions": {}}, "rtaaX-", since=t0,
+                                         after=t0 + 20)
+    assert (prov.unattributed, prov.open_now, prov.opened_after, prov.connections) == (6, 1, 1, 0)
+    assert prov.causes_1011 == {"starvation": 5}  # 20 ms of audio in a 2 s life
+    s = _stats(_records()[:1], prov)
+    doc = s.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert rows["duplicates"]["status"] == "not measured"
+    assert "attributable to 0 of this run's 1 calls (6 unattributed" in rows["duplicates"]["reason"]
+    assert rows["unattributed_connections"]["status"] == "fail" and rows["provider_open_at_end"]["value"] == 1
+    assert rows["provider_opened_after_end"]["value"] == 1 and doc["verdict"] == "fail"
+    assert doc["provider"]["calls_reached"] == 0 and doc["provider"]["calls_with_audio"] == 1
+
+
+def test_1011_causes_idle_hold_without_keepalive_and_injected_faults() -> None:
+    base = {"interaction": "rtaaX-1", "opened_at": 0.0, "closed_at": 20.0, "close_code": 1011}
+    hold = dict(base, close_reason=NET0001, audio_seconds=10.0, keepalives=0)
+    assert classify_1011(hold, 10_000.0) == "idle, no KeepAlive"
+    assert classify_1011(dict(hold, keepalives=3), 10_000.0) == "idle"
+    assert classify_1011(dict(hold, audio_seconds=1.0), 27_500.0) == "starvation"
+    assert classify_1011(dict(base, close_reason=INTERNAL_FAULT), None) == "injected fault"
+    assert classify_1011(dict(base, close_reason="boom"), None) == "other"
+
+
+def test_reconnecting_calls_are_reported_apart_from_audio_loss() -> None:
+    recs = _records()[:1]
+    prov = ProviderCounts(connections=2, duplicates=0, audio_bytes=60000, records=True,
+                          per_call={"rtaaX-1": [2, 60000]})  # a replay after a reconnect: more than sent
+    doc = _stats(recs, prov).summary(default_thresholds(), PacingLimits(25.0))
+    assert doc["audio"]["reconnecting_calls"] == 1 and doc["audio"]["loss"] is None
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert "reconnected" in rows["audio_loss"]["reason"] and doc["verdict"] == "invalid"
 
 
 def test_generator_lateness_makes_the_run_invalid_not_passed_or_failed() -> None:

@@ -40,6 +40,8 @@ class Flaws:
     no_finalize: bool = False
     drop_every: int = 0
     bad_1011: bool = False
+    untagged: bool = False  # like a third-party pipeline: no tag / extra, the provider cannot attribute
+    leak: bool = False  # Finalize on stop but never closes the provider stream (KeepAlive keeps it open)
 
 
 class Call:
@@ -59,10 +61,14 @@ class Call:
         self.stream: ServerConnection | None = None
         self.last_audio = time.monotonic()
         self.keepalive = asyncio.ensure_future(self._keepalive())
+        self.finalized: asyncio.Event | None = None
 
     async def _open(self) -> ClientConnection:
-        q = urlencode({"model": "nova-3", "encoding": "linear16", "sample_rate": self.sample_rate,
-                       "interim_results": "true", "endpointing": 300, "tag": self.id})
+        params = {"model": "nova-3", "encoding": "linear16", "sample_rate": self.sample_rate,
+                  "interim_results": "true", "endpointing": 300}
+        if not self.t.flaws.untagged:
+            params["tag"] = self.id
+        q = urlencode(params)
         ws = await connect(f"{self.t.emulator_url}/v1/listen?{q}", additional_headers={"Authorization": "Token k"},
                            proxy=None, compression=None)
         self.all.append(ws)
@@ -128,6 +134,8 @@ class Call:
                 alt = msg["channel"]["alternatives"][0]
                 start_ms = offset_bytes * ms_per_byte + msg["start"] * 1000.0
                 self.seq += 1
+                if msg.get("from_finalize") and self.finalized is not None:
+                    self.finalized.set()
                 await self.t.publish(self.id, {
                     "type": "transcript", "interaction_id": self.id, "seq": self.seq,
                     "is_final": bool(msg.get("is_final")), "speech_final": bool(msg.get("speech_final")),
@@ -145,6 +153,18 @@ class Call:
         if self.t.flaws.no_finalize:
             for ws in self.all:
                 await ws.close()  # BROKEN: no CloseStream, pending audio is never finalized
+        elif self.t.flaws.leak and self.provider is not None:
+            self.finalized = asyncio.Event()
+            try:
+                await self.provider.send('{"type":"Finalize"}')  # the final arrives ...
+                await asyncio.wait_for(self.finalized.wait(), 5.0)
+            except (ConnectionClosed, asyncio.TimeoutError):
+                pass
+            self.t.leaked.append(self)  # BROKEN: ... but the stream is never closed (KeepAlive goes on)
+            await self.t.publish(self.id, {"type": "call_ended", "interaction_id": self.id, "reason": "stopped",
+                                           "at": time.time()})
+            self.t.calls.pop(self.id, None)
+            return
         else:
             if self.provider is not None:
                 try:
@@ -165,6 +185,7 @@ class Target:
         self.emulator_url = emulator_url
         self.flaws = flaws or Flaws()
         self.calls: dict[str, Call] = {}
+        self.leaked: list[Call] = []  # the leak flaw keeps these (and their provider streams) alive
         self.subscribers: dict[str, set[ServerConnection]] = {}
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,6 +220,8 @@ class Target:
             body = b'{"ok":true}'
             return Response(200, "OK", Headers({"Content-Type": "application/json",
                                                 "Content-Length": str(len(body))}), body)
+        if not request.path.startswith("/v1/"):
+            return Response(404, "Not Found", Headers({"Content-Length": "0"}), b"")  # like most servers
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
@@ -230,7 +253,7 @@ class Target:
 
     async def _ingest(self, ws: ServerConnection) -> None:
         call: Call | None = None
-        stopped = False
+        stopped = dropped = False
         pending: set[asyncio.Task] = set()
         try:
             async for raw in ws:
@@ -272,8 +295,13 @@ class Target:
                         await call.stop()
                     await ws.close(1000, "call ended")
                     return
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            dropped = exc.rcvd is None and exc.sent is None  # TCP drop: the caller may resume the call
+        finally:
+            # closed for bad input (not dropped, nor superseded by a newer stream): end the call, so its
+            # provider stream is not left open (the soak's post-run watch would rightly flag it)
+            if call is not None and not stopped and call.stream is ws and not dropped:
+                await call.stop()
 
 
 # ------------------------------------------------------------------ as a process of its own

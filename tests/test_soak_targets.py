@@ -61,6 +61,8 @@ class Case:
     jitter: float = 100.0
     users: int = 3
     mix: str = "normal = 1"
+    path: str = "/v1/ingest"
+    extra_toml: str = ""
 
 
 BAD_MIX = "normal = 1\nbad_input = 2"  # bad inputs go round-robin: 6 users cover all six kinds
@@ -74,6 +76,13 @@ CASES = {
     "drop_frames": Case(Flaws(drop_every=8)),
     "bad_input": Case(Flaws(), users=9, mix=BAD_MIX),
     "bad_1011": Case(Flaws(bad_1011=True), users=9, mix=BAD_MIX),
+    "untagged": Case(Flaws(untagged=True)),
+    "leak": Case(Flaws(leak=True)),
+}
+# runs that must not pass, with no threshold of CASES' kind: see the tests below
+UNJUDGED = {
+    "http404": Case(Flaws(), path="/nosuch"),
+    "memory_unmeasured": Case(Flaws(), extra_toml="[thresholds]\nmemory_growth_mb_per_h = 20\n"),
 }
 # the one threshold family each broken target must breach -- and nothing else may
 EXPECTED_FAILURES = {
@@ -84,6 +93,8 @@ EXPECTED_FAILURES = {
     "drop_frames": {"audio_loss"},
     "bad_input": set(),
     "bad_1011": {"bad_input_unexpected"},
+    "untagged": {"unattributed_connections", "calls_unreached_rate"},
+    "leak": {"provider_open_at_end"},
 }
 
 
@@ -111,7 +122,7 @@ def soaks(tmp_path_factory) -> dict[str, dict]:
             doc = orjson.loads(out.read_bytes()) if out.exists() else None
             results[name] = {"code": code, "doc": doc, "output": output, "dir": tmp}
     try:
-        for name, case in CASES.items():
+        for name, case in {**CASES, **UNJUDGED}.items():
             server = subprocess.Popen([sys.executable, SUPPORT, orjson.dumps(asdict(case.flaws)).decode(),
                                        str(case.idle_timeout_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             servers.append(server)
@@ -121,10 +132,10 @@ def soaks(tmp_path_factory) -> dict[str, dict]:
             target, emu_http = urls["target"], urls["emulator_http"]
             toml = tmp / f"{name}.toml"
             toml.write_text(SCENARIO.format(name=name, latency=case.latency, jitter=case.jitter, users=case.users,
-                                            mix=case.mix))
+                                            mix=case.mix) + case.extra_toml)
             out = tmp / f"{name}.json"
             cmd = [*RTAA, "soak", str(toml), "--quiet", "--json", str(out),
-                   "--target", f"ws://{target}/v1/ingest", "--transcripts", f"ws://{target}/v1/transcripts",
+                   "--target", f"ws://{target}{case.path}", "--transcripts", f"ws://{target}/v1/transcripts",
                    "--provider-stats", f"{emu_http}/stats", "--provider-control", f"{emu_http}/control/faults"]
             started.append((name, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         # the documented cross-host commands, on one host: `--master` waits for a `--worker` process
@@ -193,6 +204,39 @@ def test_each_target_is_caught_by_its_threshold_and_nothing_else(soaks, name) ->
         f"{orjson.dumps(doc['thresholds']).decode()}")
     assert r["code"] == (0 if not EXPECTED_FAILURES[name] else 1), r["output"][-2000:]
     assert doc["verdict"] == ("pass" if not EXPECTED_FAILURES[name] else "fail")
+
+
+def test_a_target_that_404s_every_call_fails_early_with_the_cause(soaks) -> None:
+    r = soaks["http404"]
+    doc = r["doc"]
+    assert r["code"] == 1 and doc["verdict"] == "fail", r["output"][-2000:]
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert rows["completed_calls"]["status"] == "fail" and rows["failed_rate"]["value"] == 1.0
+    assert "HTTP 404" in doc["run"]["stopped_early"] and doc["calls"]["handshake_failed"] == doc["calls"]["finished"]
+    assert "stopped early" in r["output"] and "connect: HTTP 404" in r["output"]
+
+
+def test_a_threshold_with_no_evidence_makes_the_run_invalid(soaks) -> None:
+    r = soaks["memory_unmeasured"]  # a memory limit, and no --metrics to sample the target's memory from
+    doc = r["doc"]
+    assert r["code"] == 2 and doc["verdict"] == "invalid", r["output"][-2000:]
+    assert any(line.startswith("memory_growth_mb_per_h: not measured: the target's memory was not sampled: pass "
+                               "--metrics") for line in doc["invalid_reasons"])
+    assert "invalid run: memory_growth_mb_per_h: not measured" in " ".join(r["output"].split())
+
+
+def test_provider_evidence_of_an_untagged_pipeline(soaks) -> None:
+    doc = soaks["untagged"]["doc"]
+    prov = doc["provider"]
+    assert prov["calls_reached"] == 0 and prov["unattributed_connections"] >= doc["calls"]["finished"]
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert rows["duplicates"]["status"] == "not measured" and "unattributed connections seen" in rows["duplicates"]["reason"]
+
+
+def test_a_leaking_target_is_caught_by_the_post_run_watch(soaks) -> None:
+    doc = soaks["leak"]["doc"]
+    assert doc["provider"]["open_at_end"] == doc["calls"]["finished"] and doc["run"]["watch_after_s"] == 3.0
+    assert doc["delivery_rate"] == 1.0  # its finals arrived: only the provider side shows the leak
 
 
 def test_reported_latency_matches_the_injected_provider_latency(soaks) -> None:

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         url: str = typer.Option(..., help="Ingest WebSocket URL, e.g. ws://staging:8080/v1/ingest."),
         health: Optional[str] = typer.Option(None, help="Health URL (default: http://HOST:PORT/health of --url; '' skips)."),
         transcripts: Optional[str] = typer.Option(None, help="Transcript feed base (default: ws://HOST:PORT/v1/transcripts; '' skips)."),
-        provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: checks duplicates and provider 1011s for the call."),
+        provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: checks duplicates and provider 1011s for the call; 'off' when the target talks to the real Deepgram (else those checks are not measured: INVALID)."),
         audio: str = typer.Option("fixtures/audio/call.wav", help="Audio to replay (any WAV/FLAC, or 'synthetic')."),
         length: Optional[float] = typer.Option(12.0, help="Seconds of the audio to play (0 = all of it)."),
         speed: float = typer.Option(1.0, help="Pacing speed (1 = real time)."),
@@ -36,16 +36,18 @@ def register(app: typer.Typer) -> None:
           rtaa smoke --url wss://user:pass@bot.example.com/v1/ingest --health '' --transcripts wss://bot.example.com/v1/transcripts --json smoke.json
         """
         from rtaa_cli.smoke import SmokeOptions, run_smoke
-        from rtaa_cli.soak.report import write_reports
+        from rtaa_cli.soak.report import check_report_paths, write_reports
         from rtaa_cli.soak.scenario import resolve_audio
         from rtaa_cli.soak.summary import print_summary
+        from rtaa_cli.verdict import EXIT_CODES
 
         if speed < 0 or wait_final < 0:
             raise RtaaError("--speed and --wait-final must be >= 0")
         opts = SmokeOptions(url=url, health_url=health, transcripts_url=transcripts, provider_stats_url=provider_stats,
                             audio=resolve_audio(audio, None), length_s=(length or None), speed=speed,
                             wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms)
+        check_report_paths(json_path, junit)
         doc = run_smoke(opts)
         write_reports(doc, json_path, junit, None, "smoke")
         print_summary(doc, "smoke")
-        raise SystemExit(0 if doc["verdict"] == "pass" else 1)
+        raise SystemExit(EXIT_CODES[doc["verdict"]])

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per threshold)."),
         html: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML report with plots."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; just the summary."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table or progress lines; just the summary."),
+        watch_after: str = typer.Option("3s", help="With provider stats: watch the provider this long after the last call (leaked streams, reconnect loops)."),
         master: bool = typer.Option(False, "--master", help="Distributed: be the master and wait for --expect-workers."),
         expect_workers: int = typer.Option(1, help="With --master: workers (on any host) to wait for."),
         master_bind: str = typer.Option("127.0.0.1", help="With --master: address to listen on for workers."),
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
 
-        Without --target the soak starts a local pipeline (rtaa serve + a Deepgram emulator with Deepgram-like timing) and stops it at the end. Thresholds default to the seeds' rollback triggers: duplicates > 0, 1011 rate > 5 %, final p95 > 2 s, delivery < 80 % (plus audio loss > 1 %). Exit code: 0 pass, 1 a threshold was breached, 2 invalid run (the load generator was the bottleneck) or usage error. See docs/soak.md.
+        Without --target the soak starts a local pipeline (rtaa serve + a Deepgram emulator with Deepgram-like timing) and stops it at the end. Thresholds default to the seeds' rollback triggers: duplicates > 0, 1011 rate > 5 %, final p95 > 2 s, delivery < 80 % (plus audio loss > 1 %). Exit code: 0 pass, 1 a threshold was breached, 2 invalid run (a threshold in effect could not be measured, or the load generator was the bottleneck: each reason is printed) or usage error, 3 internal error. See docs/soak.md.
 
         Examples:
 
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
             return
         if scenario is None:
             raise RtaaError("a scenario file is required (e.g. scenarios/steady.toml)")
-        from rtaa_cli.soak.scenario import load_scenario
+        from rtaa_cli.soak.scenario import load_scenario, parse_duration
         from rtaa_cli.soak.stats import parse_threshold_override
 
         sc = load_scenario(scenario).with_overrides(users=users, spawn_rate=spawn_rate, duration=duration,
@@ -99,7 +100,7 @@ def register(app: typer.Typer) -> None:
             live=not quiet, quiet=quiet, headers=_headers(header),
             expect_workers=(expect_workers if master else (sc.processes if sc.processes > 1 else 0)),
             spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",
-            master_port=master_port if master else 0,
+            master_port=master_port if master else 0, watch_after_s=parse_duration(watch_after),
         )
         code, doc = runner.run_soak(opts)
         print_summary(doc, "soak")

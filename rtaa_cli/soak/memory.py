@@ -61,6 +61,16 @@ class TargetMemory:
             return None
         return slope_per_hour(pts)
 
+    def unmeasured_reason(self, steady_from_s: float, steady_to_s: float) -> str:
+        """Why :meth:`growth_mb_per_h` is None (one line for the report)."""
+        if not self.samples:
+            return f"{self.source} never gave process_resident_memory_bytes (is it a Prometheus /metrics?)"
+        pts = [t for t, _ in self.samples if steady_from_s <= t <= steady_to_s]
+        span = (pts[-1] - pts[0]) if pts else 0.0
+        return (f"the steady window ({steady_from_s:.0f}-{steady_to_s:.0f} s into the run) held {len(pts)} RSS samples "
+                f"over {span:.0f} s; the slope needs >= {MIN_SAMPLES} over >= {MIN_WINDOW_S:g} s: run longer "
+                f"(--duration)")
+
     def summary(self, steady_from_s: float, steady_to_s: float) -> dict[str, Any] | None:
         if not self.samples:
             return None

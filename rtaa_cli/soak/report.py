@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Sequence
 
 import orjson
 
+from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak.stats import Histogram
+from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, PASS, status_of
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -44,8 +47,8 @@ def write_json(path: str | Path, doc: dict[str, Any]) -> None:
 
 
 def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
-    """One ``testcase`` per threshold (failure when breached, skipped when not measurable), plus a
-    ``run validity`` testcase that errors when the run was invalid (generator bottleneck)."""
+    """One ``testcase`` per threshold (failure when breached; error when in effect but not measured;
+    skipped when turned off), plus a ``run validity`` testcase that errors when the run was invalid."""
     rows = doc.get("thresholds", [])
     invalid = doc.get("invalid_reasons") or []
     cases = []
@@ -53,13 +56,20 @@ def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
     for row in rows:
         case = ET.Element("testcase", classname=f"rtaa.{suite_name}", name=row["name"])
         op = {"max": "<=", "min": ">=", "eq": "=="}.get(row.get("kind", "max"), "")
-        if row["passed"] is False:
+        status = status_of(row)
+        if status == FAIL:
             failures += 1
             f = ET.SubElement(case, "failure", message=f"{row['name']} = {row['value']} (limit {op} {row['limit']})")
             f.text = f"threshold breached: {row['name']} value {row['value']} limit {op} {row['limit']}"
-        elif row["passed"] is None:
+            if row.get("detail"):
+                f.text += f"\n{row['detail']}"
+        elif status == NOT_MEASURED:
+            errors += 1
+            e = ET.SubElement(case, "error", message=f"{row['name']}: not measured")
+            e.text = f"{row['name']}: not measured: {row.get('reason') or 'no value in this run'}"
+        elif status == OFF:
             skipped += 1
-            ET.SubElement(case, "skipped", message=f"{row['name']}: not measurable in this run")
+            ET.SubElement(case, "skipped", message=f"{row['name']}: off (turned off by the user)")
         cases.append(case)
     validity = ET.Element("testcase", classname=f"rtaa.{suite_name}", name="run validity")
     if invalid:
@@ -202,9 +212,12 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
     parts.append("<h2>Thresholds</h2><table><tr><th>name</th><th>limit</th><th>value</th><th>result</th></tr>")
     for row in doc.get("thresholds", []):
         op = {"max": "&le;", "min": "&ge;", "eq": "="}.get(row.get("kind", "max"), "")
-        res = {True: ("pass", "pass"), False: ("fail", "FAIL"), None: ("skip", "not measured")}[row["passed"]]
+        status = status_of(row)
+        css = {PASS: "pass", FAIL: "fail", NOT_MEASURED: "invalid", OFF: "skip"}[status]
+        label = status.upper() if status in (FAIL, NOT_MEASURED) else status
+        why = f" ({row['reason']})" if row.get("reason") else ""
         parts.append(f"<tr><td>{e(row['name'])}</td><td>{op} {_fmt(row['limit'])}</td><td>{_fmt(row['value'])}</td>"
-                     f"<td class='{res[0]}'>{res[1]}</td></tr>")
+                     f"<td class='{css}'>{e(label)}{e(why)}</td></tr>")
     parts.append("</table>")
     calls = doc.get("calls", {})
     lat = doc.get("latency_ms", {})
@@ -217,6 +230,14 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
             ("delivery rate", _fmt(doc.get("delivery_rate"))),
             ("audio loss", _fmt(doc.get("audio", {}).get("loss"))),
             ("pacing lateness p50 / p99 / max ms", f"{_fmt(pacing.get('p50'))} / {_fmt(pacing.get('p99'))} / {_fmt(pacing.get('max'))}")]
+    prov = doc.get("provider") or {}
+    if "unattributed_connections" in prov:
+        rows += [("provider: calls reached / calls with audio", f"{prov['calls_reached']} / {prov['calls_with_audio']}"),
+                 ("provider: unattributed connections", _fmt(prov["unattributed_connections"])),
+                 ("provider: open at end / opened after end", f"{prov['open_at_end']} / {prov['opened_after_end']}"),
+                 ("provider: reconnects / 429 refusals", f"{prov['reconnects']} / {_fmt(prov['rejected_429'])}"),
+                 ("provider: KeepAlives (per connection)", f"{prov['keepalives']} ({prov['keepalives_per_connection']})"),
+                 ("provider: 1011 by cause", ", ".join(f"{k} {v}" for k, v in prov["closes_1011_by_cause"].items()) or "none")]
     mem = doc.get("target_memory")
     if mem:
         rss = mem["rss_mb"]
@@ -254,14 +275,38 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
     return "".join(parts)
 
 
+def check_report_paths(*paths: str | None) -> None:
+    """Refuse unwritable report paths before any call is made (a usage error, exit 2): a soak that
+    ran an hour must not end unable to write its report."""
+    for path in paths:
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path)) or "."
+        if os.path.isdir(path):
+            raise RtaaError(f"report path {path} is a directory")
+        if not os.path.isdir(parent):
+            raise RtaaError(f"report path {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise RtaaError(f"report path {path} is not writable")
+
+
 def write_reports(doc: dict[str, Any], json_path: str | None, junit_path: str | None, html_path: str | None,
                   suite: str) -> None:
-    """Write whichever of the three reports were asked for."""
-    if json_path:
-        write_json(json_path, doc)
-    if junit_path:
-        Path(junit_path).write_text(junit_xml(doc, suite), encoding="utf-8")
-    if html_path:
-        hists = doc.get("latency_histograms") or {}
-        Path(html_path).write_text(html_report(doc, {k.replace("_", " "): v for k, v in hists.items()}),
-                                   encoding="utf-8")
+    """Write whichever of the three reports were asked for. One that cannot be written does not stop
+    the others: its error goes into ``doc["report_errors"]`` (printed with the summary)."""
+    hists = doc.get("latency_histograms") or {}
+    writers = [
+        (json_path, lambda path: write_json(path, doc)),
+        (junit_path, lambda path: Path(path).write_text(junit_xml(doc, suite), encoding="utf-8")),
+        (html_path, lambda path: Path(path).write_text(
+            html_report(doc, {k.replace("_", " "): v for k, v in hists.items()}), encoding="utf-8")),
+    ]
+    errors = []
+    for path, write in writers:
+        if path:
+            try:
+                write(path)
+            except OSError as exc:
+                errors.append(f"could not write {path}: {exc.strerror or exc}")
+    if errors:
+        doc["report_errors"] = errors

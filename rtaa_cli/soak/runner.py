@@ -34,18 +34,20 @@ from rich.live import Live
 from rich.table import Table
 
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.verdict import EXIT_CODES
 from rtaa_cli.soak import locustfile
 from rtaa_cli.soak.audioset import call_frames
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
-from rtaa_cli.soak.report import histogram_bins, write_reports
+from rtaa_cli.soak.report import check_report_paths, histogram_bins, write_reports
 from rtaa_cli.soak.scenario import Scenario
 from rtaa_cli.soak.stats import (
     CallRecord, PacingLimits, ProviderCounts, SoakStats, Threshold, apply_overrides, default_thresholds,
     provider_counts_from_emulator, provider_counts_from_metrics,
 )
 
-EXIT = {"pass": 0, "fail": 1, "invalid": 2}
+EXIT = EXIT_CODES
 READY_TIMEOUT_S = 30.0
+AFTER_END_GRACE_S = 1.0  # a provider connection opened this long after the last call ended is "after the end"
 
 
 @dataclass
@@ -77,6 +79,8 @@ class SoakOptions:
     master_bind_host: str = "127.0.0.1"
     master_port: int = 0
     serve_args: list[str] = field(default_factory=list)
+    watch_after_s: float = 3.0  # post-run watch of the provider (leaked streams, reconnect loops)
+    progress_every_s: float = 5.0  # without a terminal: one progress line this often
 
 
 # ------------------------------------------------------------------------------- HTTP helpers
@@ -255,13 +259,15 @@ def _scrape(url: str | None) -> str | None:
         return None
 
 
-def _provider_counts(target: Target, prefix: str, metrics_before: str | None = None) -> ProviderCounts | None:
+def _provider_counts(target: Target, prefix: str, metrics_before: str | None = None, *, since: float | None = None,
+                     after: float | None = None, sent_ms: dict[str, float] | None = None,
+                     base_totals: dict[str, Any] | None = None) -> ProviderCounts | None:
     if not target.provider_stats_url:
         if metrics_before is not None:  # only the target's own metrics: the increase over the run
-            after = _scrape(target.metrics_url)
-            if after is not None:
+            after_text = _scrape(target.metrics_url)
+            if after_text is not None:
                 try:
-                    return provider_counts_from_metrics(metrics_before, after)
+                    return provider_counts_from_metrics(metrics_before, after_text)
                 except ValueError:
                     return None
         return None
@@ -269,11 +275,33 @@ def _provider_counts(target: Target, prefix: str, metrics_before: str | None = N
         doc = http_get_json(target.provider_stats_url)
     except (OSError, ValueError):
         return None
-    counts = provider_counts_from_emulator(doc, prefix)
-    evicted = (doc.get("totals") or {}).get("records_evicted", 0)
+    counts = provider_counts_from_emulator(doc, prefix, since=since, after=after, sent_ms=sent_ms)
+    totals = doc.get("totals") or {}
+    if base_totals is not None and "rejected_429" in totals:
+        counts.rejected_429 = int(totals["rejected_429"]) - int(base_totals.get("rejected_429", 0))
+    evicted = totals.get("records_evicted", 0) - (base_totals or {}).get("records_evicted", 0)
     if evicted:
         counts.audio_bytes = None  # per-connection records were dropped: byte totals would be partial
     return counts
+
+
+def _provider_totals(target: Target) -> dict[str, Any] | None:
+    if not target.provider_stats_url:
+        return None
+    try:
+        return http_get_json(target.provider_stats_url).get("totals") or {}
+    except (OSError, ValueError):
+        return None
+
+
+def progress_line(stats: SoakStats, provider: ProviderCounts | None, elapsed_s: float, duration_s: float) -> str:
+    """The line printed every few seconds without a terminal (CI logs), like Locust headless / k6."""
+    fp = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    dup = "-" if provider is None or provider.duplicates is None else str(provider.duplicates)
+    c1011 = stats.caller_1011 + (provider.closes_1011 if provider else 0)
+    return (f"[{elapsed_s:5.0f}/{duration_s:.0f} s] calls active {stats.calls_started - stats.records} "
+            f"completed {stats.completed} failed {stats.failed} dup {dup} 1011 {c1011} "
+            f"final p95 {fp(stats.final.percentile(95))} ms")
 
 
 def run_soak(opts: SoakOptions, console: Console | None = None) -> tuple[int, dict[str, Any]]:
@@ -281,6 +309,7 @@ def run_soak(opts: SoakOptions, console: Console | None = None) -> tuple[int, di
     sc = opts.scenario
     console = console or Console(stderr=True)
     thresholds = apply_overrides(apply_overrides(default_thresholds(), sc.thresholds), opts.thresholds)
+    check_report_paths(opts.json_path, opts.junit_path, opts.html_path)
     for audio in sc.audio:  # fail fast (exit 2) on missing audio, before any process starts
         call_frames(audio, sc.sample_rate, sc.frame_ms, sc.call_length_s)
     if opts.target is None:
@@ -290,11 +319,18 @@ def run_soak(opts: SoakOptions, console: Console | None = None) -> tuple[int, di
     return _run_against(opts, opts.target, thresholds, console)
 
 
+def turned_off(opts: SoakOptions) -> list[str]:
+    """Thresholds the scenario or the command line turned off (shown as "off" in the report)."""
+    merged = {**opts.scenario.thresholds, **opts.thresholds}
+    return [name for name, limit in merged.items() if limit is None]
+
+
 def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Threshold],
                  console: Console) -> tuple[int, dict[str, Any]]:
     sc = opts.scenario
     prefix = f"rtaa{uuid.uuid4().hex[:8]}-"
     notes: list[str] = []
+    stopped_early: str | None = None
     if target.provider_control_url and target.exclusive_provider:
         try:
             post_faults(target.provider_control_url, sc.faults.emulator_faults())
@@ -311,6 +347,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     else:
         runner = env.create_local_runner()
     metrics_before = _scrape(target.metrics_url) if not target.provider_stats_url else None
+    base_totals = _provider_totals(target)
     # Ctrl-C / SIGTERM end the run early but still produce the report (verdict: invalid)
     interrupted = gevent.event.Event()
     handlers = [gevent.signal_handler(sig, interrupted.set) for sig in (signal.SIGINT, signal.SIGTERM)]
@@ -336,6 +373,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         # burst: every user's first call starts at the same instant, after they have all spawned
         burst_at = t0 + sc.users / sc.spawn_rate + 1.0 if sc.burst else None
         stats = SoakStats(t0=t0, duration_s=sc.duration_s, delivery_tolerance_ms=sc.delivery_tolerance_ms)
+        if not target.provider_stats_url:
+            stats.provider_hint = ("pass --provider-stats URL: the /stats of the rtaa fake-deepgram the target's "
+                                   "Deepgram client points at (docs/soak.md)")
         runner.register_message(locustfile.MSG_CALL, lambda environment, msg, **kw: stats.add(CallRecord.from_dict(msg.data)))
         runner.register_message(locustfile.MSG_STARTED, lambda environment, msg, **kw: stats.call_started())
         config = {"scenario": sc.to_dict(), "url": target.url, "transcripts_url": target.transcripts_url,
@@ -357,12 +397,14 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             stats.memory_window_s = (start_delay + sc.users / sc.spawn_rate + max_call_s, end_at - t0)
         drain_deadline = end_at + max_call_s + sc.wait_final_s + 15.0
         poll_every, next_poll = 2.0, 0.0
+        use_live = opts.live and not opts.quiet and console.is_terminal
+        progress_every, next_progress = opts.progress_every_s, t0 + opts.progress_every_s
         with Live(view.table(), console=console, auto_refresh=False, transient=True,
-                  redirect_stdout=False, redirect_stderr=False) if (opts.live and not opts.quiet) else _nullctx() as live:
+                  redirect_stdout=False, redirect_stderr=False) if use_live else _nullctx() as live:
             while True:
                 now = time.time()
                 if now >= next_poll:
-                    view.provider = _provider_counts(target, prefix, metrics_before)
+                    view.provider = _provider_counts(target, prefix, metrics_before, since=t0, base_totals=base_totals)
                     if stats.memory is not None:
                         rss = rss_from_metrics(_scrape(target.metrics_url))
                         if rss is not None:
@@ -371,6 +413,15 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                 view.users = runner.user_count
                 if live is not None:
                     live.update(view.table(), refresh=True)
+                elif not opts.quiet and now >= next_progress:  # no terminal (CI): a line every few seconds
+                    console.print(progress_line(stats, view.provider, now - t0, sc.duration_s), highlight=False,
+                                  soft_wrap=True)
+                    next_progress = now + progress_every
+                early = stats.early_stop_reason(min(3, max(1, sc.users)))
+                if early:
+                    notes.append(early)
+                    stopped_early = early
+                    break
                 if now >= end_at and stats.records >= stats.calls_started:
                     break
                 if now >= drain_deadline:
@@ -380,6 +431,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                     stats.invalid_reasons.append(f"interrupted after {now - t0:.0f} s of {sc.duration_s:g} s")
                     break
         runner.quit()
+        if target.provider_stats_url and opts.watch_after_s > 0 and not interrupted.is_set():
+            # the post-run watch: a leaked stream stays open, a reconnect loop opens new connections
+            interrupted.wait(opts.watch_after_s)
         stats.generator_cpu_warning = bool(getattr(runner, "cpu_warning_emitted", False) or
                                            getattr(runner, "worker_cpu_warning_emitted", False))
     finally:
@@ -393,13 +447,17 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                 w.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 w.kill()
-    stats.set_provider(_provider_counts(target, prefix, metrics_before))
-    doc = stats.summary(thresholds, PacingLimits(sc.max_lateness_p99_ms))
+    sent_ms = {call: ms for call, (_b, ms) in stats.audio_sent_by_call.items()}
+    stats.set_provider(_provider_counts(target, prefix, metrics_before, since=t0,
+                                        after=(stats.last_call_ended + AFTER_END_GRACE_S) if stats.records else None,
+                                        sent_ms=sent_ms, base_totals=base_totals))
+    doc = stats.summary(thresholds, PacingLimits(sc.max_lateness_p99_ms), turned_off(opts))
     doc["scenario"] = {"name": sc.name, "path": sc.path, "description": sc.description}
     doc["run"] = {"target": target.url, "description": target.description, "users": sc.users,
                   "spawn_rate": sc.spawn_rate, "duration_s": sc.duration_s, "processes": max(1, opts.expect_workers),
                   "call_prefix": prefix, "started": datetime.fromtimestamp(t0, timezone.utc).isoformat(),
-                  "elapsed_s": round(time.time() - t0, 3), "notes": notes}
+                  "elapsed_s": round(time.time() - t0, 3), "notes": notes, "stopped_early": stopped_early,
+                  "watch_after_s": opts.watch_after_s if target.provider_stats_url else None}
     doc["latency_histograms"] = {"final": histogram_bins(stats.final), "first_partial": histogram_bins(stats.first_partial)}
     write_reports(doc, opts.json_path, opts.junit_path, opts.html_path, "soak")
     return EXIT[doc["verdict"]], doc

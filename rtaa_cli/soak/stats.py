@@ -13,9 +13,12 @@ distinct buckets whatever the run length.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
+from rtaa_cli import verdict
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory
 
@@ -212,6 +215,8 @@ class Threshold:
 
 # metric name -> (kind, default limit or None when off by default, description)
 METRICS: dict[str, tuple[str, float | None, str]] = {
+    "completed_calls": ("min", 1, "calls that completed (0 completed calls always fails)"),
+    "failed_rate": ("max", 0.10, "share of calls that failed (handshake refused, connection error, unexpected close)"),
     "duplicates": ("max", 0, "provider connections opened while another was open for the same call"),
     "closes_1011_rate": ("max", 0.05, "1011 closes (provider + caller side) per call started"),
     "caller_1011_rate": ("max", None, "1011 closes seen by callers per call started"),
@@ -220,12 +225,21 @@ METRICS: dict[str, tuple[str, float | None, str]] = {
     "latency_final_p99_ms": ("max", None, "p99 latency of final results (ms)"),
     "latency_first_partial_p95_ms": ("max", None, "p95 latency of first partial results (ms)"),
     "delivery_rate": ("min", 0.80, "share of calls whose final results covered their audio"),
-    "audio_loss": ("max", 0.01, "1 - provider-received audio bytes / sent audio bytes"),
-    "failed_rate": ("max", None, "share of calls that failed (connection error, unexpected close)"),
+    "audio_loss": ("max", 0.01, "share of the sent audio that never reached the provider (calls with one provider "
+                   "connection; reconnecting calls are reported apart)"),
+    "unattributed_connections": ("max", 0, "provider connections during the run that no call of the run can be "
+                                 "matched to (no tag / extra=interaction_id)"),
+    "calls_unreached_rate": ("max", 0, "share of the run's audio-sending calls for which the provider saw no connection"),
+    "provider_open_at_end": ("max", 0, "provider streams still open after the post-run watch window (leaked)"),
+    "provider_opened_after_end": ("max", 0, "provider connections opened after the last call ended (reconnect loops)"),
     "bad_input_unexpected": ("max", 0, "bad-input calls that did not get their expected close code"),
     "memory_growth_mb_per_h": ("max", None, "growth of the target's resident memory over the steady part of the "
                                "run, MB/hour (its /metrics process_resident_memory_bytes; needs >= 60 s of it)"),
 }
+
+# The thresholds that need the provider's per-connection records (the emulator's /stats).
+PROVIDER_RECORD_METRICS = ("audio_loss", "unattributed_connections", "calls_unreached_rate", "provider_open_at_end",
+                           "provider_opened_after_end")
 
 
 def default_thresholds() -> dict[str, Threshold]:
@@ -264,34 +278,94 @@ def apply_overrides(base: dict[str, Threshold], overrides: dict[str, float | Non
 
 @dataclass
 class ProviderCounts:
-    """What the provider side (emulator /stats, or the target's metrics) says about this run's calls."""
+    """What the provider side (emulator /stats, or the target's metrics) says about this run's calls.
 
-    connections: int = 0
+    ``records`` is True when the source has per-connection records (the emulator): then the
+    attribution fields below are measured; from a target's metrics they are not (None/empty)."""
+
+    connections: int = 0  # attributed to this run's calls
     duplicates: int | None = 0  # None: the source cannot tell
     closes_1011: int = 0
     audio_bytes: int | None = None  # None when the source has no per-byte accounting
     source: str = ""
+    records: bool = False
+    unattributed: int = 0  # connections opened during the run that match no call of it
+    unattributed_audio_bytes: int = 0
+    per_call: dict[str, list[int]] = field(default_factory=dict)  # call_sid -> [connections, audio bytes]
+    open_now: int = 0  # this run's (and unattributed) connections open at the snapshot
+    opened_after: int = 0  # of those, opened after ``after`` (the last call's end)
+    keepalives: int = 0
+    causes_1011: dict[str, int] = field(default_factory=dict)
+    rejected_429: int | None = None  # handshakes refused 429 during the run (totals delta)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(max(0, n - 1) for n, _ in self.per_call.values())
 
 
-def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str) -> ProviderCounts:
+OTHER_RTAA_RUN = re.compile(r"^rtaa[0-9a-f]{8}-")  # another rtaa run's calls on a shared emulator
+
+
+def classify_1011(conn: dict[str, Any], sent_ms: float | None) -> str:
+    """Why a provider connection closed 1011 (by the emulator's close reason and its counters):
+
+    - ``injected fault``: the emulator's /control/faults closed it;
+    - ``starvation``: idle timeout while the provider had received under half the audio the call
+      sent (``sent_ms``; for an unattributed connection: under half its lifetime in audio);
+    - ``idle, no KeepAlive``: idle timeout with no KeepAlive ever received (a hold went silent);
+    - ``idle``: idle timeout although KeepAlives came; ``other``: any other 1011."""
+    reason = str(conn.get("close_reason") or "")
+    if reason == INTERNAL_FAULT:
+        return "injected fault"
+    if reason != NET0001:
+        return "other"
+    got_ms = float(conn.get("audio_seconds") or 0.0) * 1000.0
+    if sent_ms is None:
+        sent_ms = max(0.0, (float(conn.get("closed_at") or 0.0) - float(conn.get("opened_at") or 0.0)) * 1000.0)
+    if got_ms > 0 and got_ms < 0.5 * sent_ms:
+        return "starvation"
+    return "idle" if conn.get("keepalives") else "idle, no KeepAlive"
+
+
+def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str, *, since: float | None = None,
+                                  after: float | None = None,
+                                  sent_ms: dict[str, float] | None = None) -> ProviderCounts:
     """Reduce an emulator ``/stats`` document to this run's interactions (ids starting with
-    ``interaction_prefix``, so a shared emulator's other traffic is ignored)."""
-    out = ProviderCounts(source="emulator", audio_bytes=0)
+    ``interaction_prefix``). Connections opened since ``since`` (the run's start) that carry no id
+    of this run, nor of another rtaa run, are *unattributed*: untagged traffic of the target."""
+    out = ProviderCounts(source="emulator", audio_bytes=0, records=True)
     for iid, info in (stats.get("interactions") or {}).items():
         if str(iid).startswith(interaction_prefix):
-            out.connections += int(info.get("connections", 0))
             out.duplicates += int(info.get("duplicates", 0))
     have_bytes = False
     for conn in stats.get("connections") or []:
-        if not str(conn.get("interaction") or conn.get("interaction_id") or "").startswith(interaction_prefix):
-            continue
-        code = conn.get("close_code")
-        if code == 1011:
-            out.closes_1011 += 1
-        b = conn.get("audio_bytes", conn.get("bytes_received"))
-        if b is not None:
-            have_bytes = True
-            out.audio_bytes += int(b)
+        iid = str(conn.get("interaction") or conn.get("interaction_id") or "")
+        mine = iid.startswith(interaction_prefix)
+        opened = float(conn.get("opened_at") or 0.0)
+        if not mine:
+            if since is None or opened < since or OTHER_RTAA_RUN.match(iid):
+                continue
+            out.unattributed += 1
+            out.unattributed_audio_bytes += int(conn.get("audio_bytes") or 0)
+        else:
+            out.connections += 1
+            b = conn.get("audio_bytes", conn.get("bytes_received"))
+            if b is not None:
+                have_bytes = True
+                out.audio_bytes += int(b)
+                entry = out.per_call.setdefault(iid, [0, 0])
+                entry[0] += 1
+                entry[1] += int(b)
+        out.keepalives += int(conn.get("keepalives") or 0)
+        if conn.get("closed_at") is None:
+            out.open_now += 1
+        if after is not None and opened > after:
+            out.opened_after += 1
+        if conn.get("close_code") == 1011:
+            if mine:
+                out.closes_1011 += 1
+            cause = classify_1011(conn, (sent_ms or {}).get(iid) if mine else None)
+            out.causes_1011[cause] = out.causes_1011.get(cause, 0) + 1
     if not have_bytes:
         out.audio_bytes = None
     return out
@@ -412,6 +486,7 @@ class SoakStats:
         self.records = 0
         self.completed = 0
         self.failed = 0
+        self.handshake_failed = 0  # failed before any stream opened (HTTP 404/403, refused, not a WebSocket)
         self.by_kind: dict[str, dict[str, int]] = {}
         self.first_partial = Histogram(LATENCY_RESOLUTION_MS)
         self.final = Histogram(LATENCY_RESOLUTION_MS)
@@ -419,22 +494,30 @@ class SoakStats:
         self.max_abs_drift_ms = 0.0
         self.delivered = 0
         self.delivery_eligible = 0
+        self.feed_messages = 0
+        self.feed_unrecognised = 0
+        self.feed_not_understood_calls = 0  # calls whose feed carried messages, none understood
+        self.feed_unread_calls = 0  # calls whose feed could not be read at all
         self.audio_bytes_sent = 0
+        self.audio_sent_by_call: dict[str, tuple[int, float]] = {}  # call -> (bytes, ms) of normal calls
         self.frames_sent = 0
         self.caller_1011 = 0
         self.closes: dict[str, int] = {}
         self.bad_input_calls = 0
         self.bad_input_unexpected = 0
         self.failure_reasons: dict[str, int] = {}
+        self.failure_examples: dict[str, str] = {}  # failure kind -> one call_sid
         self.failure_samples: list[dict[str, Any]] = []
         self.max_failure_samples = max_failure_samples
         self.delivery_tolerance_ms = delivery_tolerance_ms
         self.timeline = Timeline(t0, duration_s)
         self.provider: ProviderCounts | None = None
+        self.provider_hint = ""  # how to get provider evidence when there is none
         self.memory: TargetMemory | None = None  # the target's RSS, when its /metrics has it
         self.memory_window_s = (0.0, 0.0)  # steady part of the run (seconds from t0) for the growth slope
         self.generator_cpu_warning = False
         self.invalid_reasons: list[str] = []
+        self.last_call_ended = 0.0
 
     # -- feeding
     def call_started(self) -> None:
@@ -442,6 +525,7 @@ class SoakStats:
 
     def add(self, rec: CallRecord) -> None:
         self.records += 1
+        self.last_call_ended = max(self.last_call_ended, rec.ended_at)
         kind = self.by_kind.setdefault(rec.kind, {"calls": 0, "failed": 0})
         kind["calls"] += 1
         self.frames_sent += rec.frames_sent
@@ -466,13 +550,26 @@ class SoakStats:
                 self.first_partial.add(ms)
             for _, ms in rec.final:
                 self.final.add(ms)
-            if rec.connected and rec.audio_bytes_sent > 0 and rec.transcripts_observed:
+            if rec.audio_bytes_sent > 0:
+                self.audio_sent_by_call[rec.call_sid] = (rec.audio_bytes_sent, rec.audio_ms_sent)
+            self.feed_messages += rec.feed_messages
+            self.feed_unrecognised += rec.feed_unrecognised
+            understood = not (rec.feed_messages > 0 and rec.feed_unrecognised >= rec.feed_messages)
+            if not understood:
+                self.feed_not_understood_calls += 1
+            if rec.connected and not rec.transcripts_observed:
+                self.feed_unread_calls += 1
+            # delivery is judged only on feeds rtaa could read and understand: a feed in a schema
+            # rtaa cannot parse is missing evidence, not "nothing delivered"
+            if rec.connected and rec.audio_bytes_sent > 0 and rec.transcripts_observed and understood:
                 self.delivery_eligible += 1
                 if self.is_delivered(rec):
                     self.delivered += 1
             if rec.failure:
                 self.failed += 1
                 kind["failed"] += 1
+                if not rec.connected:
+                    self.handshake_failed += 1
                 self._failure(rec, rec.failure)
             else:
                 self.completed += 1
@@ -485,25 +582,83 @@ class SoakStats:
             rec.final_audio_end_ms >= rec.audio_ms_sent - self.delivery_tolerance_ms
 
     def _failure(self, rec: CallRecord, reason: str) -> None:
-        key = reason.split(":")[0][:80]
+        key = reason[:80]
         self.failure_reasons[key] = self.failure_reasons.get(key, 0) + 1
+        self.failure_examples.setdefault(key, rec.call_sid)
         if len(self.failure_samples) < self.max_failure_samples:
             self.failure_samples.append({"call_sid": rec.call_sid, "kind": rec.kind, "reason": reason[:300]})
+
+    def early_stop_reason(self, min_calls: int = 3) -> str | None:
+        """The first ``min_calls`` calls all failed at the handshake and none completed: running the
+        whole duration would only repeat it. One line with the cause and an example call."""
+        if self.completed or self.records < min_calls or self.handshake_failed < self.records:
+            return None
+        kind, n = max(self.failure_reasons.items(), key=lambda kv: kv[1])
+        return (f"stopped early: the first {self.records} calls all failed at the handshake ({kind}, "
+                f"{n} calls, e.g. {self.failure_examples[kind]}): is --target the ingest URL?")
 
     def set_provider(self, counts: ProviderCounts | None) -> None:
         self.provider = counts
 
     # -- reduction
+    def audio_accounting(self) -> dict[str, Any]:
+        """Sent vs received by the provider, per call (so one call's replays cannot hide another's
+        loss). Calls with more than one provider connection (reconnects replay audio) are reported
+        apart: without a per-frame watermark their lost and replayed bytes cannot be told apart."""
+        p = self.provider
+        out: dict[str, Any] = {"bytes_sent": self.audio_bytes_sent, "frames_sent": self.frames_sent,
+                               "bytes_received_by_provider": None if p is None else p.audio_bytes,
+                               "loss": None, "lost_bytes": None, "measured_calls": 0, "reconnecting_calls": 0,
+                               "reconnecting_bytes_sent": 0, "reconnecting_bytes_received": 0,
+                               "received_more_than_sent_bytes": None, "unreached_calls": None}
+        if p is None or not p.records:
+            return out
+        out["unreached_calls"] = sum(1 for call in self.audio_sent_by_call if call not in p.per_call)
+        if p.audio_bytes is None and p.per_call:  # records evicted: byte totals would be partial
+            return out
+        lost = sent_measured = extra = 0
+        unreached = 0
+        for call, (sent, _ms) in self.audio_sent_by_call.items():
+            conns, got = p.per_call.get(call, (0, 0))
+            if conns == 0:
+                unreached += 1
+                if p.unattributed:
+                    continue  # it may be one of the unattributed connections: cannot tell
+                lost += sent
+                sent_measured += sent
+            elif conns == 1:
+                lost += max(0, sent - got)
+                extra += max(0, got - sent)
+                sent_measured += sent
+            else:
+                out["reconnecting_calls"] += 1
+                out["reconnecting_bytes_sent"] += sent
+                out["reconnecting_bytes_received"] += got
+        out["measured_calls"] = len(self.audio_sent_by_call) - out["reconnecting_calls"] - (unreached if p.unattributed else 0)
+        out["received_more_than_sent_bytes"] = extra
+        if sent_measured > 0:
+            out["lost_bytes"] = lost
+            out["loss"] = lost / sent_measured
+        return out
+
     def metrics(self) -> dict[str, float | None]:
         started = max(self.calls_started, self.records)
         p = self.provider
         prov_1011 = p.closes_1011 if p else None
-        audio_loss = None
-        if p and p.audio_bytes is not None and self.audio_bytes_sent > 0:
-            audio_loss = max(0.0, 1.0 - p.audio_bytes / self.audio_bytes_sent)
         total_1011 = self.caller_1011 + (prov_1011 or 0)
+        audio = self.audio_accounting()
+        rec = p is not None and p.records
+        eligible = len(self.audio_sent_by_call)
+        unreached = audio["unreached_calls"]
+        duplicates = None if p is None else p.duplicates
+        normal = self.records - self.bad_input_calls
+        if rec and p.unattributed and unreached:  # some calls' connections may be among the unattributed
+            duplicates = None
         return {
-            "duplicates": None if p is None else p.duplicates,
+            "completed_calls": self.completed if self.records else None,
+            # bad-input calls are judged by bad_input_unexpected, not twice
+            "failed_rate": ((self.failed - self.bad_input_unexpected) / normal) if normal else None,
+            "duplicates": duplicates,
             "closes_1011_rate": (total_1011 / started) if started else None,
             "caller_1011_rate": (self.caller_1011 / started) if started else None,
             "provider_1011_rate": (prov_1011 / started) if (started and prov_1011 is not None) else None,
@@ -511,58 +666,137 @@ class SoakStats:
             "latency_final_p99_ms": self.final.percentile(99),
             "latency_first_partial_p95_ms": self.first_partial.percentile(95),
             "delivery_rate": (self.delivered / self.delivery_eligible) if self.delivery_eligible else None,
-            "audio_loss": audio_loss,
-            "failed_rate": (self.failed / self.records) if self.records else None,
+            "audio_loss": audio["loss"],
+            "unattributed_connections": p.unattributed if rec else None,
+            "calls_unreached_rate": (unreached / eligible) if (rec and eligible and unreached is not None) else None,
+            "provider_open_at_end": p.open_now if rec else None,
+            "provider_opened_after_end": p.opened_after if rec else None,
             "bad_input_unexpected": self.bad_input_unexpected,
             "memory_growth_mb_per_h": None if self.memory is None else self.memory.growth_mb_per_h(*self.memory_window_s),
         }
 
-    def evaluate(self, thresholds: dict[str, Threshold], pacing: PacingLimits) -> tuple[str, list[dict[str, Any]]]:
+    def unmeasured_reason(self, name: str) -> str:
+        """What was missing for ``name`` and how to get it (one line, docs/soak.md lists them all)."""
+        p = self.provider
+        off = f"or -t {name}=off"
+        if not self.records:
+            return "no call finished"
+        if name in ("duplicates", "provider_1011_rate") or name in PROVIDER_RECORD_METRICS:
+            if p is None:
+                return (f"no provider evidence: {self.provider_hint or 'pass --provider-stats URL (the emulator /stats)'}"
+                        f" {off}")
+            if not p.records and name in PROVIDER_RECORD_METRICS:
+                return f"the {p.source} has no per-connection records: pass --provider-stats (the emulator's /stats) {off}"
+            if name == "duplicates" and p.duplicates is None:
+                return f"the {p.source} does not count duplicate connections: pass --provider-stats {off}"
+            eligible = len(self.audio_sent_by_call)
+            reached = eligible - (self.audio_accounting()["unreached_calls"] or 0)
+            if name == "duplicates":
+                return (f"the provider saw connections attributable to {reached} of this run's {eligible} calls "
+                        f"({p.unattributed} unattributed connections seen): make the target tag its connections "
+                        f"(tag=CALL_SID or extra=interaction_id:CALL_SID, docs/soak.md) {off}")
+            if name == "audio_loss":
+                a = self.audio_accounting()
+                if p.audio_bytes is None:
+                    return f"the provider's per-connection byte records were evicted or absent {off}"
+                if a["reconnecting_calls"]:
+                    return (f"all {a['reconnecting_calls']} measurable calls reconnected: replayed audio cannot be "
+                            f"told from lost audio without the watermark {off}")
+                return (f"no call's audio could be matched to provider connections ({reached} of {eligible} calls "
+                        f"attributed, {p.unattributed} unattributed connections) {off}")
+            if name == "calls_unreached_rate":
+                return f"no call of the run sent audio {off}"
+        if name.startswith("latency"):
+            if self.feed_not_understood_calls:
+                return self._feed_reason(off)
+            if self.feed_unread_calls and not self.delivery_eligible:
+                return f"no transcript feed was read ({self.feed_unread_calls} calls): pass --transcripts URL {off}"
+            what = "first partial" if "partial" in name else "final"
+            return (f"no {what} result with text arrived on any call's feed ({self.delivered} delivered, "
+                    f"{self.feed_messages} feed messages) {off}")
+        if name == "delivery_rate":
+            if self.feed_not_understood_calls:
+                return self._feed_reason(off)
+            if self.feed_unread_calls:
+                return f"no transcript feed was read ({self.feed_unread_calls} calls): pass --transcripts URL {off}"
+            return f"no call both connected and sent audio {off}"
+        if name == "memory_growth_mb_per_h":
+            if self.memory is None:
+                return f"the target's memory was not sampled: pass --metrics URL (its Prometheus /metrics) {off}"
+            return self.memory.unmeasured_reason(*self.memory_window_s) + f" {off}"
+        return f"no value in this run {off}"
+
+    def _feed_reason(self, off: str) -> str:
+        return (f"{self.feed_messages} messages arrived on {self.feed_not_understood_calls} calls' feeds and "
+                f"{self.feed_unrecognised} were not understood (a foreign schema): map its fields with "
+                f"--feed-map, see docs/transcript-feed.md {off}")
+
+    def evaluate(self, thresholds: dict[str, Threshold], pacing: PacingLimits,
+                 off: Iterable[str] = ()) -> tuple[str, list[dict[str, Any]]]:
         values = self.metrics()
         rows = []
         for name, th in thresholds.items():
             value = values.get(name)
-            rows.append({"name": name, "limit": th.limit, "kind": th.kind,
-                         "value": None if value is None else round(value, 6), "passed": th.check(value)})
-        invalid = list(self.invalid_reasons)
+            rows.append(verdict.row(name, None if value is None else round(value, 6), th.limit, th.kind,
+                                    th.check(value), reason="" if value is not None else self.unmeasured_reason(name)))
+        for name in off:
+            if name not in thresholds and name in METRICS:
+                value = values.get(name)
+                rows.append(verdict.row(name, None if value is None else round(value, 6), None, METRICS[name][0],
+                                        None, off=True))
+        run_invalid = list(self.invalid_reasons)
         late_p99 = self.lateness.percentile(99) if self.lateness.count else None
         if late_p99 is not None and late_p99 > pacing.max_lateness_p99_ms:
-            invalid.append(f"load generator lateness p99 {late_p99:.1f} ms > {pacing.max_lateness_p99_ms:g} ms")
+            run_invalid.append(f"load generator lateness p99 {late_p99:.1f} ms > {pacing.max_lateness_p99_ms:g} ms")
         if self.generator_cpu_warning:
-            invalid.append("load generator CPU above 90 % (Locust CPU warning)")
+            run_invalid.append("load generator CPU above 90 % (Locust CPU warning)")
         if self.records == 0:
-            invalid.append("no call finished: nothing was measured")
-        self._invalid = invalid
-        if invalid:
-            return "invalid", rows
-        return ("fail" if any(r["passed"] is False for r in rows) else "pass"), rows
+            run_invalid.append("no call finished: nothing was measured")
+        result, self._invalid = verdict.judge(rows, run_invalid)
+        return result, rows
 
-    def summary(self, thresholds: dict[str, Threshold], pacing: PacingLimits) -> dict[str, Any]:
-        verdict, rows = self.evaluate(thresholds, pacing)
+    def summary(self, thresholds: dict[str, Threshold], pacing: PacingLimits, off: Iterable[str] = ()) -> dict[str, Any]:
+        result, rows = self.evaluate(thresholds, pacing, off)
         started = max(self.calls_started, self.records)
         m = self.metrics()
         p = self.provider
         prov_1011 = p.closes_1011 if p else None
+        provider = None
+        if p is not None:
+            provider = {"source": p.source, "connections": p.connections, "audio_bytes": p.audio_bytes}
+            if p.records:
+                eligible = len(self.audio_sent_by_call)
+                unreached = self.audio_accounting()["unreached_calls"] or 0
+                provider.update({
+                    "unattributed_connections": p.unattributed, "unattributed_audio_bytes": p.unattributed_audio_bytes,
+                    "calls_reached": eligible - unreached, "calls_with_audio": eligible,
+                    "open_at_end": p.open_now, "opened_after_end": p.opened_after, "reconnects": p.reconnects,
+                    "keepalives": p.keepalives,
+                    "keepalives_per_connection": round(p.keepalives / max(1, p.connections + p.unattributed), 3),
+                    "closes_1011_by_cause": dict(sorted(p.causes_1011.items())), "rejected_429": p.rejected_429,
+                })
         return {
-            "verdict": verdict,
+            "verdict": result,
             "invalid_reasons": self._invalid,
             "calls": {"started": started, "finished": self.records, "completed": self.completed,
-                      "failed": self.failed, "unfinished": started - self.records, "by_kind": self.by_kind,
+                      "failed": self.failed, "handshake_failed": self.handshake_failed,
+                      "unfinished": started - self.records, "by_kind": self.by_kind,
                       "bad_input": self.bad_input_calls, "bad_input_unexpected": self.bad_input_unexpected},
             "duplicates": m["duplicates"],
-            "provider": None if p is None else {"source": p.source, "connections": p.connections,
-                                                 "audio_bytes": p.audio_bytes},
+            "provider": provider,
             "closes_1011": {"provider": prov_1011, "caller": self.caller_1011, "rate": m["closes_1011_rate"]},
             "caller_closes": dict(sorted(self.closes.items())),
             "latency_ms": {"first_partial": self.first_partial.summary(), "final": self.final.summary()},
             "delivery_rate": m["delivery_rate"],
             "delivered": self.delivered, "delivery_eligible": self.delivery_eligible,
-            "audio": {"bytes_sent": self.audio_bytes_sent, "bytes_received_by_provider": None if p is None else p.audio_bytes,
-                      "loss": m["audio_loss"], "frames_sent": self.frames_sent},
+            "feed": {"messages": self.feed_messages, "unrecognised": self.feed_unrecognised,
+                     "calls_not_understood": self.feed_not_understood_calls, "calls_unread": self.feed_unread_calls},
+            "audio": self.audio_accounting(),
             "pacing": {"lateness_ms": lateness_summary(self.lateness), "max_abs_drift_ms": round(self.max_abs_drift_ms, 3),
                        "limit_p99_ms": pacing.max_lateness_p99_ms, "cpu_warning": self.generator_cpu_warning},
             "thresholds": rows,
-            "failures": {"by_reason": self.failure_reasons, "samples": self.failure_samples},
+            "failures": {"by_reason": self.failure_reasons, "examples": self.failure_examples,
+                         "samples": self.failure_samples},
             "timeline": self.timeline.series(),
             "target_memory": None if self.memory is None else self.memory.summary(*self.memory_window_s),
         }

@@ -4,7 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, PASS, status_of
 
 _STYLE = {"pass": "bold green", "fail": "bold red", "invalid": "bold yellow"}
 
@@ -41,6 +44,15 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
     audio = doc.get("audio") or {}
     if audio:
         t.add_row("audio loss (provider bytes vs sent)", _f(audio.get("loss"), 4))
+    prov = doc.get("provider") or {}
+    if "unattributed_connections" in prov:
+        t.add_row("provider: calls reached / with audio; unattributed conns",
+                  f"{prov['calls_reached']} / {prov['calls_with_audio']}; {prov['unattributed_connections']}")
+        t.add_row("provider: open at end / opened after end; reconnects; 429s",
+                  f"{prov['open_at_end']} / {prov['opened_after_end']}; {prov['reconnects']}; {_f(prov['rejected_429'])}")
+        causes = ", ".join(f"{k} {v}" for k, v in prov["closes_1011_by_cause"].items()) or "none"
+        t.add_row("provider: KeepAlives (per conn); 1011 by cause",
+                  f"{prov['keepalives']} ({prov['keepalives_per_connection']}); {causes}")
     mem = doc.get("target_memory")
     if mem:
         t.add_row("target RSS last / max MB (growth, 2nd half MB/h)",
@@ -55,14 +67,29 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
         th.add_column(col)
     for row in doc.get("thresholds", []):
         op = {"max": "<=", "min": ">=", "eq": "=="}.get(row.get("kind", "max"), "")
-        res = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not measured[/]"}[row["passed"]]
+        res = {PASS: "[green]pass[/]", FAIL: "[red]FAIL[/]", NOT_MEASURED: "[yellow]NOT MEASURED[/]",
+               OFF: "[dim]off[/]"}[status_of(row)]
         lim = row["limit"]
-        lim = f"{lim:g}" if isinstance(lim, (int, float)) else str(lim)
+        lim = f"{lim:g}" if isinstance(lim, (int, float)) else ("" if lim is None else str(lim))
         val = row["value"]
         val = f"{val:.4g}" if isinstance(val, float) else _f(val)
+        if status_of(row) == FAIL and row.get("detail"):  # why, in the table (smoke: "HTTP 404 at handshake")
+            res += f": {escape(str(row['detail'])[:100])}"
         th.add_row(row["name"], f"{op} {lim}", val, res)
     console.print(th)
+    for row in doc.get("thresholds", []):  # unwrapped, whatever the terminal width (CI logs)
+        if status_of(row) == FAIL and row.get("detail"):
+            console.print(f"[red]{escape(row['name'])} FAIL:[/] {escape(str(row['detail']))}", soft_wrap=True)
     for reason in doc.get("invalid_reasons") or []:
-        console.print(f"[yellow]invalid run:[/] {reason}")
+        console.print(f"[yellow]invalid run:[/] {escape(reason)}", soft_wrap=True)
+    early = (doc.get("run") or {}).get("stopped_early")
+    if early:
+        console.print(f"[red]{escape(early)}[/]", soft_wrap=True)
+    failures = doc.get("failures") or {}
+    for kind, n in sorted((failures.get("by_reason") or {}).items(), key=lambda kv: -kv[1])[:8]:
+        example = (failures.get("examples") or {}).get(kind, "")
+        console.print(f"[red]failed calls:[/] {n} x {escape(kind)} (e.g. {escape(example)})", soft_wrap=True)
+    for err in doc.get("report_errors") or []:
+        console.print(f"[red]report not written:[/] {escape(err)}", soft_wrap=True)
     for note in (doc.get("run") or {}).get("notes") or []:
         console.print(f"[dim]note: {note}[/]")
