@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import soundfile as sf
@@ -59,32 +61,61 @@ def test_vectorised_distance_matches_the_textbook_one() -> None:
         assert word_errors(a, b) == _levenshtein(a, b), (a, b)
 
 
-def _emulator_finals(pcm: bytes, rate: int) -> list[dict]:
+async def _stream(url: str, pcm: bytes, rate: int) -> list[dict]:
     """Stream ``pcm`` in 36 ms frames to the sphinx emulator as the fake provider does (interims on)."""
     frame = rate * 36 // 1000 * 2
+    async with websockets.connect(
+            f"{url}/v1/listen?model=nova-3&encoding=linear16&sample_rate={rate}&interim_results=true"
+            "&endpointing=300", additional_headers={"Authorization": "Token k"}) as ws:
+        for off in range(0, len(pcm), frame):
+            await ws.send(pcm[off:off + frame])
+        await ws.send('{"type":"CloseStream"}')
+        messages = [orjson.loads(m) async for m in ws]  # ends at the emulator's close (1000)
+        assert ws.close_code == 1000
+    return [m for m in messages if m.get("type") == "Results" and m["is_final"]]
 
+
+def _emulator_finals(pcm: bytes, rate: int) -> list[dict]:
+    """The finals of ``pcm`` streamed through a sphinx emulator of this process."""
     async def run() -> list[dict]:
         async with Emulator(EmulatorConfig(engine="sphinx")) as emu:
-            async with websockets.connect(
-                    f"{emu.url}/v1/listen?model=nova-3&encoding=linear16&sample_rate={rate}&interim_results=true"
-                    "&endpointing=300", additional_headers={"Authorization": "Token k"}) as ws:
-                for off in range(0, len(pcm), frame):
-                    await ws.send(pcm[off:off + frame])
-                await ws.send('{"type":"CloseStream"}')
-                messages = [orjson.loads(m) async for m in ws]  # ends at the emulator's close (1000)
-                assert ws.close_code == 1000
-        return [m for m in messages if m.get("type") == "Results" and m["is_final"]]
+            return await _stream(emu.url, pcm, rate)
 
     return asyncio.run(asyncio.wait_for(run(), BOUND_S))
+
+
+def _one_lsb_copies(audio: np.ndarray, copies: int, flips: int = 50) -> list[np.ndarray]:
+    """``audio`` plus copies that differ from it by +-1 LSB at ``flips`` random samples (fixed seed)."""
+    rng = np.random.default_rng(1)
+    out = [audio]
+    for _ in range(copies):
+        a = audio.astype(np.int32)
+        idx = rng.integers(0, a.size, flips)
+        a[idx] += rng.choice([-1, 1], flips)
+        out.append(np.clip(a, -32768, 32767).astype(np.int16))
+    return out
 
 
 @pytest.mark.skipif(not (FIXTURES / "call.wav").exists(), reason="fixtures/audio/call.wav missing")
 def test_sphinx_engine_finals_meet_a_wer_bound_on_the_call() -> None:
     """Finals from a whole-utterance decode: WER 0.32 on call.wav; the old finals (end of the live decode,
-    whose CMN had not warmed up: "and john dashboard and holy shit ...") scored 0.41. Bound: 0.36."""
+    whose CMN had not warmed up: "and john dashboard and holy shit ...") scored 0.41. Bound: 0.36.
+
+    One decode's WER is chaotic: flipping 50 of the call's 220,000 samples by one LSB moves it between
+    0.324 and 0.380 (2 of 8 copies), and so do a CPU's different floating-point paths (a CI machine scored
+    0.380 on the unmodified call). So the bound applies to the mean WER over the call and five such
+    copies: the engine's accuracy, not one draw of its noise."""
     audio, rate = sf.read(FIXTURES / "call.wav", dtype="int16")
-    finals = _emulator_finals(audio.tobytes(), rate)
-    hypothesis = " ".join(m["channel"]["alternatives"][0]["transcript"] for m in finals)
-    result = wer((FIXTURES / "call.txt").read_text(), hypothesis)
-    assert result.hypothesis_words > 50, hypothesis
-    assert result.value <= 0.36, f"WER {result.value:.3f}: {hypothesis!r}"
+    copies = _one_lsb_copies(audio, 5)
+    reference = (FIXTURES / "call.txt").read_text()
+    results = []
+    # One emulator per process, two processes (one per core): decodes in one process share its GIL.
+    with ProcessPoolExecutor(2) as pool:
+        all_finals = list(pool.map(_emulator_finals, [a.tobytes() for a in copies], [rate] * len(copies)))
+    for finals in all_finals:
+        hypothesis = " ".join(m["channel"]["alternatives"][0]["transcript"] for m in finals)
+        results.append(wer(reference, hypothesis))
+        assert results[-1].hypothesis_words > 50, hypothesis
+    values = [round(r.value, 3) for r in results]
+    mean = sum(r.value for r in results) / len(results)
+    assert mean <= 0.36, f"mean WER {mean:.3f} over {values}"

@@ -6,8 +6,9 @@ pytest.
 
 Configuration arrives as one plain dict (:func:`configure`): set directly by the in-process runner,
 or sent by the master to every worker as the ``rtaa_config`` message before spawning. Each finished
-call goes back as an ``rtaa_call`` message (the call's :class:`~rtaa_cli.soak.stats.CallRecord`), and
-each call start as ``rtaa_started``: Locust's own messaging, so ``--processes N`` and workers on
+call goes back as an ``rtaa_call`` message (the call's :class:`~rtaa_cli.soak.stats.CallRecord`),
+each call start as ``rtaa_started``, and the master's ``rtaa_drain`` gets each worker's counts back as
+``rtaa_drained`` (the end of the run waits for every worker's): Locust's own messaging, so ``--processes N`` and workers on
 other hosts aggregate at the master exactly like a single process.
 
 Run it through ``rtaa soak`` (and ``rtaa soak --worker`` on other hosts), which wires the messages;
@@ -33,9 +34,14 @@ from rtaa_cli.soak.sync_caller import CallSpec, new_call_sid, run_call
 MSG_CONFIG = "rtaa_config"
 MSG_CALL = "rtaa_call"
 MSG_STARTED = "rtaa_started"
+# The master's end-of-run handshake: "drain?" -> each worker answers with its own counts. Messages from
+# one worker arrive in order, so once its answer is in, every call it started or finished is too.
+MSG_DRAIN = "rtaa_drain"
+MSG_DRAINED = "rtaa_drained"
 
 _config: dict[str, Any] | None = None
 _bad_counter = -1
+_counts = {"started": 0, "reported": 0}  # this process's calls
 _scenario: Scenario | None = None
 
 
@@ -49,6 +55,11 @@ def configure(config: dict[str, Any]) -> None:
 
 def on_config_message(environment: Any, msg: Any, **_: Any) -> None:
     configure(msg.data)
+
+
+def on_drain_message(environment: Any, msg: Any, **_: Any) -> None:
+    runner = environment.runner
+    runner.send_message(MSG_DRAINED, {"client": runner.client_id, **_counts})
 
 
 class RtaaCaller(User):
@@ -86,12 +97,14 @@ class RtaaCaller(User):
         )
         self._first = False
         runner = self.environment.runner
+        _counts["started"] += 1
         runner.send_message(MSG_STARTED, 1)
         try:
             record = run_call(spec)
         except Exception as exc:  # noqa: BLE001 - a generator bug must be counted, not lose the call
             record = CallRecord(call_sid=spec.call_sid, kind=kind, started_at=time.time(), ended_at=time.time(),
                                 failure=f"load generator error: {type(exc).__name__}: {exc}")
+        _counts["reported"] += 1
         runner.send_message(MSG_CALL, record.to_dict())
         # Locust's own statistics (web UI / CSV users): one "request" per call.
         self.environment.events.request.fire(

@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urlsplit
 
 import gevent
 import gevent.event
+import locust.runners
 import orjson
 from locust.env import Environment
 from rich import box
@@ -48,6 +49,7 @@ from rtaa_cli.soak.stats import (
 EXIT = EXIT_CODES
 READY_TIMEOUT_S = 30.0
 AFTER_END_GRACE_S = 1.0  # a provider connection opened this long after the last call ended is "after the end"
+WORKER_HEARTBEAT_LIVENESS_S = 10  # missed 1 s heartbeats before Locust counts a worker lost (its default: 3)
 
 
 @dataclass
@@ -342,6 +344,10 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     distributed = opts.expect_workers > 0
     workers: list[subprocess.Popen] = []
     if distributed:  # port 0: Locust binds any free port (its RPC server reports which)
+        # Locust drops a worker after 3 missed 1 s heartbeats and stops the test when the last one goes:
+        # a worker starved of CPU for 3 s (a busy 2-core CI host) would silently end the run. Lost workers
+        # are still reported (the run is then invalid), after a more tolerant wait.
+        locust.runners.HEARTBEAT_LIVENESS = WORKER_HEARTBEAT_LIVENESS_S
         runner = env.create_master_runner(opts.master_bind_host, opts.master_port)
         port = runner.server.port
     else:
@@ -378,6 +384,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                                    "Deepgram client points at (docs/soak.md)")
         runner.register_message(locustfile.MSG_CALL, lambda environment, msg, **kw: stats.add(CallRecord.from_dict(msg.data)))
         runner.register_message(locustfile.MSG_STARTED, lambda environment, msg, **kw: stats.call_started())
+        drained: dict[str, dict[str, int]] = {}  # worker id -> its counts at its last drain answer
+        runner.register_message(locustfile.MSG_DRAINED,
+                                lambda environment, msg, **kw: drained.__setitem__(msg.data["client"], msg.data))
         config = {"scenario": sc.to_dict(), "url": target.url, "transcripts_url": target.transcripts_url,
                   "headers": opts.headers, "call_prefix": prefix, "burst_at": burst_at,
                   "stop_new_calls_at": t0 + sc.duration_s + start_delay}
@@ -399,6 +408,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         poll_every, next_poll = 2.0, 0.0
         use_live = opts.live and not opts.quiet and console.is_terminal
         progress_every, next_progress = opts.progress_every_s, t0 + opts.progress_every_s
+        lost_workers = 0
+        drain_asked_at: float | None = None
         with Live(view.table(), console=console, auto_refresh=False, transient=True,
                   redirect_stdout=False, redirect_stderr=False) if use_live else _nullctx() as live:
             while True:
@@ -411,6 +422,12 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                             stats.memory.add(time.time() - t0, rss)
                     next_poll = now + poll_every
                 view.users = runner.user_count
+                if distributed and runner.clients.missing and not lost_workers:
+                    lost_workers = len(runner.clients.missing)
+                    stats.invalid_reasons.append(
+                        f"{lost_workers} Locust worker(s) sent no heartbeat for {WORKER_HEARTBEAT_LIVENESS_S} s during "
+                        "the run (starved of CPU or cut off): their calls are missing; give the load generator "
+                        "more CPU (fewer users per process, more --processes/hosts)")
                 if live is not None:
                     live.update(view.table(), refresh=True)
                 elif not opts.quiet and now >= next_progress:  # no terminal (CI): a line every few seconds
@@ -423,7 +440,22 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                     stopped_early = early
                     break
                 if now >= end_at and stats.records >= stats.calls_started:
-                    break
+                    if not distributed:
+                        break
+                    # A stalled worker's calls are not counted yet: end only once every worker has
+                    # answered that all its calls are reported.
+                    done = [d for d in drained.values() if d["started"] == d["reported"]]
+                    if len(done) >= opts.expect_workers:
+                        break
+                    if drain_asked_at is None:
+                        drain_asked_at = now
+                    elif now - drain_asked_at > WORKER_HEARTBEAT_LIVENESS_S:
+                        stats.invalid_reasons.append(
+                            f"{opts.expect_workers - len(done)} of {opts.expect_workers} Locust worker(s) did not "
+                            f"confirm the end of their calls within {WORKER_HEARTBEAT_LIVENESS_S} s: their calls "
+                            "may be missing from this report")
+                        break
+                    runner.send_message(locustfile.MSG_DRAIN, None)
                 if now >= drain_deadline:
                     notes.append(f"{stats.calls_started - stats.records} call(s) still running at the drain deadline")
                     break
@@ -492,6 +524,7 @@ def worker_main(master_host: str, master_port: int) -> None:
     env = Environment(user_classes=[locustfile.RtaaCaller], catch_exceptions=True)
     runner = env.create_worker_runner(master_host, master_port)
     runner.register_message(locustfile.MSG_CONFIG, locustfile.on_config_message)
+    runner.register_message(locustfile.MSG_DRAIN, locustfile.on_drain_message)
     tune_gc()
     runner.greenlet.join()
 
