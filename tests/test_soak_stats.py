@@ -14,7 +14,7 @@ from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli.soak.stats import (
     PROVIDER_RECORD_METRICS, CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold,
-    apply_overrides, classify_1011, default_thresholds, parse_threshold_override, provider_counts_from_emulator,
+    SendWindow, apply_overrides, classify_1011, default_thresholds, parse_threshold_override, provider_counts_from_emulator,
     provider_counts_from_metrics,
 )
 
@@ -219,6 +219,20 @@ def test_1011_causes_idle_hold_without_keepalive_and_injected_faults() -> None:
     assert classify_1011(dict(hold, audio_seconds=1.0), 27_500.0) == "starvation"
     assert classify_1011(dict(base, close_reason=INTERNAL_FAULT), None) == "injected fault"
     assert classify_1011(dict(base, close_reason="boom"), None) == "other"
+
+
+def test_the_audio_a_caller_sent_during_a_connection_excludes_its_holds() -> None:
+    """A connection that timed out during a hold got all the audio sent in its life: not starvation."""
+    window = SendWindow(100.0, 110.0, ((101.0, 104.0),))
+    assert window.audio_ms_between(100.0, 102.5) == pytest.approx(1000.0)  # 1 s sent, then the hold
+    assert window.audio_ms_between(99.0, 120.0) == pytest.approx(7000.0)
+    assert window.audio_ms_between(104.0, 106.0) == pytest.approx(2000.0)
+    stats = {"connections": [{"interaction": "rtaaX-1", "opened_at": 100.0, "closed_at": 102.5, "close_code": 1011,
+                              "close_reason": NET0001, "audio_seconds": 1.0, "keepalives": 0, "audio_bytes": 16000}]}
+    held = provider_counts_from_emulator(stats, "rtaaX-", send_windows={"rtaaX-1": window})
+    assert held.causes_1011 == {"idle, no KeepAlive": 1}
+    starved = provider_counts_from_emulator(stats, "rtaaX-", send_windows={"rtaaX-1": SendWindow(100.0, 110.0)})
+    assert starved.causes_1011 == {"starvation": 1}  # 1 s of 2.5 s sent reached the provider
 
 
 def test_reconnecting_calls_are_reported_apart_from_audio_loss() -> None:

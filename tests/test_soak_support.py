@@ -42,6 +42,7 @@ class Flaws:
     bad_1011: bool = False
     untagged: bool = False  # like a third-party pipeline: no tag / extra, the provider cannot attribute
     leak: bool = False  # Finalize on stop but never closes the provider stream (KeepAlive keeps it open)
+    no_keepalive: bool = False  # forwards audio correctly but never sends KeepAlive: a hold goes silent
 
 
 class Call:
@@ -116,7 +117,7 @@ class Call:
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            if self.provider is not None and not self.t.flaws.hold and time.monotonic() - self.last_audio > 2.0:
+            if self.provider is not None and not (self.t.flaws.hold or self.t.flaws.no_keepalive) and time.monotonic() - self.last_audio > 2.0:
                 try:
                     await self.provider.send('{"type":"KeepAlive"}')
                 except ConnectionClosed:

@@ -78,6 +78,9 @@ CASES = {
     "bad_1011": Case(Flaws(bad_1011=True), users=9, mix=BAD_MIX),
     "untagged": Case(Flaws(untagged=True)),
     "leak": Case(Flaws(leak=True)),
+    # a 3 s hold (no media) on a 1.5 s provider idle timeout, and a target that sends no KeepAlive
+    "silent_hold": Case(Flaws(no_keepalive=True), idle_timeout_s=1.5, mix="hold = 1",
+                        extra_toml='[hold]\nat = "1s"\nlength = "3s"\n'),
 }
 # runs that must not pass, with no threshold of CASES' kind: see the tests below
 UNJUDGED = {
@@ -95,6 +98,7 @@ EXPECTED_FAILURES = {
     "bad_1011": {"bad_input_unexpected"},
     "untagged": {"unattributed_connections", "calls_unreached_rate"},
     "leak": {"provider_open_at_end"},
+    "silent_hold": {"closes_1011_rate"},
 }
 
 
@@ -257,6 +261,10 @@ def test_the_broken_targets_show_the_seeds_symptoms(soaks) -> None:
     assert race["duplicates"] >= race["calls"]["started"]  # several extra provider sockets per call
     assert hold["closes_1011"]["provider"] >= hold["calls"]["started"]  # every call's provider timed out
     assert hold["latency_ms"]["final"]["max"] > 2000  # held audio transcribed only at the end
+    # why the provider closed 1011: audio held back vs a hold with no KeepAlive (the emulator's evidence)
+    assert set(hold["provider"]["closes_1011_by_cause"]) == {"starvation"}, hold["provider"]
+    silent = soaks["silent_hold"]["doc"]["provider"]
+    assert set(silent["closes_1011_by_cause"]) == {"idle, no KeepAlive"} and silent["keepalives"] == 0, silent
     assert soaks["no_finalize"]["doc"]["delivery_rate"] == 0.0
     assert soaks["drop_frames"]["doc"]["audio"]["loss"] == pytest.approx(1 / 8, abs=0.03)
 

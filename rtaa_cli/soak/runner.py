@@ -42,7 +42,7 @@ from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.report import check_report_paths, histogram_bins, write_reports
 from rtaa_cli.soak.scenario import Scenario
 from rtaa_cli.soak.stats import (
-    CallRecord, PacingLimits, ProviderCounts, SoakStats, Threshold, apply_overrides, default_thresholds,
+    CallRecord, PacingLimits, ProviderCounts, SendWindow, SoakStats, Threshold, apply_overrides, default_thresholds,
     provider_counts_from_emulator, provider_counts_from_metrics,
 )
 
@@ -262,7 +262,7 @@ def _scrape(url: str | None) -> str | None:
 
 
 def _provider_counts(target: Target, prefix: str, metrics_before: str | None = None, *, since: float | None = None,
-                     after: float | None = None, sent_ms: dict[str, float] | None = None,
+                     after: float | None = None, send_windows: dict[str, SendWindow] | None = None,
                      base_totals: dict[str, Any] | None = None) -> ProviderCounts | None:
     if not target.provider_stats_url:
         if metrics_before is not None:  # only the target's own metrics: the increase over the run
@@ -277,7 +277,7 @@ def _provider_counts(target: Target, prefix: str, metrics_before: str | None = N
         doc = http_get_json(target.provider_stats_url)
     except (OSError, ValueError):
         return None
-    counts = provider_counts_from_emulator(doc, prefix, since=since, after=after, sent_ms=sent_ms)
+    counts = provider_counts_from_emulator(doc, prefix, since=since, after=after, send_windows=send_windows)
     totals = doc.get("totals") or {}
     if base_totals is not None and "rejected_429" in totals:
         counts.rejected_429 = int(totals["rejected_429"]) - int(base_totals.get("rejected_429", 0))
@@ -479,10 +479,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                 w.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 w.kill()
-    sent_ms = {call: ms for call, (_b, ms) in stats.audio_sent_by_call.items()}
     stats.set_provider(_provider_counts(target, prefix, metrics_before, since=t0,
                                         after=(stats.last_call_ended + AFTER_END_GRACE_S) if stats.records else None,
-                                        sent_ms=sent_ms, base_totals=base_totals))
+                                        send_windows=stats.send_windows, base_totals=base_totals))
     doc = stats.summary(thresholds, PacingLimits(sc.max_lateness_p99_ms), turned_off(opts))
     doc["scenario"] = {"name": sc.name, "path": sc.path, "description": sc.description}
     doc["run"] = {"target": target.url, "description": target.description, "users": sc.users,

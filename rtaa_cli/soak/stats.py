@@ -174,6 +174,9 @@ class CallRecord:
     lateness: LatenessHistogram = field(default_factory=LatenessHistogram)  # the pacer's own histogram
     drift_ms: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # wall-time spans in which the caller sent no media on purpose (holds, reconnect pauses): the
+    # audio it sent during a provider connection's life is the connection's span minus these
+    media_gaps: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def is_bad_input(self) -> bool:
@@ -192,6 +195,7 @@ class CallRecord:
         d["lateness"] = lateness_from_dict(d["lateness"])
         d["first_partial"] = [tuple(x) for x in d.get("first_partial", [])]
         d["final"] = [tuple(x) for x in d.get("final", [])]
+        d["media_gaps"] = [tuple(x) for x in d.get("media_gaps", [])]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -306,12 +310,28 @@ class ProviderCounts:
 OTHER_RTAA_RUN = re.compile(r"^rtaa[0-9a-f]{8}-")  # another rtaa run's calls on a shared emulator
 
 
-def classify_1011(conn: dict[str, Any], sent_ms: float | None) -> str:
+@dataclass(frozen=True)
+class SendWindow:
+    """When a call sent media (real-time paced): from ``start`` to ``end`` except its ``gaps``."""
+
+    start: float
+    end: float
+    gaps: tuple[tuple[float, float], ...] = ()
+
+    def audio_ms_between(self, t0: float, t1: float) -> float:
+        """Milliseconds of audio the caller sent between wall times ``t0`` and ``t1``."""
+        def overlap(a: float, b: float) -> float:
+            return max(0.0, min(b, t1) - max(a, t0))
+        return 1000.0 * max(0.0, overlap(self.start, self.end) - sum(overlap(a, b) for a, b in self.gaps))
+
+
+def classify_1011(conn: dict[str, Any], expected_ms: float | None) -> str:
     """Why a provider connection closed 1011 (by the emulator's close reason and its counters):
 
     - ``injected fault``: the emulator's /control/faults closed it;
-    - ``starvation``: idle timeout while the provider had received under half the audio the call
-      sent (``sent_ms``; for an unattributed connection: under half its lifetime in audio);
+    - ``starvation``: idle timeout while the provider had received under half the audio the caller
+      sent during the connection's life (``expected_ms``; for an unattributed connection: under half
+      its lifetime in audio);
     - ``idle, no KeepAlive``: idle timeout with no KeepAlive ever received (a hold went silent);
     - ``idle``: idle timeout although KeepAlives came; ``other``: any other 1011."""
     reason = str(conn.get("close_reason") or "")
@@ -320,16 +340,16 @@ def classify_1011(conn: dict[str, Any], sent_ms: float | None) -> str:
     if reason != NET0001:
         return "other"
     got_ms = float(conn.get("audio_seconds") or 0.0) * 1000.0
-    if sent_ms is None:
-        sent_ms = max(0.0, (float(conn.get("closed_at") or 0.0) - float(conn.get("opened_at") or 0.0)) * 1000.0)
-    if got_ms > 0 and got_ms < 0.5 * sent_ms:
+    if expected_ms is None:
+        expected_ms = max(0.0, (float(conn.get("closed_at") or 0.0) - float(conn.get("opened_at") or 0.0)) * 1000.0)
+    if got_ms > 0 and got_ms < 0.5 * expected_ms:
         return "starvation"
     return "idle" if conn.get("keepalives") else "idle, no KeepAlive"
 
 
 def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str, *, since: float | None = None,
                                   after: float | None = None,
-                                  sent_ms: dict[str, float] | None = None) -> ProviderCounts:
+                                  send_windows: dict[str, SendWindow] | None = None) -> ProviderCounts:
     """Reduce an emulator ``/stats`` document to this run's interactions (ids starting with
     ``interaction_prefix``). Connections opened since ``since`` (the run's start) that carry no id
     of this run, nor of another rtaa run, are *unattributed*: untagged traffic of the target."""
@@ -364,7 +384,9 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
         if conn.get("close_code") == 1011:
             if mine:
                 out.closes_1011 += 1
-            cause = classify_1011(conn, (sent_ms or {}).get(iid) if mine else None)
+            window = (send_windows or {}).get(iid) if mine else None
+            expected = None if window is None else window.audio_ms_between(opened, float(conn.get("closed_at") or opened))
+            cause = classify_1011(conn, expected)
             out.causes_1011[cause] = out.causes_1011.get(cause, 0) + 1
     if not have_bytes:
         out.audio_bytes = None
@@ -500,6 +522,7 @@ class SoakStats:
         self.feed_unread_calls = 0  # calls whose feed could not be read at all
         self.audio_bytes_sent = 0
         self.audio_sent_by_call: dict[str, tuple[int, float]] = {}  # call -> (bytes, ms) of normal calls
+        self.send_windows: dict[str, SendWindow] = {}  # call -> when it sent media (1011 causes)
         self.frames_sent = 0
         self.caller_1011 = 0
         self.closes: dict[str, int] = {}
@@ -552,6 +575,8 @@ class SoakStats:
                 self.final.add(ms)
             if rec.audio_bytes_sent > 0:
                 self.audio_sent_by_call[rec.call_sid] = (rec.audio_bytes_sent, rec.audio_ms_sent)
+                self.send_windows[rec.call_sid] = SendWindow(rec.started_at, rec.ended_at,
+                                                             tuple(tuple(g) for g in rec.media_gaps))
             self.feed_messages += rec.feed_messages
             self.feed_unrecognised += rec.feed_unrecognised
             understood = not (rec.feed_messages > 0 and rec.feed_unrecognised >= rec.feed_messages)

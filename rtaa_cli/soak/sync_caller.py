@@ -297,10 +297,14 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
     while k < n:
         if k == hold_k:
             gap += spec.hold_s
+            now = time.time()
+            rec.media_gaps.append((now, now + spec.hold_s / (pacer.speed or 1.0)))
         if k == switch_k:
             if spec.kind == "disconnect":
                 stream.drop()
                 gap += spec.reconnect_after_s
+                now = time.time()
+                rec.media_gaps.append((now, now + spec.reconnect_after_s / (pacer.speed or 1.0)))
                 wait_sync(pacer, k * frame_s + gap)
             new = _Stream(spec, rec)
             streams.append(new)
