@@ -486,7 +486,10 @@ def test_fault_refuse_429_fraction_and_slow_handshake_via_control_endpoint(emu_f
             await _connect(emu)
         return info.value.response.status_code
 
+    before = time.time()
     assert asyncio.run(refused()) == 429
+    rejections = http_json(emu.http_url + "/stats")["rejections"]  # timed, so a soak can plot them
+    assert [r["status"] for r in rejections] == [429] and before <= rejections[0]["at"] <= time.time()
     http_json(emu.http_url + "/control/faults?refuse_429_fraction=0&handshake_delay_ms=300,400", method="POST")
 
     async def slow():

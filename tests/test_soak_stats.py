@@ -11,6 +11,7 @@ import pytest
 
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
+from rtaa_cli.soak.report import html_report
 from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli.soak.stats import (
     PROVIDER_RECORD_METRICS, CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold,
@@ -338,3 +339,29 @@ def test_second_half_growth_tells_levelling_off_from_a_leak() -> None:
         mem.add(float(i), (60.0 + 20.0 * (1.0 - math.exp(-i / 600.0))) * 1e6)
     doc = mem.summary(0.0, 3600.0)
     assert doc["growth_mb_per_h"] > 3 * doc["second_half_growth_mb_per_h"] > 0
+
+
+def test_provider_reconnects_429s_and_1011s_are_plotted_over_time() -> None:
+    t0 = 1000.0
+    conns = [{"interaction": "rtaaX-1", "opened_at": t0 + 1, "closed_at": t0 + 4, "close_code": 1011,
+              "close_reason": NET0001, "audio_seconds": 3.0, "keepalives": 1, "audio_bytes": 48000},
+             {"interaction": "rtaaX-1", "opened_at": t0 + 4.5, "closed_at": t0 + 9, "close_code": 1000,
+              "audio_seconds": 4.0, "keepalives": 0, "audio_bytes": 64000},
+             {"interaction": "rtaaX-2", "opened_at": t0 + 2, "closed_at": t0 + 9, "close_code": 1000,
+              "audio_seconds": 7.0, "keepalives": 0, "audio_bytes": 112000}]
+    doc = {"connections": conns, "rejections": [{"at": t0 - 5, "status": 429}, {"at": t0 + 6.2, "status": 429},
+                                                {"at": t0 + 6.5, "status": 401}]}
+    counts = provider_counts_from_emulator(doc, "rtaaX-", since=t0)
+    assert counts.reconnects == 1
+    assert counts.event_times == {"reconnect": [t0 + 4.5], "429": [t0 + 6.2], "1011": [t0 + 4]}
+    stats = SoakStats(t0=t0, duration_s=10.0)
+    stats.add(CallRecord("rtaaX-1", started_at=t0 + 1, ended_at=t0 + 9, audio_bytes_sent=112000, audio_ms_sent=7000.0))
+    stats.set_provider(counts)
+    stats.set_provider(counts)  # a second snapshot replaces the first: nothing counted twice
+    tl = stats.summary(default_thresholds(), PacingLimits(25.0))["timeline"]
+    assert tl["bucket_s"] == 1.0
+    assert tl["provider"]["reconnect"][4] == 1 and sum(tl["provider"]["reconnect"]) == 1
+    assert tl["provider"]["429"][6] == 1 and sum(tl["provider"]["429"]) == 1
+    assert tl["provider"]["1011"][4] == 1
+    page = html_report(stats.summary(default_thresholds(), PacingLimits(25.0)))
+    assert "Provider: reconnects, 429 refusals, 1011 closes" in page

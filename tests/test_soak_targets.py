@@ -263,6 +263,7 @@ def test_the_broken_targets_show_the_seeds_symptoms(soaks) -> None:
     assert hold["latency_ms"]["final"]["max"] > 2000  # held audio transcribed only at the end
     # why the provider closed 1011: audio held back vs a hold with no KeepAlive (the emulator's evidence)
     assert set(hold["provider"]["closes_1011_by_cause"]) == {"starvation"}, hold["provider"]
+    assert sum(hold["timeline"]["provider"]["1011"]) == hold["closes_1011"]["provider"]  # plotted over time
     silent = soaks["silent_hold"]["doc"]["provider"]
     assert set(silent["closes_1011_by_cause"]) == {"idle, no KeepAlive"} and silent["keepalives"] == 0, silent
     assert soaks["no_finalize"]["doc"]["delivery_rate"] == 0.0

@@ -71,6 +71,8 @@ class Accounting:
     closed_records: deque = field(default_factory=deque)
     interactions: OrderedDict[str, InteractionStats] = field(default_factory=OrderedDict)
     close_codes: dict[int, int] = field(default_factory=dict)
+    # refused handshakes with their time (bounded like the closed records): a soak plots them
+    rejections: deque = field(default_factory=deque)
     _next_id: int = 1
 
     def open(self, request_id: str, interaction: str | None, now: float) -> ConnectionRecord:
@@ -119,9 +121,12 @@ class Accounting:
             self.closed_records.popleft()
             t["records_evicted"] += 1
 
-    def rejected(self, status: int) -> None:
+    def rejected(self, status: int, now: float) -> None:
         key = f"rejected_{status}"
         self.totals[key] = self.totals.get(key, 0) + 1
+        self.rejections.append((now, status))
+        while len(self.rejections) > self.max_closed:
+            self.rejections.popleft()
 
     def _evict_interactions(self) -> None:
         if len(self.interactions) <= self.max_interactions:
@@ -136,6 +141,7 @@ class Accounting:
     def reset(self) -> None:
         """Forget closed history and zero the counters; open connections stay counted as open."""
         self.closed_records.clear()
+        self.rejections.clear()
         self.totals = _zero_totals()
         self.totals["open"] = len(self.open_records)
         self.close_codes.clear()
@@ -165,6 +171,7 @@ class Accounting:
             + [r.as_dict() for r in self.open_records.values()],
             "interactions": {k: {"connections": v.connections, "duplicates": v.duplicates,
                                  "max_open": v.max_open, "open": v.open} for k, v in self.interactions.items()},
+            "rejections": [{"at": at, "status": status} for at, status in self.rejections],
             "totals": totals,
         }
 

@@ -295,7 +295,7 @@ class Emulator:
         return _json_response(404, {"error": f"no route for {method} {url.path}"})
 
     def _reject(self, request_id: str, status: int, err_code: str, err_msg: str) -> Response:
-        self.accounting.rejected(status)
+        self.accounting.rejected(status, time.time())
         return _json_response(status, {"err_code": err_code, "err_msg": err_msg, "request_id": request_id},
                               {"dg-error": err_msg, "dg-request-id": request_id,
                                "access-control-expose-headers": EXPOSE})

@@ -257,6 +257,11 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
         parts.append(svg_lines("Final-result latency (ms)", xs, [("p50", tl["final_p50"]), ("p95", tl["final_p95"]),
                                                                    ("max", tl["final_max"])], "seconds into the run", "ms"))
         parts.append(svg_lines("Active calls", xs, [("active", tl["active"])], "seconds into the run", "calls"))
+        prov_tl = tl.get("provider") or {}
+        if prov_tl:  # the emulator's records: when the target reconnected, was refused, was closed 1011
+            parts.append(svg_lines("Provider: reconnects, 429 refusals, 1011 closes (per bucket)", xs,
+                                   [("reconnects", prov_tl.get("reconnect", [])), ("429", prov_tl.get("429", [])),
+                                    ("1011", prov_tl.get("1011", []))], "seconds into the run", "events"))
         parts.append(svg_lines("Calls started / failed, errors (per bucket)", xs,
                                [("started", tl["started"]), ("failed", tl["failed"]), ("errors", tl["errors"])],
                                "seconds into the run", "count"))

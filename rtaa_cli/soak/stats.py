@@ -301,6 +301,8 @@ class ProviderCounts:
     keepalives: int = 0
     causes_1011: dict[str, int] = field(default_factory=dict)
     rejected_429: int | None = None  # handshakes refused 429 during the run (totals delta)
+    # wall times of provider events during the run, for the report's plot over time
+    event_times: dict[str, list[float]] = field(default_factory=dict)  # "reconnect", "429", "1011"
 
     @property
     def reconnects(self) -> int:
@@ -358,6 +360,8 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
         if str(iid).startswith(interaction_prefix):
             out.duplicates += int(info.get("duplicates", 0))
     have_bytes = False
+    opened_by_call: dict[str, list[float]] = {}
+    events: dict[str, list[float]] = {"reconnect": [], "429": [], "1011": []}
     for conn in stats.get("connections") or []:
         iid = str(conn.get("interaction") or conn.get("interaction_id") or "")
         mine = iid.startswith(interaction_prefix)
@@ -369,6 +373,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             out.unattributed_audio_bytes += int(conn.get("audio_bytes") or 0)
         else:
             out.connections += 1
+            opened_by_call.setdefault(iid, []).append(opened)
             b = conn.get("audio_bytes", conn.get("bytes_received"))
             if b is not None:
                 have_bytes = True
@@ -388,8 +393,14 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             expected = None if window is None else window.audio_ms_between(opened, float(conn.get("closed_at") or opened))
             cause = classify_1011(conn, expected)
             out.causes_1011[cause] = out.causes_1011.get(cause, 0) + 1
+            events["1011"].append(float(conn.get("closed_at") or opened))
     if not have_bytes:
         out.audio_bytes = None
+    for times in opened_by_call.values():  # every connection of a call after its first is a reconnect
+        events["reconnect"].extend(sorted(times)[1:])
+    events["429"] = [float(r["at"]) for r in stats.get("rejections") or []
+                     if r.get("status") == 429 and (since is None or float(r["at"]) >= since)]
+    out.event_times = events
     return out
 
 
@@ -446,6 +457,7 @@ class Timeline:
         self.errors = [0] * max_points
         self.latency: list[Histogram | None] = [None] * max_points
         self.first_partial: list[Histogram | None] = [None] * max_points
+        self.provider: dict[str, list[int]] = {}  # provider events per bucket (from the emulator)
         self.last = 0
 
     def _idx(self, t: float) -> int:
@@ -470,6 +482,14 @@ class Timeline:
                     h = series[i] = Histogram(LATENCY_RESOLUTION_MS)
                 h.add(ms)
 
+    def set_provider_events(self, event_times: dict[str, list[float]]) -> None:
+        """The provider's events (replacing any earlier snapshot's): counts per bucket."""
+        self.provider = {}
+        for name, times in event_times.items():
+            counts = self.provider.setdefault(name, [0] * self.n)
+            for t in times:
+                counts[self._idx(t)] += 1
+
     def series(self) -> dict[str, Any]:
         n = self.last + 1
         active, cur = [], 0
@@ -489,6 +509,7 @@ class Timeline:
             "final_p50": pct(self.latency, 50), "final_p95": pct(self.latency, 95),
             "final_max": [None if h is None else h.max for h in self.latency[:n]],
             "first_partial_p50": pct(self.first_partial, 50),
+            "provider": {name: counts[:n] for name, counts in self.provider.items()},
         }
 
 
@@ -624,6 +645,8 @@ class SoakStats:
 
     def set_provider(self, counts: ProviderCounts | None) -> None:
         self.provider = counts
+        if counts is not None and counts.records:
+            self.timeline.set_provider_events(counts.event_times)
 
     # -- reduction
     def audio_accounting(self) -> dict[str, Any]:
