@@ -101,6 +101,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine output: a JSON 'listening' line, JSON logs, JSON totals."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-connection log lines."),
         live: bool = typer.Option(True, help="Live totals table (on a terminal)."),
+        print_env: Optional[str] = typer.Option(
+            None, "--print-env", metavar="node|python",
+            help="Print shell lines that point a Node or Python process whose Deepgram URL is hardcoded "
+                 "(wss://api.deepgram.com) at this emulator's --host/--port, then exit: eval \"$(...)\"."),
     ) -> None:
         """Run a local Deepgram live endpoint (/v1/listen) with /stats, /metrics and fault control.
 
@@ -117,8 +121,21 @@ def register(app: typer.Typer) -> None:
           rtaa fake-deepgram --engine sphinx --port 0 --json
 
           curl -X POST 'http://127.0.0.1:8765/control/faults?close_1011_after_s=5'
+
+          eval "$(rtaa fake-deepgram --print-env node --port 8765)" && node your-pipeline.js
         """
         from rtaa_cli.emulator import ENGINES, EmulatorConfig
+
+        if print_env is not None:
+            from rtaa_cli.redirect import RUNTIMES, emulator_ws_url
+            from rtaa_cli.redirect import print_env as env_lines
+
+            if print_env not in RUNTIMES:
+                raise RtaaError(f"--print-env: use one of {', '.join(RUNTIMES)}, not {print_env!r}")
+            if port == 0:
+                raise RtaaError("--print-env needs the emulator's real --port (0 picks a random one)")
+            typer.echo(env_lines(print_env, emulator_ws_url(host, port)))
+            return
 
         if engine not in ENGINES:
             raise RtaaError(f"--engine: unknown engine {engine!r}; use one of: {', '.join(ENGINES)}")
