@@ -32,8 +32,9 @@ from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_padding, frames
 from rtaa_cli.closecodes import CLEAN_CLOSES
 from rtaa_cli.exotel import DEFAULT_SAMPLE_RATE, ExotelProtocolError, Media, StreamEncoder, parse_event
 from rtaa_cli.feeds.parse import FieldMapping
-from rtaa_cli.feeds import redis_feed
+from rtaa_cli.feeds import redis_feed, sse_feed
 from rtaa_cli.feeds.redis_feed import is_redis
+from rtaa_cli.feeds.sse_feed import is_sse
 from rtaa_cli.feeds.recorder import FeedRecorder, TextMatcher, Transcript
 from rtaa_cli.feeds.url import feed_url_for, redact_url
 from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
@@ -340,6 +341,14 @@ async def run_call(
                 recorder.error(f"transcript feed: {exc or 'timed out connecting to Redis'}")
                 return result
             feed_task = asyncio.create_task(_read_redis_feed(state, recorder, feed_done))
+        elif feed is not None and is_sse(feed):
+            try:
+                sse = await asyncio.wait_for(sse_feed.open_async(transcripts_url, script.options.call_sid,
+                                                                 dict(headers)), open_timeout_s)
+            except (OSError, TimeoutError) as exc:
+                recorder.error(f"transcript feed: {exc or 'timed out subscribing'}")
+                return result
+            feed_task = asyncio.create_task(_read_sse_feed(sse, recorder, feed_done))
         elif feed is not None:
             try:
                 # The ingest's credentials: with auth on, `rtaa serve` lets the streamer read its own call.
@@ -432,6 +441,15 @@ async def _read_redis_feed(state: Any, recorder: CallRecorder, done: asyncio.Eve
         await redis_feed.read_async(state, recorder.feed_message, lambda: recorder.result.call_ended is not None)
     except (OSError, redis_feed.redis_errors()) as exc:
         recorder.error(f"transcript feed: redis: {type(exc).__name__}: {exc}")
+    finally:
+        done.set()
+
+
+async def _read_sse_feed(state: Any, recorder: CallRecorder, done: asyncio.Event) -> None:
+    try:
+        await sse_feed.read_async(state, recorder.feed_message, lambda: recorder.result.call_ended is not None)
+    except (OSError, *sse_feed.sse_errors()) as exc:
+        recorder.error(f"transcript feed: sse: {type(exc).__name__}: {exc}")
     finally:
         done.set()
 

@@ -75,7 +75,7 @@ def test_url_rule() -> None:
         with pytest.raises(ValueError, match=why):
             parse_redis_url(bad)
     with pytest.raises(ValueError, match="use ws://"):
-        check_feed_url("http://h/feed")
+        check_feed_url("ftp://h/feed")  # http(s):// is an SSE feed (tests/test_feed_sse.py)
     with pytest.raises(ValueError, match=r"--transcripts 'redis://:\*\*\*@h/0'"):
         check_feed_url("redis://:secret@h/0")
 
@@ -225,8 +225,8 @@ def test_run_call_reads_a_foreign_redis_feed(rds) -> None:
     (("replay", "fixtures/audio/call.wav", "--url", "ws://127.0.0.1:9/x", "--transcripts", "ws://127.0.0.1:9",
       "--feed-map", "txt=a"), "--feed-map: feed mapping: unknown field(s) txt"),
     (("soak", str(BAD_MAP_TOML), "--target", "ws://127.0.0.1:9/x"), "feed.map: feed mapping: unknown field(s) txt"),
-    (("replay", "fixtures/audio/call.wav", "--url", "ws://127.0.0.1:9/x", "--transcripts", "http://127.0.0.1:9/feed"),
-     "use ws://, wss://, redis://"),
+    (("replay", "fixtures/audio/call.wav", "--url", "ws://127.0.0.1:9/x", "--transcripts", "ftp://127.0.0.1:9/feed"),
+     "use ws://, wss://, redis://, rediss://, http:// or https:// (SSE)"),
 ])
 def test_cli_rejects_bad_feed_options(args: tuple[str, ...], message: str) -> None:
     import subprocess

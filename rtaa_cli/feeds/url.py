@@ -44,14 +44,14 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-FEED_SCHEMES = ("ws", "wss", "redis", "rediss")
+FEED_SCHEMES = ("ws", "wss", "redis", "rediss", "http", "https")
 
 
 def check_feed_url(url: str, option: str = "--transcripts") -> None:
     """ValueError (one line) unless ``url`` is a feed rtaa can read (docs/transcript-feed.md)."""
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in FEED_SCHEMES:
-        raise ValueError(f"{option} {redact_url(url)!r}: use ws://, wss://, redis:// or rediss://")
+        raise ValueError(f"{option} {redact_url(url)!r}: use ws://, wss://, redis://, rediss://, http:// or https:// (SSE)")
     if scheme in ("redis", "rediss"):
         from rtaa_cli.feeds.redis_feed import parse_redis_url  # noqa: PLC0415 - avoids an import cycle
 

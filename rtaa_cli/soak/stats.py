@@ -167,6 +167,7 @@ class CallRecord:
     final_audio_end_ms: float | None = None  # furthest audio covered by a final result
     transcripts_observed: bool = True  # False when no transcript feed was read (delivery unknown)
     results: int = 0
+    finals: int = 0  # final results with text
     feed_messages: int = 0  # messages that arrived on the call's transcript feed
     feed_unrecognised: int = 0  # of those, not understood (a foreign schema without --feed-map)
     first_partial: list[tuple[float, float]] = field(default_factory=list)
@@ -537,6 +538,7 @@ class SoakStats:
         self.max_abs_drift_ms = 0.0
         self.delivered = 0
         self.delivery_eligible = 0
+        self.finals_without_offsets_calls = 0  # finals arrived, but without audio offsets: delivery unknown
         self.feed_messages = 0
         self.feed_unrecognised = 0
         self.feed_not_understood_calls = 0  # calls whose feed carried messages, none understood
@@ -607,7 +609,11 @@ class SoakStats:
                 self.feed_unread_calls += 1
             # delivery is judged only on feeds rtaa could read and understand: a feed in a schema
             # rtaa cannot parse is missing evidence, not "nothing delivered"
-            if rec.connected and rec.audio_bytes_sent > 0 and rec.transcripts_observed and understood:
+            # ... nor on finals that carry no audio offsets (a foreign schema): coverage is unknown there
+            no_offsets = rec.finals > 0 and rec.final_audio_end_ms is None
+            if rec.connected and rec.audio_bytes_sent > 0 and rec.transcripts_observed and understood and no_offsets:
+                self.finals_without_offsets_calls += 1
+            elif rec.connected and rec.audio_bytes_sent > 0 and rec.transcripts_observed and understood:
                 self.delivery_eligible += 1
                 if self.is_delivered(rec):
                     self.delivered += 1
@@ -760,11 +766,19 @@ class SoakStats:
             if self.feed_unread_calls and not self.delivery_eligible:
                 return f"no transcript feed was read ({self.feed_unread_calls} calls): pass --transcripts URL {off}"
             what = "first partial" if "partial" in name else "final"
+            if self.finals_without_offsets_calls:
+                return (f"results with text arrived on {self.finals_without_offsets_calls} calls' feeds but carry "
+                        "no audio offsets, so their latency cannot be computed: map audio_end_ms=PATH (or "
+                        f"audio_end_s) with --feed-map / [feed] map, see docs/transcript-feed.md {off}")
             return (f"no {what} result with text arrived on any call's feed ({self.delivered} delivered, "
                     f"{self.feed_messages} feed messages) {off}")
         if name == "delivery_rate":
             if self.feed_not_understood_calls:
                 return self._feed_reason(off)
+            if self.finals_without_offsets_calls:
+                return (f"the finals of {self.finals_without_offsets_calls} calls carry no audio offsets, so "
+                        "whether each call was transcribed to its end is unknown: map audio_end_ms=PATH (or "
+                        f"audio_end_s) with --feed-map / [feed] map, see docs/transcript-feed.md {off}")
             if self.feed_unread_calls:
                 return f"no transcript feed was read ({self.feed_unread_calls} calls): pass --transcripts URL {off}"
             return f"no call both connected and sent audio {off}"
@@ -837,6 +851,7 @@ class SoakStats:
             "latency_ms": {"first_partial": self.first_partial.summary(), "final": self.final.summary()},
             "delivery_rate": m["delivery_rate"],
             "delivered": self.delivered, "delivery_eligible": self.delivery_eligible,
+            "finals_without_offsets_calls": self.finals_without_offsets_calls,
             "feed": {"messages": self.feed_messages, "unrecognised": self.feed_unrecognised,
                      "calls_not_understood": self.feed_not_understood_calls, "calls_unread": self.feed_unread_calls},
             "audio": self.audio_accounting(),

@@ -37,6 +37,7 @@ from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
 from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds.recorder import FeedRecorder
 from rtaa_cli.feeds.redis_feed import SyncRedisFeed, is_redis
+from rtaa_cli.feeds.sse_feed import SyncSseFeed, is_sse
 from rtaa_cli.feeds.url import feed_url_for
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import Pacer, wait_sync
@@ -196,9 +197,12 @@ class _Feed:
             pass
 
 
-def _open_feed(url: str, call_sid: str, recorder: FeedRecorder) -> _Feed | SyncRedisFeed:
+def _open_feed(url: str, call_sid: str, recorder: FeedRecorder,
+               headers: dict[str, str]) -> _Feed | SyncRedisFeed | SyncSseFeed:
     if is_redis(url):
         return SyncRedisFeed(url, call_sid, recorder.message, lambda: recorder.ended)
+    if is_sse(url):
+        return SyncSseFeed(url, call_sid, recorder.message, lambda: recorder.ended, headers)
     return _Feed(url, call_sid, recorder)
 
 
@@ -209,7 +213,7 @@ def run_call(spec: CallSpec) -> CallRecord:
         rec.expected_closes = list(BAD_INPUTS[spec.kind[4:]])
     send_log = SendLog()
     recorder = FeedRecorder(spec.call_sid, send_log, mapping=spec.feed_mapping, keep_transcripts=False)
-    feed: _Feed | SyncRedisFeed | None = None
+    feed: _Feed | SyncRedisFeed | SyncSseFeed | None = None
     streams: list[_Stream] = []
     pacer = Pacer(spec.speed)
     try:
@@ -220,7 +224,7 @@ def run_call(spec: CallSpec) -> CallRecord:
             rec.started_at = time.time()
         if spec.transcripts_url and not spec.kind.startswith("bad:"):
             try:
-                feed = _open_feed(spec.transcripts_url, spec.call_sid, recorder)
+                feed = _open_feed(spec.transcripts_url, spec.call_sid, recorder, spec.headers)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 rec.errors.append(f"transcript feed: {_describe(exc)}")
                 feed = None
@@ -261,7 +265,7 @@ def record_feed(rec: CallRecord, recorder: FeedRecorder) -> None:
     """The call's feed bookkeeping into its soak record (samples by rtaa_cli.latency's rules)."""
     samples = recorder.samples
     rec.first_partial, rec.final = samples.first_partial, samples.final
-    rec.final_audio_end_ms, rec.results = samples.final_audio_end_ms, samples.results
+    rec.final_audio_end_ms, rec.results, rec.finals = samples.final_audio_end_ms, samples.results, samples.finals
     rec.feed_messages, rec.feed_unrecognised = recorder.feed_messages, recorder.feed_unrecognised
     rec.errors.extend(recorder.problems())
 

@@ -8,7 +8,12 @@ Results with text to the Redis stream ``PREFIX<call_sid>`` in its own schema
     python tests/thirdparty/target.py --deepgram ws://127.0.0.1:8765 --redis redis://127.0.0.1:6379/0 \
         --prefix transcripts: [--rechunk-ms 72]
 
-Prints one JSON line ``{"target": "ws://127.0.0.1:PORT/exotel"}`` once it listens; runs until stdin closes
+With ``--sse``, transcripts go instead to a server-sent-event stream per call,
+``GET http://127.0.0.1:SSEPORT/events/<call_sid>``: ``event: partial|final`` and ``data: {seq, text,
+confidence, timestamp_ms}`` (the type only in the event name), backlog first, then live;
+``GET /published`` is the ground truth: ``{call_sid: {events, finals}}`` published so far.
+
+Prints one JSON line ``{"target": "ws://127.0.0.1:PORT/exotel"[, "sse": "http://..."]}`` once it listens; runs until stdin closes
 (or forever with --forever).
 """
 from __future__ import annotations
@@ -28,9 +33,54 @@ from websockets.exceptions import ConnectionClosed
 LISTEN = "model=nova-3&encoding=linear16&sample_rate=8000&channels=1&interim_results=true&endpointing=300"
 
 
+class SseHub:
+    """Each call's published events (kept, so a subscriber gets the backlog) and its live subscribers."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[bytes]] = {}
+        self.subscribers: dict[str, list[asyncio.Queue]] = {}
+
+    def publish(self, call_sid: str, kind: str, data: dict) -> None:
+        event = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+        self.events.setdefault(call_sid, []).append(event)
+        for q in self.subscribers.get(call_sid, []):
+            q.put_nowait(event)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = (await reader.readline()).decode("latin-1").split()
+            while (await reader.readline()).strip():
+                pass  # headers: not needed
+            if len(request) >= 2 and request[1] == "/published":  # ground truth for tests: events per call
+                counts = {sid: {"events": len(evs), "finals": sum(e.startswith(b"event: final") for e in evs)}
+                          for sid, evs in self.events.items()}
+                body = json.dumps(counts).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                return
+            if len(request) < 2 or request[0] != "GET" or not request[1].startswith("/events/"):
+                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                return
+            call_sid = request[1][len("/events/"):]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n")
+            q: asyncio.Queue = asyncio.Queue()
+            self.subscribers.setdefault(call_sid, []).append(q)
+            for event in self.events.get(call_sid, []):
+                writer.write(event)
+            await writer.drain()
+            while True:
+                writer.write(await q.get())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
 class Call:
-    def __init__(self, args: argparse.Namespace, pub: aredis.Redis, call_sid: str) -> None:
+    def __init__(self, args: argparse.Namespace, pub: aredis.Redis | SseHub, call_sid: str) -> None:
         self.args, self.pub, self.key = args, pub, f"{args.prefix}{call_sid}"
+        self.call_sid = call_sid
         self.buf = b""
         self.seq = 0
         self.chunk = args.rechunk_ms * 16  # bytes of 8 kHz s16le per chunk (0: forward frames as they come)
@@ -69,15 +119,19 @@ class Call:
                 if not alt["transcript"].strip():
                     continue
                 self.seq += 1
-                await self.pub.xadd(self.key, {
-                    "seq": self.seq, "type": "final" if msg.get("is_final") else "partial", "text": alt["transcript"],
-                    "confidence": alt.get("confidence", 0.0), "timestamp_ms": int(time.time() * 1000)})
+                kind = "final" if msg.get("is_final") else "partial"
+                fields = {"seq": self.seq, "text": alt["transcript"], "confidence": alt.get("confidence", 0.0),
+                          "timestamp_ms": int(time.time() * 1000)}
+                if isinstance(self.pub, SseHub):
+                    self.pub.publish(self.call_sid, kind, fields)
+                else:
+                    await self.pub.xadd(self.key, {"type": kind, **fields})
         except ConnectionClosed:
             pass
 
 
 async def main(args: argparse.Namespace) -> None:
-    pub = aredis.Redis.from_url(args.redis)
+    pub = SseHub() if args.sse else aredis.Redis.from_url(args.redis)
 
     async def handle(ws) -> None:
         call: Call | None = None
@@ -102,11 +156,19 @@ async def main(args: argparse.Namespace) -> None:
 
     async with serve(handle, "127.0.0.1", args.port, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
-        print(json.dumps({"target": f"ws://127.0.0.1:{port}/exotel"}), flush=True)
+        urls = {"target": f"ws://127.0.0.1:{port}/exotel"}
+        sse = None
+        if isinstance(pub, SseHub):
+            sse = await asyncio.start_server(pub.handle, "127.0.0.1", args.sse_port)
+            urls["sse"] = f"http://127.0.0.1:{sse.sockets[0].getsockname()[1]}/events/{{call_sid}}"
+        print(json.dumps(urls), flush=True)
         if args.forever:
             await asyncio.Future()
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await pub.aclose()
+        if sse is not None:
+            sse.close()
+    if not isinstance(pub, SseHub):
+        await pub.aclose()
 
 
 if __name__ == "__main__":
@@ -116,5 +178,7 @@ if __name__ == "__main__":
     p.add_argument("--prefix", default="transcripts:", help="Redis stream key prefix (the call SID follows)")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--rechunk-ms", type=int, default=0, help="Re-chunk audio to this many ms (e.g. 72)")
+    p.add_argument("--sse", action="store_true", help="Publish transcripts as SSE per call instead of Redis")
+    p.add_argument("--sse-port", type=int, default=0)
     p.add_argument("--forever", action="store_true", help="Run until killed (default: until stdin closes)")
     asyncio.run(main(p.parse_args()))

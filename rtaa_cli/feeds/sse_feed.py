@@ -1,0 +1,164 @@
+"""Server-sent-event transcript feeds: ``--transcripts 'http://HOST:PORT/PATH'`` (docs/transcript-feed.md).
+
+The URL is read with a GET that accepts ``text/event-stream`` (httpx + httpx-sse), with the ingest's
+headers (its Authorization). Each event's ``data`` is one message; when the event has a name other than
+``message`` (``event: final``) and its data is a JSON object without an ``event`` field, the name is
+added as ``event`` so a field mapping can use it (``is_final=event==final``). A URL with ``{call_sid}``
+is this call's stream (every event is the call's); otherwise it is shared and the recorder keeps the
+events naming this call. The subscription is opened (status and content type checked) before the call
+starts, so nothing of it is missed. Everything else (schemas, mapping, counting) is :mod:`.parse` /
+:mod:`.recorder`'s.
+
+Two thin I/O shells: :class:`SyncSseFeed` (a thread; a greenlet under soak's gevent patching) and
+:func:`open_async` / :func:`read_async` (replay and smoke, asyncio).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import orjson
+
+from rtaa_cli.feeds.url import PLACEHOLDERS, feed_url_for, redact_url
+
+SCHEMES = ("http", "https")
+CONNECT_TIMEOUT_S = 5.0
+EVENT_STREAM = "text/event-stream"
+
+Sink = Callable[[Any, float, str | None], Any]  # FeedRecorder.message / CallRecorder.feed_message
+
+
+def is_sse(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme in SCHEMES
+
+
+def event_message(name: str, data: str) -> str | dict[str, Any]:
+    """One SSE event -> what :func:`rtaa_cli.feeds.parse.parse_message` takes."""
+    if name and name != "message" and data.lstrip()[:1] == "{":
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        if isinstance(obj, dict) and "event" not in obj:
+            return {**obj, "event": name}
+    return data
+
+
+def _timeout():
+    import httpx  # noqa: PLC0415 - only runs with an SSE feed need it
+
+    return httpx.Timeout(CONNECT_TIMEOUT_S, read=None)  # an idle stream is not an error
+
+
+def _check(response: Any, url: str) -> None:
+    """OSError (one line) unless the subscription answered 200 with an event stream."""
+    if response.status_code != 200:
+        raise OSError(f"sse feed {redact_url(url)}: HTTP {response.status_code}")
+    kind = response.headers.get("content-type", "").partition(";")[0].strip()
+    if kind != EVENT_STREAM:
+        raise OSError(f"sse feed {redact_url(url)}: content type {kind or 'none'!r}, not {EVENT_STREAM}")
+
+
+@dataclass(frozen=True)
+class SseFeed:
+    url: str  # placeholders replaced
+    per_call: bool
+
+    @classmethod
+    def for_call(cls, url: str, call_sid: str) -> SseFeed:
+        return cls(feed_url_for(url, call_sid), any(p in url for p in PLACEHOLDERS))
+
+
+class SyncSseFeed:
+    """The call's SSE subscription for soak's gevent caller (same surface as its WebSocket feed)."""
+
+    def __init__(self, url: str, call_sid: str, sink: Sink, ended: Callable[[], bool],
+                 headers: Mapping[str, str] | None = None) -> None:
+        import httpx  # noqa: PLC0415
+        from httpx_sse import connect_sse  # noqa: PLC0415
+
+        self.feed = SseFeed.for_call(url, call_sid)
+        self.owner = call_sid if self.feed.per_call else None
+        self.sink, self.ended = sink, ended
+        self.done = threading.Event()
+        self.closed = False
+        self.error: str | None = None
+        self.client = httpx.Client(timeout=_timeout(), headers=dict(headers or {}), trust_env=False)
+        self._cm = connect_sse(self.client, "GET", self.feed.url)
+        try:
+            self.source = self._cm.__enter__()
+            _check(self.source.response, self.feed.url)
+        except (httpx.HTTPError, OSError) as exc:
+            self.client.close()
+            raise OSError(str(exc) if isinstance(exc, OSError) else f"sse feed {redact_url(self.feed.url)}: {exc}") from None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        import httpx  # noqa: PLC0415
+
+        try:
+            for ev in self.source.iter_sse():
+                self.sink(event_message(ev.event, ev.data), time.time(), self.owner)
+                if self.closed or self.ended():
+                    break
+        except (httpx.HTTPError, OSError, RuntimeError) as exc:
+            if not self.closed:
+                self.error = f"sse feed {redact_url(self.feed.url)}: {type(exc).__name__}: {exc}"
+        finally:
+            self.done.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.source.response.close()  # ends the reader's blocking read
+        self.client.close()
+        self.done.wait(CONNECT_TIMEOUT_S)
+
+
+@dataclass
+class _AsyncState:
+    feed: SseFeed
+    owner: str | None
+    client: Any
+    cm: Any
+    source: Any
+
+
+async def open_async(url: str, call_sid: str, headers: Mapping[str, str] | None = None) -> _AsyncState:
+    """Subscribe (status and content type checked) before the call starts; returns a reader state."""
+    import httpx  # noqa: PLC0415
+    from httpx_sse import aconnect_sse  # noqa: PLC0415
+
+    feed = SseFeed.for_call(url, call_sid)
+    client = httpx.AsyncClient(timeout=_timeout(), headers=dict(headers or {}), trust_env=False)
+    cm = aconnect_sse(client, "GET", feed.url)
+    try:
+        source = await cm.__aenter__()
+        _check(source.response, feed.url)
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        raise OSError(f"sse feed {redact_url(feed.url)}: {exc}") from None
+    except BaseException:
+        await client.aclose()
+        raise
+    return _AsyncState(feed, call_sid if feed.per_call else None, client, cm, source)
+
+
+async def read_async(state: _AsyncState, sink: Sink, ended: Callable[[], bool]) -> None:
+    """Read until ``ended()`` or the server ends the stream (the caller cancels the task otherwise)."""
+    try:
+        async for ev in state.source.aiter_sse():
+            sink(event_message(ev.event, ev.data), time.time(), state.owner)
+            if ended():
+                break
+    finally:
+        await state.source.response.aclose()
+        await state.client.aclose()
+
+
+def sse_errors() -> tuple[type[Exception], ...]:
+    import httpx  # noqa: PLC0415
+
+    return (httpx.HTTPError,)

@@ -1,0 +1,125 @@
+"""Server-sent-event transcript feeds (rtaa_cli/feeds/sse_feed.py): ``--transcripts http://...`` against
+the third-party pipeline of tests/thirdparty/target.py in its ``--sse`` mode (untagged Deepgram
+connections to the real emulator; transcripts as ``event: partial|final`` + a JSON ``data`` in its own
+schema, one stream per call). Replay (asyncio reader) and soak (gevent reader) count exactly the events
+the target says it published (its ``/published`` ground truth)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rtaa_cli.feeds.sse_feed import event_message
+from test_soak_support import readline
+
+HERE = Path(__file__).parent
+RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
+FEED_MAP = "text=text,is_final=event==final,seq=seq"
+CALL = HERE.parent / "fixtures" / "audio" / "call.wav"
+SCENARIO = """
+name = "sse"
+[load]
+users = 2
+spawn_rate = 2
+duration = "3s"
+[call]
+audio = "synthetic"
+length = "4s"
+pause = "0.2s"
+wait_final = "2s"
+[feed]
+map = "{feed_map}"
+[pacing]
+max_lateness_p99_ms = 150
+"""
+
+
+@pytest.fixture(scope="module")
+def target():
+    emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = None
+    try:
+        line = readline(emu, 30.0)
+        assert line, "emulator did not start"
+        info = orjson.loads(line)
+        proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
+                                 "--sse", "--rechunk-ms", "72"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = readline(proc, 30.0)
+        assert line, "third-party target did not start"
+        urls = orjson.loads(line)
+        yield {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published"}
+    finally:
+        for p in (proc, emu):
+            if p is not None:
+                p.terminate() if p is emu else p.stdin.close()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def _published(target) -> dict[str, dict[str, int]]:
+    with urllib.request.urlopen(target["published"], timeout=10) as r:
+        return orjson.loads(r.read())
+
+
+def test_event_names_become_a_field_a_mapping_can_use() -> None:
+    assert event_message("final", '{"text": "hi"}') == {"text": "hi", "event": "final"}
+    assert event_message("message", '{"text": "hi"}') == '{"text": "hi"}'  # the default name adds nothing
+    assert event_message("final", '{"event": "own"}') == '{"event": "own"}'  # never overwrites a field
+    assert event_message("final", "not json") == "not json"
+
+
+@pytest.mark.skipif(not CALL.exists(), reason="fixtures/audio/call.wav missing")
+def test_replay_reads_a_foreign_sse_feed(target, tmp_path) -> None:
+    out = tmp_path / "replay.json"
+    r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", target["sse"],
+                        "--feed-map", FEED_MAP, "--speed", "3", "--wait-final", "3", "--call-sid", "CA-sse-replay",
+                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
+    assert out.exists(), r.stdout + r.stderr
+    doc = orjson.loads(out.read_bytes())
+    truth = _published(target)["CA-sse-replay"]
+    assert truth["finals"] >= 3, truth
+    assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
+    finals = [t for t in doc["transcripts"] if t["is_final"]]
+    assert len(finals) == truth["finals"], (len(finals), truth)
+
+
+def test_a_wrong_sse_url_is_a_clear_error(target, tmp_path) -> None:
+    base = target["sse"].split("/events/")[0]
+    for url, why in ((base + "/nosuch/{call_sid}", "HTTP 404"), (base + "/published", "not text/event-stream")):
+        r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", url,
+                            "--speed", "0", "--quiet", "--json"], capture_output=True, text=True, timeout=120)
+        assert why in r.stdout + r.stderr and "Traceback" not in r.stderr, (r.stdout[-1500:], r.stderr[-1500:])
+
+
+def test_soak_reads_a_foreign_sse_feed(target, tmp_path) -> None:
+    toml = tmp_path / "sse.toml"
+    toml.write_text(SCENARIO.format(feed_map=FEED_MAP))
+    out = tmp_path / "sse.json"
+    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
+                        "--transcripts", target["sse"], "--provider-stats", target["stats"]],
+                       capture_output=True, text=True, timeout=180)
+    assert out.exists(), r.stdout + r.stderr
+    doc = orjson.loads(out.read_bytes())
+    calls = doc["calls"]
+    assert calls["completed"] == calls["started"] >= 2 and calls["failed"] == 0, (calls, r.stderr[-2000:])
+    mine = {sid: c for sid, c in _published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
+    assert len(mine) == calls["started"]
+    assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0, (doc["feed"], mine)
+    assert doc["feed"]["unrecognised"] == 0
+    # Its finals carry no audio offsets: delivery and latency are unknown (INVALID, with the fix), never
+    # "delivery 0" (FAIL) nor a pass.
+    assert doc["delivery_rate"] is None and doc["finals_without_offsets_calls"] == calls["started"], doc["delivery_rate"]
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert "carry no audio offsets" in rows["delivery_rate"]["reason"]
+    assert "carry no audio offsets" in rows["latency_final_p95_ms"]["reason"]
+    assert rows["delivery_rate"]["passed"] is None and rows["latency_final_p95_ms"]["passed"] is None
+    # (the target's Deepgram connections are untagged: the provider-side rows are issue 11's watermark's)
+    assert {n for n, row in rows.items() if row["passed"] is False} <= {"unattributed_connections", "calls_unreached_rate"}
+    assert doc["verdict"] != "pass" and r.returncode != 0
