@@ -22,6 +22,7 @@ from rtaa_cli import verdict
 
 from rtaa_cli.caller import CallOptions, CallScript, run_call
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.audioset import call_frames
 from rtaa_cli.soak.stats import LATENCY_RESOLUTION_MS, Histogram, provider_counts_from_emulator
 
@@ -42,6 +43,7 @@ class SmokeOptions:
     wait_final_s: float = 10.0
     max_latency_p95_ms: float = 2000.0
     call_prefix: str = "rtaa-smoke-"
+    feed_map: str | None = None  # --feed-map: field mapping of a foreign feed schema
 
 
 def _base(url: str, scheme: str, path: str) -> str:
@@ -95,7 +97,7 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
                                                  account_sid="AC_rtaa_smoke", sample_rate=opts.sample_rate,
                                                  frame_ms=opts.frame_ms, custom_parameters={"rtaa": "smoke"}))
     result = asyncio.run(run_call(opts.url, script, speed=opts.speed, transcripts_url=feed_url or None,
-                                  wait_final_s=opts.wait_final_s))  # feed URL: rtaa_cli.feeds.url rule
+                                  wait_final_s=opts.wait_final_s, mapping=parse_feed_map(opts.feed_map)))  # feed URL: rtaa_cli.feeds.url rule
     samples = result.latency
     code = result.close_code
     why = "; ".join(result.errors[:3]) or (result.close_reason or "")
@@ -117,7 +119,7 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
         p95 = h.percentile(95)
         rows.append(_row("latency_final_p95_ms", None if p95 is None else p95 <= opts.max_latency_p95_ms, p95,
                          opts.max_latency_p95_ms,
-                         reason=feed_why or "no final result with text arrived on the call's feed"))
+                         reason=feed_why or _latency_why(samples)))
         doc["latency_ms"] = {"first_partial": fp.summary(), "final": h.summary()}
     # 3. provider side (the emulator's accounting for this call)
     dup = prov_1011 = None
@@ -159,3 +161,11 @@ def _histogram(values: list[tuple[float, float]]) -> Histogram:
     h = Histogram(LATENCY_RESOLUTION_MS)
     h.extend(ms for _, ms in values)
     return h
+
+
+def _latency_why(samples) -> str:
+    """Why the final latency has no value (one rule with soak's reason lines, docs/soak.md)."""
+    if samples.finals and samples.final_audio_end_ms is None:
+        return (f"{samples.finals} finals arrived but carry no audio offsets, so their latency cannot be computed: "
+                "map audio_end_ms=PATH (or audio_end_s) with --feed-map, see docs/transcript-feed.md")
+    return "no final result with text arrived on the call's feed"

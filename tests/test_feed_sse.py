@@ -31,8 +31,6 @@ audio = "synthetic"
 length = "4s"
 pause = "0.2s"
 wait_final = "2s"
-[feed]
-map = "{feed_map}"
 [pacing]
 max_lateness_p99_ms = 150
 """
@@ -100,10 +98,10 @@ def test_a_wrong_sse_url_is_a_clear_error(target, tmp_path) -> None:
 
 def test_soak_reads_a_foreign_sse_feed(target, tmp_path) -> None:
     toml = tmp_path / "sse.toml"
-    toml.write_text(SCENARIO.format(feed_map=FEED_MAP))
+    toml.write_text(SCENARIO)  # the mapping from the command line (--feed-map), not the scenario's [feed] map
     out = tmp_path / "sse.json"
     r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
-                        "--transcripts", target["sse"], "--provider-stats", target["stats"]],
+                        "--transcripts", target["sse"], "--feed-map", FEED_MAP, "--provider-stats", target["stats"]],
                        capture_output=True, text=True, timeout=180)
     assert out.exists(), r.stdout + r.stderr
     doc = orjson.loads(out.read_bytes())
@@ -123,3 +121,16 @@ def test_soak_reads_a_foreign_sse_feed(target, tmp_path) -> None:
     # (the target's Deepgram connections are untagged: the provider-side rows are issue 11's watermark's)
     assert {n for n, row in rows.items() if row["passed"] is False} <= {"unattributed_connections", "calls_unreached_rate"}
     assert doc["verdict"] != "pass" and r.returncode != 0
+
+
+def test_smoke_reads_a_foreign_sse_feed_and_says_why_latency_is_unknown(target, tmp_path) -> None:
+    out = tmp_path / "smoke.json"
+    r = subprocess.run([*RTAA, "smoke", "--url", target["target"], "--health", "", "--transcripts", target["sse"],
+                        "--feed-map", FEED_MAP, "--length", "4", "--wait-final", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    doc = orjson.loads(out.read_bytes())
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert rows["transcript_received"]["passed"] is True, (rows, r.stderr[-2000:])
+    assert rows["latency_final_p95_ms"]["passed"] is None
+    assert "finals arrived but carry no audio offsets" in rows["latency_final_p95_ms"]["reason"]
+    assert doc["verdict"] == "invalid" and r.returncode == 2

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         length: Optional[float] = typer.Option(12.0, help="Seconds of the audio to play (0 = all of it)."),
         speed: float = typer.Option(1.0, help="Pacing speed (1 = real time)."),
         wait_final: float = typer.Option(10.0, help="Seconds to wait for the final results after stop."),
+        feed_map: Optional[str] = typer.Option(None, "--feed-map", metavar="FIELD=PATH,...", help="Where a foreign feed schema keeps each field, e.g. 'text=text,is_final=type==final' (docs/transcript-feed.md)."),
         max_latency_ms: float = typer.Option(2000.0, help="Limit for the p95 latency of final results (ms)."),
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per check)."),
@@ -41,11 +42,19 @@ def register(app: typer.Typer) -> None:
         from rtaa_cli.soak.summary import print_summary
         from rtaa_cli.verdict import EXIT_CODES
 
+        from rtaa_cli.feeds.url import check_feed_url, parse_feed_map
+
         if speed < 0 or wait_final < 0:
             raise RtaaError("--speed and --wait-final must be >= 0")
+        try:
+            if transcripts:
+                check_feed_url(transcripts)
+            parse_feed_map(feed_map)
+        except ValueError as exc:
+            raise RtaaError(str(exc)) from None
         opts = SmokeOptions(url=url, health_url=health, transcripts_url=transcripts, provider_stats_url=provider_stats,
                             audio=resolve_audio(audio, None), length_s=(length or None), speed=speed,
-                            wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms)
+                            wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms, feed_map=feed_map)
         check_report_paths(json_path, junit)
         doc = run_smoke(opts)
         write_reports(doc, json_path, junit, None, "smoke")

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         processes: Optional[int] = typer.Option(None, help="Locust processes on this host (master + N workers)."),
         target: Optional[str] = typer.Option(None, help="Ingest URL ws://host/v1/ingest; default: start a local rtaa serve + emulator."),
         transcripts: Optional[str] = typer.Option(None, help="Transcript feed (with --target): ws://host:port or ws://host/v1/transcripts mean the per-call feed /v1/transcripts/CALL_SID; also redis://HOST:PORT/DB?stream=KEY and SSE http(s)://... ({call_sid} for a feed per call); see docs/transcript-feed.md."),
+        feed_map: Optional[str] = typer.Option(None, "--feed-map", metavar="FIELD=PATH,...", help="Where a foreign feed schema keeps each field, e.g. 'text=text,is_final=type==final' (overrides the scenario's [feed] map; docs/transcript-feed.md)."),
         metrics: Optional[str] = typer.Option(None, help="Target's Prometheus /metrics: its resident memory over the run, and provider 1011s (and duplicates, if it counts them) without --provider-stats."),
         provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: duplicates, provider 1011s, audio loss."),
         provider_control: Optional[str] = typer.Option(None, help="Emulator /control/faults URL: apply the scenario's faults."),
@@ -85,6 +86,21 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 raise RtaaError(str(exc)) from None
             overrides[name] = value
+        if feed_map is not None:
+            from rtaa_cli.feeds.url import parse_feed_map
+
+            try:
+                parse_feed_map(feed_map)
+            except ValueError as exc:
+                raise RtaaError(str(exc)) from None
+            sc.feed_map = feed_map
+        if transcripts is not None:
+            from rtaa_cli.feeds.url import check_feed_url
+
+            try:
+                check_feed_url(transcripts)
+            except ValueError as exc:
+                raise RtaaError(str(exc)) from None
         if (transcripts or provider_stats or metrics or provider_control) and not target:
             raise RtaaError("--transcripts/--metrics/--provider-stats/--provider-control need --target")
         from rtaa_cli.soak import runner  # imports Locust (gevent patching): only when a soak runs
