@@ -35,7 +35,7 @@ from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds import redis_feed, sse_feed
 from rtaa_cli.feeds.redis_feed import is_redis
 from rtaa_cli.feeds.sse_feed import is_sse
-from rtaa_cli.feeds.recorder import FeedRecorder, TextMatcher, Transcript
+from rtaa_cli.feeds.recorder import FeedRecorder, Transcript
 from rtaa_cli.feeds.url import feed_url_for, redact_url
 from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
 from rtaa_cli.pacing import PacingStats, Pacer, wait_async
@@ -205,10 +205,10 @@ class CallRecorder:
 
     def __init__(self, script: CallScript, url: str = "", feed_url: str | None = None,
                  on_transcript: Callable[[Transcript], None] | None = None, *,
-                 mapping: FieldMapping | None = None, matcher: TextMatcher | None = None) -> None:
+                 mapping: FieldMapping | None = None) -> None:
         o = script.options
         self.send_log = SendLog()
-        self.feed = FeedRecorder(o.call_sid, self.send_log, mapping=mapping, matcher=matcher,
+        self.feed = FeedRecorder(o.call_sid, self.send_log, mapping=mapping,
                                  on_transcript=on_transcript)
         self.result = CallResult(call_sid=o.call_sid, stream_sid=o.stream_sid, url=redact_url(url),
                                  frames_total=len(script.frames), audio_ms_total=script.audio_ms,
@@ -317,7 +317,6 @@ async def run_call(
     on_progress: Callable[[CallResult, float], None] | None = None,
     on_transcript: Callable[[Transcript], None] | None = None,
     mapping: FieldMapping | None = None,
-    matcher: TextMatcher | None = None,
 ) -> CallResult:
     """Place one call: stream ``script`` to ``url`` paced at ``speed`` (0 = as fast as possible).
 
@@ -327,7 +326,7 @@ async def run_call(
     transcripts as it arrives.
     """
     feed = feed_url_for(transcripts_url, script.options.call_sid) if transcripts_url else None
-    recorder = CallRecorder(script, url, feed, on_transcript, mapping=mapping, matcher=matcher)
+    recorder = CallRecorder(script, url, feed, on_transcript, mapping=mapping)
     result = recorder.result
     started = time.monotonic()
     feed_ws: ClientConnection | None = None

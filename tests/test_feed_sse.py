@@ -36,29 +36,44 @@ max_lateness_p99_ms = 150
 """
 
 
-@pytest.fixture(scope="module")
-def target():
-    emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"],
+def _start(text_mark: bool, procs: list[subprocess.Popen]) -> dict[str, str]:
+    emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live",
+                            "--text-mark" if text_mark else "--no-text-mark"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    proc = None
+    procs.append(emu)
+    line = readline(emu, 30.0)
+    assert line, "emulator did not start"
+    info = orjson.loads(line)
+    proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
+                             "--sse", "--rechunk-ms", "72"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    procs.append(proc)
+    line = readline(proc, 30.0)
+    assert line, "third-party target did not start"
+    urls = orjson.loads(line)
+    return {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published"}
+
+
+@pytest.fixture(scope="module")
+def targets():
+    """The pipeline on an emulator that marks its results' text (the default) and on one that does not."""
+    procs: list[subprocess.Popen] = []
     try:
-        line = readline(emu, 30.0)
-        assert line, "emulator did not start"
-        info = orjson.loads(line)
-        proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
-                                 "--sse", "--rechunk-ms", "72"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        line = readline(proc, 30.0)
-        assert line, "third-party target did not start"
-        urls = orjson.loads(line)
-        yield {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published"}
+        yield {"marked": _start(True, procs), "plain": _start(False, procs)}
     finally:
-        for p in (proc, emu):
-            if p is not None:
-                p.terminate() if p is emu else p.stdin.close()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        for p in procs:
+            if p.stdin is not None:
+                p.stdin.close()
+            else:
+                p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def target(targets):
+    return targets["marked"]
 
 
 def _published(target) -> dict[str, dict[str, int]]:
@@ -96,7 +111,7 @@ def test_a_wrong_sse_url_is_a_clear_error(target, tmp_path) -> None:
         assert why in r.stdout + r.stderr and "Traceback" not in r.stderr, (r.stdout[-1500:], r.stderr[-1500:])
 
 
-def test_soak_reads_a_foreign_sse_feed(target, tmp_path) -> None:
+def _soak(target, tmp_path) -> tuple[subprocess.CompletedProcess, dict, dict[str, dict[str, int]]]:
     toml = tmp_path / "sse.toml"
     toml.write_text(SCENARIO)  # the mapping from the command line (--feed-map), not the scenario's [feed] map
     out = tmp_path / "sse.json"
@@ -111,19 +126,41 @@ def test_soak_reads_a_foreign_sse_feed(target, tmp_path) -> None:
     assert len(mine) == calls["started"]
     assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0, (doc["feed"], mine)
     assert doc["feed"]["unrecognised"] == 0
-    # Its finals carry no audio offsets: delivery and latency are unknown (INVALID, with the fix), never
-    # "delivery 0" (FAIL) nor a pass.
+    return r, doc, mine
+
+
+def test_soak_times_a_foreign_feed_by_the_text_mark(target, tmp_path) -> None:
+    """The feed has no audio offsets, but each result's text carries the emulator's mark: latency and
+    delivery are measured, every final is matched once, and no result is another call's."""
+    _r, doc, mine = _soak(target, tmp_path)
+    assert doc["text_mark"]["marked_results"] == sum(c["events"] for c in mine.values())  # every event matched
+    assert doc["text_mark"]["repeated_finals"] == 0
+    assert doc["delivery_rate"] == 1.0 and doc["finals_without_offsets_calls"] == 0
+    final = doc["latency_ms"]["final"]
+    assert final["count"] == sum(c["finals"] for c in mine.values()) and 0 <= final["p50"] < 1000, final
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert rows["results_repeated"]["value"] == 0 and rows["delivery_rate"]["passed"] is True
+    # untagged connections: whose results these are is unknown until the provider can attribute them
+    assert rows["cross_talk_results"]["passed"] is None and "cannot attribute" in rows["cross_talk_results"]["reason"]
+
+
+def test_soak_without_a_text_mark_says_the_feed_has_no_offsets(targets, tmp_path) -> None:
+    r, doc, _mine = _soak(targets["plain"], tmp_path)
+    calls = doc["calls"]
+    # Its finals carry no audio offsets: delivery and latency are unknown (INVALID, with the reason),
+    # never "delivery 0" (FAIL) nor a pass.
     assert doc["delivery_rate"] is None and doc["finals_without_offsets_calls"] == calls["started"], doc["delivery_rate"]
     rows = {row["name"]: row for row in doc["thresholds"]}
     assert "carry no audio offsets" in rows["delivery_rate"]["reason"]
     assert "carry no audio offsets" in rows["latency_final_p95_ms"]["reason"]
     assert rows["delivery_rate"]["passed"] is None and rows["latency_final_p95_ms"]["passed"] is None
+    assert rows["results_repeated"]["status"] == "off"  # this emulator does not mark: no evidence can exist
     # (the target's Deepgram connections are untagged: the provider-side rows are issue 11's watermark's)
     assert {n for n, row in rows.items() if row["passed"] is False} <= {"unattributed_connections", "calls_unreached_rate"}
     assert doc["verdict"] != "pass" and r.returncode != 0
 
 
-def test_smoke_reads_a_foreign_sse_feed_and_says_why_latency_is_unknown(target, tmp_path) -> None:
+def _smoke(target, tmp_path) -> tuple[subprocess.CompletedProcess, dict, dict]:
     out = tmp_path / "smoke.json"
     r = subprocess.run([*RTAA, "smoke", "--url", target["target"], "--health", "", "--transcripts", target["sse"],
                         "--feed-map", FEED_MAP, "--length", "4", "--wait-final", "2", "--json", str(out)],
@@ -131,6 +168,16 @@ def test_smoke_reads_a_foreign_sse_feed_and_says_why_latency_is_unknown(target, 
     doc = orjson.loads(out.read_bytes())
     rows = {row["name"]: row for row in doc["thresholds"]}
     assert rows["transcript_received"]["passed"] is True, (rows, r.stderr[-2000:])
+    return r, doc, rows
+
+
+def test_smoke_times_a_foreign_feed_by_the_text_mark(target, tmp_path) -> None:
+    _r, doc, rows = _smoke(target, tmp_path)
+    assert rows["latency_final_p95_ms"]["passed"] is True and 0 <= rows["latency_final_p95_ms"]["value"] < 1000
+
+
+def test_smoke_without_a_text_mark_says_why_latency_is_unknown(targets, tmp_path) -> None:
+    r, doc, rows = _smoke(targets["plain"], tmp_path)
     assert rows["latency_final_p95_ms"]["passed"] is None
     assert "finals arrived but carry no audio offsets" in rows["latency_final_p95_ms"]["reason"]
     assert doc["verdict"] == "invalid" and r.returncode == 2

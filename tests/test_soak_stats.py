@@ -163,7 +163,45 @@ def test_unmeasured_default_thresholds_make_the_run_invalid_never_pass() -> None
     full = _stats(_records()[:1], ProviderCounts(connections=1, duplicates=0, audio_bytes=57600, records=True,
                                                  per_call={"rtaaX-1": [1, 57600]}))
     doc = full.summary(default_thresholds(), PacingLimits(25.0))
-    assert doc["verdict"] == "pass" and all(r["status"] == "pass" for r in doc["thresholds"]), doc["thresholds"]
+    marks = {"results_repeated", "cross_talk_results"}  # this provider does not mark its text: no evidence can exist
+    assert doc["verdict"] == "pass" and all(r["status"] == "pass" for r in doc["thresholds"] if r["name"] not in marks)
+    assert {r["name"]: r["status"] for r in doc["thresholds"] if r["name"] in marks} == dict.fromkeys(marks, "off")
+
+
+def test_text_mark_thresholds_judge_repeats_and_cross_talk_from_the_marks() -> None:
+    def rec(call: str, conns: dict[str, int], repeated: int = 0) -> CallRecord:
+        return CallRecord(call, "normal", 0.0, 10.0, closes=[1000], frames_sent=100, audio_bytes_sent=57600,
+                          audio_ms_sent=3600.0, final_audio_end_ms=3600.0, final=[(2.0, 100.0)],
+                          lateness=_lateness([1.0] * 100), marked_results=sum(conns.values()),
+                          repeated_finals=repeated, mark_connections=conns)
+
+    def provider(**kw) -> ProviderCounts:
+        return ProviderCounts(connections=2, duplicates=0, audio_bytes=115200, records=True, text_mark=True,
+                              per_call={"rtaaX-1": [1, 57600], "rtaaX-2": [1, 57600]}, **kw)
+
+    owners = {7: "rtaaX-1", 8: "rtaaX-2"}
+    clean = _stats([rec("rtaaX-1", {"7": 4}), rec("rtaaX-2", {"8": 3})], provider(connection_calls=owners))
+    doc = clean.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert (rows["results_repeated"]["value"], rows["cross_talk_results"]["value"]) == (0, 0)
+    assert doc["verdict"] == "pass" and doc["text_mark"]["marked_results"] == 7
+    # call 2's feed carries 2 results of call 1's connection, and one final of its own twice
+    bad = _stats([rec("rtaaX-1", {"7": 4}), rec("rtaaX-2", {"8": 3, "7": 2}, repeated=1)], provider(connection_calls=owners))
+    doc = bad.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert (rows["results_repeated"]["value"], rows["cross_talk_results"]["value"]) == (1, 2)
+    assert doc["verdict"] == "fail"
+    # marks from connections nobody can attribute (an untagged target): cross-talk is unknown, never 0
+    untagged = _stats([rec("rtaaX-1", {"7": 4})], provider(connection_calls={}))
+    doc = untagged.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert rows["cross_talk_results"]["passed"] is None and "cannot attribute" in rows["cross_talk_results"]["reason"]
+    # the provider marks, but no marked text reached any feed: the target rewrites the text
+    rewritten = _stats([rec("rtaaX-1", {})], provider(connection_calls=owners))
+    doc = rewritten.summary(default_thresholds(), PacingLimits(25.0))
+    rows = {r["name"]: r for r in doc["thresholds"]}
+    assert rows["results_repeated"]["passed"] is None and "no marked text reached" in rows["results_repeated"]["reason"]
+    assert doc["verdict"] == "invalid"
 
 
 def test_zero_completed_calls_fail_and_handshake_failures_stop_early() -> None:

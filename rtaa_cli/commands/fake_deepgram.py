@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         refuse_429_fraction: float = typer.Option(0.0, min=0, max=1, help="Fraction of handshakes refused with 429."),
         seed: Optional[int] = typer.Option(None, help="Seed for jitter, delays and 429 draws (reproducible runs)."),
         max_closed_records: int = typer.Option(10000, min=0, help="Closed connection records kept for /stats."),
+        text_mark: bool = typer.Option(True, help="Segmenter engine: start each result's text with five mark words naming its connection and audio end (rtaa matches text on any feed to the result; docs/emulator.md)."),
         as_json: bool = typer.Option(False, "--json", help="Machine output: a JSON 'listening' line, JSON logs, JSON totals."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-connection log lines."),
         live: bool = typer.Option(True, help="Live totals table (on a terminal)."),
@@ -144,7 +145,7 @@ def register(app: typer.Typer) -> None:
             idle_timeout_s=idle_timeout, engine=engine, handshake_delay_ms=_parse_range(handshake_delay_ms),
             result_latency_ms=result_latency_ms, result_jitter_ms=result_jitter_ms, drop_after_s=drop_after_s,
             close_1011_after_s=close_1011_after_s, refuse_429_fraction=refuse_429_fraction, seed=seed,
-            max_closed_records=max_closed_records,
+            max_closed_records=max_closed_records, text_mark=text_mark,
         )
         if not quiet:
             handler = _StderrHandler()

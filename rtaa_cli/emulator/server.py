@@ -70,6 +70,9 @@ class EmulatorConfig:
     seed: int | None = None
     max_closed_records: int = 10000  # closed connection records kept for /stats (the rest are counted)
     max_interactions: int = 10000  # idle interactions kept for /stats
+    # segmenter engine: each result with text starts with mark words naming its connection and audio end
+    # (rtaa_cli/textmark.py), so rtaa can match text on any feed, in any schema, to the result
+    text_mark: bool = True
 
 
 def validate_faults(changes: dict) -> dict:
@@ -210,6 +213,8 @@ class Emulator:
     def stats(self) -> dict:
         snap = self._synced_accounting().snapshot()
         snap["faults"] = self.faults()
+        # whether results carry the text watermark (rtaa_cli/textmark.py): a soak judges feeds by it
+        snap["text_mark"] = self.config.text_mark and self.config.engine == "segmenter"
         return snap
 
     def reset_stats(self) -> None:
@@ -341,7 +346,7 @@ class Emulator:
         response.headers["access-control-expose-headers"] = EXPOSE
         return None
 
-    def _new_session(self, accepted: _Accepted) -> Session:
+    def _new_session(self, accepted: _Accepted, connection_id: int) -> Session:
         cfg = self.config
         seed = cfg.seed or 0
         params = accepted.params
@@ -351,8 +356,10 @@ class Emulator:
             if params.endpointing_ms is not None and params.endpointing_ms < 300:
                 params = dataclasses.replace(params, endpointing_ms=300)
         else:
+            mark = connection_id if cfg.text_mark else None
+
             def factory(rate: int) -> PlaceholderTranscriber:
-                return PlaceholderTranscriber(rate, seed)
+                return PlaceholderTranscriber(rate, seed, mark=mark)
         # Sphinx: longer forced-final windows, so continuous speech is rarely cut inside a word.
         options = {"max_window_ms": 15000} if cfg.engine == "sphinx" else None
         return Session(params, request_id=accepted.request_id, created=_iso_now(), now=self._loop.time(),
@@ -366,8 +373,8 @@ class Emulator:
             return
         cfg = self.config
         loop = self._loop
-        session = self._new_session(accepted)
         record = self.accounting.open(accepted.request_id, accepted.params.interaction_id, time.time())
+        session = self._new_session(accepted, record.id)
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"sphinx-{record.id}") if cfg.engine == "sphinx" else None
         stream = _Stream(ws, session, record, executor)
         self._streams[record.id] = stream

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from rtaa_cli import textmark
 from rtaa_cli.emulator.segmenter import Window
 
 Word = tuple[str, float, float, float]
@@ -34,15 +35,19 @@ class Transcriber(Protocol):
 class PlaceholderTranscriber:
     """One deterministic word per 300 ms slot of the window's speech span.
 
-    Slots are anchored at the first voiced sample, so an interim's words are a prefix of the final's
-    (only the last word's end moves), and the same audio always yields the same words.
+    Slots are anchored at the first voiced sample, so (unmarked) an interim's words are a prefix of the
+    final's (only the last word's end moves), and the same audio always yields the same words.
+    With ``mark`` (the connection id; the emulator's default), a result's first five words are its text
+    watermark (rtaa_cli/textmark.py: connection, audio end, final or not) and the rest placeholder words;
+    a result with speech then has at least five words, spread over its speech span.
     """
 
     needs_audio = False  # words come from the window alone: the session need not feed samples
 
-    def __init__(self, sample_rate: int, seed: int = 0) -> None:
+    def __init__(self, sample_rate: int, seed: int = 0, mark: int | None = None) -> None:
         self.rate = sample_rate
         self.seed = seed
+        self.mark = mark
 
     def feed(self, samples: np.ndarray) -> None:
         pass
@@ -54,14 +59,19 @@ class PlaceholderTranscriber:
         end = window.voiced_end / self.rate
         count = max(1, int(-(-(end - start) // WORD_SECONDS)))
         first = window.voiced_start // max(1, self.rate // 100) * 7 + self.seed
+        texts = [PLACEHOLDER_WORDS[(first + k) % len(PLACEHOLDER_WORDS)] for k in range(count)]
+        slot = WORD_SECONDS
+        if self.mark is not None:
+            code = textmark.encode(self.mark, window.end * 1000.0 / self.rate, final)
+            texts = code + texts[len(code):]
+            slot = min(WORD_SECONDS, (end - start) / len(texts))
         out: list[Word] = []
-        for k in range(count):
-            w_start = start + k * WORD_SECONDS
-            w_end = min(end, w_start + WORD_SECONDS)
-            if w_end - w_start < 0.01:
+        for k, word in enumerate(texts):
+            w_start = start + k * slot
+            w_end = min(end, w_start + slot)
+            if self.mark is None and w_end - w_start < 0.01:
                 break
-            word = PLACEHOLDER_WORDS[(first + k) % len(PLACEHOLDER_WORDS)]
-            out.append((word, round(w_start, 3), round(w_end, 3), 0.99 if final else 0.9))
+            out.append((word, round(w_start, 3), round(max(w_end, w_start), 3), 0.99 if final else 0.9))
         return out
 
     def close(self) -> None:

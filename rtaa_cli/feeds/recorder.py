@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
+from rtaa_cli import textmark
 from rtaa_cli.feeds.parse import FeedError, FeedEvent, FieldMapping, parse_message
 from rtaa_cli.latency import LatencySamples, SendLog
 
@@ -33,23 +34,14 @@ class Transcript:
     provider_connection: int | None = None
 
 
-class TextMatcher(Protocol):
-    """Finds a result's audio offsets from its text (e.g. the emulator's text watermark), for feeds
-    that carry none: ``(audio_start_ms, audio_end_ms)`` or None when the text is not recognised."""
-
-    def match(self, call_id: str, text: str, is_final: bool) -> tuple[float | None, float] | None: ...
-
-
 class FeedRecorder:
     """One call's feed: counts every message, keeps this call's transcripts, samples latency."""
 
     def __init__(self, call_id: str, send_log: SendLog, *, mapping: FieldMapping | None = None,
-                 matcher: TextMatcher | None = None, keep_transcripts: bool = True,
-                 on_transcript: Callable[[Transcript], None] | None = None) -> None:
+                 keep_transcripts: bool = True, on_transcript: Callable[[Transcript], None] | None = None) -> None:
         self.call_id = call_id
         self.send_log = send_log
         self.mapping = mapping
-        self.matcher = matcher
         self.keep_transcripts = keep_transcripts
         self.on_transcript = on_transcript
         self.samples = LatencySamples()
@@ -62,6 +54,11 @@ class FeedRecorder:
         self.call_started = False
         self.call_ended: Mapping[str, Any] | None = None
         self.errors: list[str] = []
+        # the emulator's text watermark (rtaa_cli/textmark.py) in this call's results
+        self.marked_results = 0  # results whose text carried a mark
+        self.marked_finals: set[tuple[int, int]] = set()  # (connection, audio end) of marked finals seen
+        self.repeated_finals = 0  # a marked final that arrived again (published more than once)
+        self.mark_connections: Counter[int] = Counter()  # emulator connection -> marked results from it
 
     @property
     def ended(self) -> bool:
@@ -98,10 +95,11 @@ class FeedRecorder:
         if event.kind != "transcript":
             return None
         start, end = event.audio_start_ms, event.audio_end_ms
-        if end is None and self.matcher is not None and event.text.strip():
-            found = self.matcher.match(self.call_id, event.text, event.is_final)
-            if found is not None:
-                start, end = found
+        marks = textmark.decode(event.text) if event.text else []
+        if marks:
+            self._count_marks(marks)
+            if end is None:  # a feed without offsets: the mark says where the result ends
+                end = float(max(m.audio_end_ms for m in marks))
         latency = None if end is None else self.send_log.latency_ms(end, wall)
         if end is not None and latency is None and event.text.strip():
             self.error(f"result covers audio not sent yet (audio_end_ms={end:g})")
@@ -117,6 +115,17 @@ class FeedRecorder:
             self.on_transcript(t)
         return t
 
+    def _count_marks(self, marks: list[textmark.Mark]) -> None:
+        self.marked_results += 1
+        for m in marks:
+            self.mark_connections[m.connection] += 1
+            if m.is_final:
+                key = (m.connection, m.audio_end_ms)
+                if key in self.marked_finals:
+                    self.repeated_finals += 1
+                else:
+                    self.marked_finals.add(key)
+
     def problems(self) -> list[str]:
         """Lines for the report: messages that arrived but did not count, and why."""
         out = list(self.errors)
@@ -128,5 +137,5 @@ class FeedRecorder:
             out.append(f"transcript feed: {head} ({n}x: {reason})")
         if self.samples.unmeasured:
             out.append(f"transcript feed: latency not measured for {self.samples.unmeasured} results "
-                       "(no audio offsets in the feed; give --feed-map audio_end_ms=PATH)")
+                       "(no audio offsets in the feed and no text mark: give --feed-map audio_end_ms=PATH)")
         return out

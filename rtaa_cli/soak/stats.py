@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
-from rtaa_cli import verdict
+from rtaa_cli import textmark, verdict
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory
 
@@ -178,6 +178,10 @@ class CallRecord:
     # wall-time spans in which the caller sent no media on purpose (holds, reconnect pauses): the
     # audio it sent during a provider connection's life is the connection's span minus these
     media_gaps: list[tuple[float, float]] = field(default_factory=list)
+    # the emulator's text watermark on the call's feed (rtaa_cli/textmark.py)
+    marked_results: int = 0
+    repeated_finals: int = 0  # marked finals that arrived again
+    mark_connections: dict[str, int] = field(default_factory=dict)  # emulator connection id -> marked results
 
     @property
     def is_bad_input(self) -> bool:
@@ -238,6 +242,10 @@ METRICS: dict[str, tuple[str, float | None, str]] = {
     "provider_open_at_end": ("max", 0, "provider streams still open after the post-run watch window (leaked)"),
     "provider_opened_after_end": ("max", 0, "provider connections opened after the last call ended (reconnect loops)"),
     "bad_input_unexpected": ("max", 0, "bad-input calls that did not get their expected close code"),
+    "results_repeated": ("max", 0, "final results that arrived on a call's feed more than once (by the emulator's "
+                         "text mark; judged when the provider marks its results)"),
+    "cross_talk_results": ("max", 0, "results on a call's feed that the provider produced for another call's "
+                           "connection (by the text mark; judged when the provider marks its results)"),
     "memory_growth_mb_per_h": ("max", None, "growth of the target's resident memory over the steady part of the "
                                "run, MB/hour (its /metrics process_resident_memory_bytes; needs >= 60 s of it)"),
 }
@@ -304,6 +312,8 @@ class ProviderCounts:
     rejected_429: int | None = None  # handshakes refused 429 during the run (totals delta)
     # wall times of provider events during the run, for the report's plot over time
     event_times: dict[str, list[float]] = field(default_factory=dict)  # "reconnect", "429", "1011"
+    text_mark: bool = False  # the provider marks its results' text (rtaa fake-deepgram, segmenter engine)
+    connection_calls: dict[int, str] = field(default_factory=dict)  # connection id (mod 2^20) -> this run's call
 
     @property
     def reconnects(self) -> int:
@@ -375,6 +385,8 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
         else:
             out.connections += 1
             opened_by_call.setdefault(iid, []).append(opened)
+            if conn.get("id") is not None:
+                out.connection_calls[int(conn["id"]) % (1 << textmark.CONN_BITS)] = iid
             b = conn.get("audio_bytes", conn.get("bytes_received"))
             if b is not None:
                 have_bytes = True
@@ -402,6 +414,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
     events["429"] = [float(r["at"]) for r in stats.get("rejections") or []
                      if r.get("status") == 429 and (since is None or float(r["at"]) >= since)]
     out.event_times = events
+    out.text_mark = bool(stats.get("text_mark"))
     return out
 
 
@@ -539,6 +552,9 @@ class SoakStats:
         self.delivered = 0
         self.delivery_eligible = 0
         self.finals_without_offsets_calls = 0  # finals arrived, but without audio offsets: delivery unknown
+        self.marked_results = 0  # results whose text carried the emulator's mark
+        self.repeated_finals = 0
+        self.mark_connections_by_call: dict[str, dict[int, int]] = {}
         self.feed_messages = 0
         self.feed_unrecognised = 0
         self.feed_not_understood_calls = 0  # calls whose feed carried messages, none understood
@@ -602,6 +618,10 @@ class SoakStats:
                                                              tuple(tuple(g) for g in rec.media_gaps))
             self.feed_messages += rec.feed_messages
             self.feed_unrecognised += rec.feed_unrecognised
+            self.marked_results += rec.marked_results
+            self.repeated_finals += rec.repeated_finals
+            if rec.mark_connections:
+                self.mark_connections_by_call[rec.call_sid] = {int(k): v for k, v in rec.mark_connections.items()}
             understood = not (rec.feed_messages > 0 and rec.feed_unrecognised >= rec.feed_messages)
             if not understood:
                 self.feed_not_understood_calls += 1
@@ -695,6 +715,29 @@ class SoakStats:
             out["loss"] = lost / sent_measured
         return out
 
+    def cross_talk(self) -> dict[str, int | None]:
+        """Marked results on a call's feed that came from another call's provider connection.
+        ``results`` is None when nothing could be judged (no marks, or no marked connection attributable)."""
+        p = self.provider
+        if not self.marked_results or p is None or not p.records:
+            return {"results": None, "judged": 0, "unattributed": 0}
+        wrong = judged = unknown = 0
+        for call, conns in self.mark_connections_by_call.items():
+            for conn, n in conns.items():
+                owner = p.connection_calls.get(conn)
+                if owner is None:
+                    unknown += n
+                    continue
+                judged += n
+                if owner != call:
+                    wrong += n
+        return {"results": wrong if judged else None, "judged": judged, "unattributed": unknown}
+
+    def textmark_off(self) -> list[str]:
+        """The text-mark thresholds no evidence can exist for: the provider does not mark its results."""
+        p = self.provider
+        return [] if (p is not None and p.text_mark) else ["results_repeated", "cross_talk_results"]
+
     def metrics(self) -> dict[str, float | None]:
         started = max(self.calls_started, self.records)
         p = self.provider
@@ -726,6 +769,8 @@ class SoakStats:
             "provider_open_at_end": p.open_now if rec else None,
             "provider_opened_after_end": p.opened_after if rec else None,
             "bad_input_unexpected": self.bad_input_unexpected,
+            "results_repeated": self.repeated_finals if self.marked_results else None,
+            "cross_talk_results": self.cross_talk()["results"],
             "memory_growth_mb_per_h": None if self.memory is None else self.memory.growth_mb_per_h(*self.memory_window_s),
         }
 
@@ -782,6 +827,15 @@ class SoakStats:
             if self.feed_unread_calls:
                 return f"no transcript feed was read ({self.feed_unread_calls} calls): pass --transcripts URL {off}"
             return f"no call both connected and sent audio {off}"
+        if name == "results_repeated":
+            return ("the provider marks every result's text, but no marked text reached any call's feed: the "
+                    f"target rewrites or drops the text, or --transcripts is not its feed {off}")
+        if name == "cross_talk_results":
+            if not self.marked_results:
+                return self.unmeasured_reason("results_repeated")
+            ct = self.cross_talk()
+            return (f"{ct['unattributed']} marked results came from provider connections this run cannot attribute "
+                    f"to its calls: make the target tag its connections {off}")
         if name == "memory_growth_mb_per_h":
             if self.memory is None:
                 return f"the target's memory was not sampled: pass --metrics URL (its Prometheus /metrics) {off}"
@@ -796,6 +850,9 @@ class SoakStats:
     def evaluate(self, thresholds: dict[str, Threshold], pacing: PacingLimits,
                  off: Iterable[str] = ()) -> tuple[str, list[dict[str, Any]]]:
         values = self.metrics()
+        auto_off = self.textmark_off()
+        thresholds = {k: v for k, v in thresholds.items() if k not in auto_off}
+        off = [*off, *(n for n in auto_off if n not in off)]
         rows = []
         for name, th in thresholds.items():
             value = values.get(name)
@@ -850,6 +907,8 @@ class SoakStats:
             "caller_closes": dict(sorted(self.closes.items())),
             "latency_ms": {"first_partial": self.first_partial.summary(), "final": self.final.summary()},
             "delivery_rate": m["delivery_rate"],
+            "text_mark": {"marked_results": self.marked_results, "repeated_finals": self.repeated_finals,
+                          **{f"cross_talk_{k}": v for k, v in self.cross_talk().items()}},
             "delivered": self.delivered, "delivery_eligible": self.delivery_eligible,
             "finals_without_offsets_calls": self.finals_without_offsets_calls,
             "feed": {"messages": self.feed_messages, "unrecognised": self.feed_unrecognised,

@@ -267,6 +267,8 @@ def record_feed(rec: CallRecord, recorder: FeedRecorder) -> None:
     rec.first_partial, rec.final = samples.first_partial, samples.final
     rec.final_audio_end_ms, rec.results, rec.finals = samples.final_audio_end_ms, samples.results, samples.finals
     rec.feed_messages, rec.feed_unrecognised = recorder.feed_messages, recorder.feed_unrecognised
+    rec.marked_results, rec.repeated_finals = recorder.marked_results, recorder.repeated_finals
+    rec.mark_connections = {str(k): v for k, v in recorder.mark_connections.items()}
     rec.errors.extend(recorder.problems())
 
 
