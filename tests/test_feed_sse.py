@@ -36,7 +36,7 @@ max_lateness_p99_ms = 150
 """
 
 
-def _start(text_mark: bool, procs: list[subprocess.Popen]) -> dict[str, str]:
+def _start(text_mark: bool, procs: list[subprocess.Popen], *variant: str) -> dict[str, str]:
     emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live",
                             "--text-mark" if text_mark else "--no-text-mark"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -45,7 +45,7 @@ def _start(text_mark: bool, procs: list[subprocess.Popen]) -> dict[str, str]:
     assert line, "emulator did not start"
     info = orjson.loads(line)
     proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
-                             "--sse", "--rechunk-ms", "72"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                             "--sse", "--rechunk-ms", "72", *variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     procs.append(proc)
     line = readline(proc, 30.0)
     assert line, "third-party target did not start"
@@ -55,10 +55,13 @@ def _start(text_mark: bool, procs: list[subprocess.Popen]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def targets():
-    """The pipeline on an emulator that marks its results' text (the default) and on one that does not."""
+    """The pipeline on an emulator that marks its results' text (the default), on one that does not, and
+    two broken variants: every result published twice; results published on another call's stream."""
     procs: list[subprocess.Popen] = []
     try:
-        yield {"marked": _start(True, procs), "plain": _start(False, procs)}
+        yield {"marked": _start(True, procs), "plain": _start(False, procs),
+               "dup": _start(True, procs, "--publish-times", "2"),
+               "crosstalk": _start(True, procs, "--cross-talk", "--tag")}
     finally:
         for p in procs:
             if p.stdin is not None:
@@ -158,6 +161,24 @@ def test_soak_without_a_text_mark_says_the_feed_has_no_offsets(targets, tmp_path
     # (the target's Deepgram connections are untagged: the provider-side rows are issue 11's watermark's)
     assert {n for n, row in rows.items() if row["passed"] is False} <= {"unattributed_connections", "calls_unreached_rate"}
     assert doc["verdict"] != "pass" and r.returncode != 0
+
+
+def test_soak_counts_results_published_twice(targets, tmp_path) -> None:
+    _r, doc, mine = _soak(targets["dup"], tmp_path)
+    published_finals = sum(c["finals"] for c in mine.values())
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    # every final arrived twice: one of each pair is a repeat (exactly the target's ground truth)
+    assert rows["results_repeated"]["value"] == published_finals // 2 > 0 and rows["results_repeated"]["passed"] is False
+    assert doc["verdict"] == "fail"
+
+
+def test_soak_catches_results_on_another_calls_feed(targets, tmp_path) -> None:
+    _r, doc, mine = _soak(targets["crosstalk"], tmp_path)
+    foreign = sum(c["foreign"] for c in mine.values())
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert foreign > 0, mine  # the calls overlapped, so the target did misroute results
+    assert rows["cross_talk_results"]["value"] == foreign and rows["cross_talk_results"]["passed"] is False, rows
+    assert doc["verdict"] == "fail"
 
 
 def _smoke(target, tmp_path) -> tuple[subprocess.CompletedProcess, dict, dict]:

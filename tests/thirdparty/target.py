@@ -11,7 +11,12 @@ Results with text to the Redis stream ``PREFIX<call_sid>`` in its own schema
 With ``--sse``, transcripts go instead to a server-sent-event stream per call,
 ``GET http://127.0.0.1:SSEPORT/events/<call_sid>``: ``event: partial|final`` and ``data: {seq, text,
 confidence, timestamp_ms}`` (the type only in the event name), backlog first, then live;
-``GET /published`` is the ground truth: ``{call_sid: {events, finals}}`` published so far.
+``GET /published`` is the ground truth: ``{call_sid: {events, finals, foreign}}`` published so far
+(``foreign``: events of another call's results on this call's stream).
+
+Broken variants (the ground truth stays exact): ``--publish-times N`` publishes every result N times;
+``--cross-talk`` publishes each call's results on another open call's stream when there is one
+(``--tag`` makes its Deepgram connections attributable, so rtaa can tell whose results they are).
 
 Prints one JSON line ``{"target": "ws://127.0.0.1:PORT/exotel"[, "sse": "http://..."]}`` once it listens; runs until stdin closes
 (or forever with --forever).
@@ -33,16 +38,22 @@ from websockets.exceptions import ConnectionClosed
 LISTEN = "model=nova-3&encoding=linear16&sample_rate=8000&channels=1&interim_results=true&endpointing=300"
 
 
+OPEN_CALLS: list[str] = []  # call SIDs in the order they started (--cross-talk picks another one)
+
+
 class SseHub:
     """Each call's published events (kept, so a subscriber gets the backlog) and its live subscribers."""
 
     def __init__(self) -> None:
         self.events: dict[str, list[bytes]] = {}
+        self.foreign: dict[str, int] = {}
         self.subscribers: dict[str, list[asyncio.Queue]] = {}
 
-    def publish(self, call_sid: str, kind: str, data: dict) -> None:
+    def publish(self, call_sid: str, kind: str, data: dict, source: str | None = None) -> None:
         event = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
         self.events.setdefault(call_sid, []).append(event)
+        if source is not None and source != call_sid:
+            self.foreign[call_sid] = self.foreign.get(call_sid, 0) + 1
         for q in self.subscribers.get(call_sid, []):
             q.put_nowait(event)
 
@@ -52,8 +63,8 @@ class SseHub:
             while (await reader.readline()).strip():
                 pass  # headers: not needed
             if len(request) >= 2 and request[1] == "/published":  # ground truth for tests: events per call
-                counts = {sid: {"events": len(evs), "finals": sum(e.startswith(b"event: final") for e in evs)}
-                          for sid, evs in self.events.items()}
+                counts = {sid: {"events": len(evs), "finals": sum(e.startswith(b"event: final") for e in evs),
+                                "foreign": self.foreign.get(sid, 0)} for sid, evs in self.events.items()}
                 body = json.dumps(counts).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
@@ -86,7 +97,9 @@ class Call:
         self.chunk = args.rechunk_ms * 16  # bytes of 8 kHz s16le per chunk (0: forward frames as they come)
 
     async def open(self) -> None:
-        self.dg = await connect(f"{self.args.deepgram}/v1/listen?{LISTEN}",
+        OPEN_CALLS.append(self.call_sid)
+        tag = f"&tag={self.call_sid}" if self.args.tag else ""
+        self.dg = await connect(f"{self.args.deepgram}/v1/listen?{LISTEN}{tag}",
                                 additional_headers={"Authorization": "Token thirdparty"}, proxy=None)
         self.reader = asyncio.ensure_future(self.read())
 
@@ -122,12 +135,19 @@ class Call:
                 kind = "final" if msg.get("is_final") else "partial"
                 fields = {"seq": self.seq, "text": alt["transcript"], "confidence": alt.get("confidence", 0.0),
                           "timestamp_ms": int(time.time() * 1000)}
-                if isinstance(self.pub, SseHub):
-                    self.pub.publish(self.call_sid, kind, fields)
-                else:
-                    await self.pub.xadd(self.key, {"type": kind, **fields})
+                feed = self.call_sid
+                if self.args.cross_talk:  # BROKEN: another open call's stream gets this call's results
+                    feed = next((c for c in reversed(OPEN_CALLS) if c != self.call_sid), self.call_sid)
+                for _ in range(self.args.publish_times):  # BROKEN when > 1: each result published N times
+                    if isinstance(self.pub, SseHub):
+                        self.pub.publish(feed, kind, fields, source=self.call_sid)
+                    else:
+                        await self.pub.xadd(f"{self.args.prefix}{feed}", {"type": kind, **fields})
         except ConnectionClosed:
             pass
+        finally:
+            if self.call_sid in OPEN_CALLS:
+                OPEN_CALLS.remove(self.call_sid)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -180,5 +200,8 @@ if __name__ == "__main__":
     p.add_argument("--rechunk-ms", type=int, default=0, help="Re-chunk audio to this many ms (e.g. 72)")
     p.add_argument("--sse", action="store_true", help="Publish transcripts as SSE per call instead of Redis")
     p.add_argument("--sse-port", type=int, default=0)
+    p.add_argument("--publish-times", type=int, default=1, help="Publish every result N times (broken variant)")
+    p.add_argument("--cross-talk", action="store_true", help="Publish results on another open call's stream")
+    p.add_argument("--tag", action="store_true", help="Tag the Deepgram connections with the call SID")
     p.add_argument("--forever", action="store_true", help="Run until killed (default: until stdin closes)")
     asyncio.run(main(p.parse_args()))
