@@ -174,6 +174,8 @@ class CallResult:
     feed_url: str | None = None
     feed_messages: int = 0  # messages that arrived on the call's transcript feed
     feed_unrecognised: int = 0  # of those, not understood
+    marked_results: int = 0  # results whose text carried the emulator's text mark (rtaa_cli/textmark.py)
+    repeated_finals: int = 0  # marked finals that arrived more than once
     latency: LatencySamples = field(default_factory=LatencySamples)  # rtaa_cli.latency rules
     call_ended: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
@@ -269,6 +271,7 @@ class CallRecorder:
         t = self.feed.message(data, wall, call_id)
         r, f = self.result, self.feed
         r.feed_messages, r.feed_unrecognised, r.transcripts_dropped = f.feed_messages, f.feed_unrecognised, f.transcripts_dropped
+        r.marked_results, r.repeated_finals = f.marked_results, f.repeated_finals
         r.call_ended = dict(f.call_ended) if f.call_ended is not None else None
         return t
 

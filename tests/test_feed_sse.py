@@ -104,6 +104,9 @@ def test_replay_reads_a_foreign_sse_feed(target, tmp_path) -> None:
     assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
     finals = [t for t in doc["transcripts"] if t["is_final"]]
     assert len(finals) == truth["finals"], (len(finals), truth)
+    # the emulator's text mark in every event: each final timed although the feed carries no offsets
+    assert doc["marked_results"] == truth["events"] and doc["repeated_finals"] == 0
+    assert all(t["audio_end_ms"] is not None and t["latency_ms"] is not None for t in finals), finals[:3]
 
 
 def test_a_wrong_sse_url_is_a_clear_error(target, tmp_path) -> None:

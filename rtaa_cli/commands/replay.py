@@ -360,6 +360,8 @@ def transcripts_line(result: CallResult) -> str:
         line += ", final latency not measured (the feed carries no audio offsets)"
     if result.feed_unrecognised:
         line += f"; {result.feed_unrecognised} of {result.feed_messages} feed messages not understood"
+    if result.repeated_finals:
+        line += f"; {result.repeated_finals} finals arrived more than once"
     return line
 
 
