@@ -15,25 +15,13 @@ import pytest
 
 from rtaa_cli.feeds.sse_feed import event_message
 from test_soak_support import readline
+from test_thirdparty_soak import SCENARIO as THIRDPARTY_SCENARIO
 
 HERE = Path(__file__).parent
 RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
 FEED_MAP = "text=text,is_final=event==final,seq=seq"
 CALL = HERE.parent / "fixtures" / "audio" / "call.wav"
-SCENARIO = """
-name = "sse"
-[load]
-users = 2
-spawn_rate = 2
-duration = "3s"
-[call]
-audio = "synthetic"
-length = "4s"
-pause = "0.2s"
-wait_final = "2s"
-[pacing]
-max_lateness_p99_ms = 150
-"""
+SCENARIO = THIRDPARTY_SCENARIO.format(feed="")  # the mapping comes from --feed-map
 
 
 def _start(text_mark: bool, procs: list[subprocess.Popen], *variant: str) -> dict[str, str]:
