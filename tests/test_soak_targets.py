@@ -12,6 +12,7 @@ The soaks run concurrently (each is a few light callers) to keep the suite short
 """
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -172,7 +173,7 @@ def soaks(tmp_path_factory) -> dict[str, dict]:
                                         mix="normal = 1\ndisconnect = 1\nsecond_stream = 1\nbad_input = 1"))
         paths = {k: tmp / f"pipeline.{k}" for k in ("json", "xml", "html")}
         cmd = [*RTAA, "soak", str(toml), "--quiet", "--processes", "2", "--json", str(paths["json"]),
-               "--junit", str(paths["xml"]), "--html", str(paths["html"])]
+               "--junit", str(paths["xml"]), "--html", str(paths["html"]), "--csv", str(tmp / "pipeline")]
         started = [("pipeline", paths["json"], subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))]
         collect()
     finally:
@@ -306,6 +307,16 @@ def test_local_pipeline_soak_passes_with_locust_workers_and_writes_reports(soaks
     assert doc["calls"]["bad_input_unexpected"] == 0
     suite = ET.parse(r["dir"] / "pipeline.xml").getroot().find("testsuite")
     assert suite.get("failures") == "0" and len(suite.findall("testcase")) == len(doc["thresholds"]) + 1
+    # --csv: one row per finished call (as it finished), one per timeline bucket
+    with open(r["dir"] / "pipeline_calls.csv", newline="") as f:
+        calls_csv = list(csv.DictReader(f))
+    assert len(calls_csv) == doc["calls"]["finished"] == len({c["call_sid"] for c in calls_csv})
+    assert sum(c["completed"] == "True" for c in calls_csv) == doc["calls"]["completed"]
+    assert all(c["call_sid"].startswith(doc["run"]["call_prefix"]) for c in calls_csv)
+    with open(r["dir"] / "pipeline_timeline.csv", newline="") as f:
+        timeline = list(csv.DictReader(f))
+    assert [float(row["t_s"]) for row in timeline] == doc["timeline"]["t"]
+    assert sum(int(row["started"]) for row in timeline) == doc["calls"]["finished"]
     page = (r["dir"] / "pipeline.html").read_text()
     assert "PASS" in page and "<svg" in page and "<script" not in page
     # The target's RSS was sampled from its /metrics during the run and plotted (the growth slope needs

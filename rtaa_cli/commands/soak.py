@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per threshold)."),
         html: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML report with plots."),
+        csv_prefix: Optional[str] = typer.Option(None, "--csv", metavar="PREFIX", help="Write PREFIX_calls.csv (one row per call, as calls finish) and PREFIX_timeline.csv (one row per interval), like Locust's --csv."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table or progress lines; just the summary."),
         watch_after: str = typer.Option("3s", help="With provider stats: watch the provider this long after the last call (leaked streams, reconnect loops)."),
         master: bool = typer.Option(False, "--master", help="Distributed: be the master and wait for --expect-workers."),
@@ -113,6 +114,7 @@ def register(app: typer.Typer) -> None:
                                 exclusive_provider=provider_control is not None, description="--target")
         opts = runner.SoakOptions(
             scenario=sc, target=tgt, thresholds=overrides, json_path=json_path, junit_path=junit, html_path=html,
+            csv_prefix=csv_prefix,
             live=not quiet, quiet=quiet, headers=_headers(header),
             expect_workers=(expect_workers if master else (sc.processes if sc.processes > 1 else 0)),
             spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",

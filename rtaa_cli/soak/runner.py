@@ -38,6 +38,7 @@ from rtaa_cli.errors import RtaaError
 from rtaa_cli.verdict import EXIT_CODES
 from rtaa_cli.soak import locustfile
 from rtaa_cli.soak.audioset import call_frames
+from rtaa_cli.soak.csvexport import CallCsv, csv_paths, write_timeline_csv
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.report import check_report_paths, histogram_bins, write_reports
 from rtaa_cli.soak.scenario import Scenario
@@ -72,6 +73,7 @@ class SoakOptions:
     json_path: str | None = None
     junit_path: str | None = None
     html_path: str | None = None
+    csv_prefix: str | None = None  # PREFIX_calls.csv (as calls finish) and PREFIX_timeline.csv (at the end)
     live: bool = True
     quiet: bool = False
     headers: dict[str, str] = field(default_factory=dict)
@@ -311,7 +313,8 @@ def run_soak(opts: SoakOptions, console: Console | None = None) -> tuple[int, di
     sc = opts.scenario
     console = console or Console(stderr=True)
     thresholds = apply_overrides(apply_overrides(default_thresholds(), sc.thresholds), opts.thresholds)
-    check_report_paths(opts.json_path, opts.junit_path, opts.html_path)
+    check_report_paths(opts.json_path, opts.junit_path, opts.html_path,
+                       *(csv_paths(opts.csv_prefix) if opts.csv_prefix else ()))
     for audio in sc.audio:  # fail fast (exit 2) on missing audio, before any process starts
         call_frames(audio, sc.sample_rate, sc.frame_ms, sc.call_length_s)
     if opts.target is None:
@@ -357,6 +360,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     # Ctrl-C / SIGTERM end the run early but still produce the report (verdict: invalid)
     interrupted = gevent.event.Event()
     handlers = [gevent.signal_handler(sig, interrupted.set) for sig in (signal.SIGINT, signal.SIGTERM)]
+    calls_csv: CallCsv | None = None
     try:
         if distributed:  # the clock starts once every worker is there (a slow start must not eat the run)
             if opts.spawn_local_workers:
@@ -382,7 +386,16 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         if not target.provider_stats_url:
             stats.provider_hint = ("pass --provider-stats URL: the /stats of the rtaa fake-deepgram the target's "
                                    "Deepgram client points at (docs/soak.md)")
-        runner.register_message(locustfile.MSG_CALL, lambda environment, msg, **kw: stats.add(CallRecord.from_dict(msg.data)))
+        if opts.csv_prefix:
+            calls_csv = CallCsv(csv_paths(opts.csv_prefix)[0])
+
+        def on_call(environment: Any, msg: Any, **kw: Any) -> None:
+            rec = CallRecord.from_dict(msg.data)
+            stats.add(rec)
+            if calls_csv is not None:
+                calls_csv.add(rec)
+
+        runner.register_message(locustfile.MSG_CALL, on_call)
         runner.register_message(locustfile.MSG_STARTED, lambda environment, msg, **kw: stats.call_started())
         drained: dict[str, dict[str, int]] = {}  # worker id -> its counts at its last drain answer
         runner.register_message(locustfile.MSG_DRAINED,
@@ -471,6 +484,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     finally:
         for h in handlers:
             h.cancel()
+        if calls_csv is not None:
+            calls_csv.close()
         for w in workers:
             if w.poll() is None:
                 w.terminate()
@@ -491,6 +506,11 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                   "watch_after_s": opts.watch_after_s if target.provider_stats_url else None}
     doc["latency_histograms"] = {"final": histogram_bins(stats.final), "first_partial": histogram_bins(stats.first_partial)}
     write_reports(doc, opts.json_path, opts.junit_path, opts.html_path, "soak")
+    if opts.csv_prefix:
+        try:
+            write_timeline_csv(csv_paths(opts.csv_prefix)[1], doc["timeline"])
+        except OSError as exc:
+            doc.setdefault("report_errors", []).append(f"could not write {csv_paths(opts.csv_prefix)[1]}: {exc.strerror or exc}")
     return EXIT[doc["verdict"]], doc
 
 
