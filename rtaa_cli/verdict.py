@@ -25,7 +25,7 @@ def row(name: str, value: Any, limit: Any, kind: str, passed: bool | None, *, re
     status = OFF if off else (NOT_MEASURED if passed is None else (PASS if passed else FAIL))
     out = {"name": name, "limit": limit, "kind": kind, "value": value, "passed": None if off else passed,
            "status": status}
-    if reason and status == NOT_MEASURED:
+    if reason and status in (NOT_MEASURED, OFF):
         out["reason"] = reason
     if detail:
         out["detail"] = detail

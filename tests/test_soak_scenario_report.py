@@ -100,6 +100,7 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
 def _doc(verdict="fail", invalid=()) -> dict:
     return {
         "verdict": verdict, "invalid_reasons": list(invalid), "scenario": {"name": "steady"},
+        "run": {"elapsed_s": 12.5, "started": "2026-12-07T06:00:00+00:00"},
         "calls": {"started": 3, "completed": 2, "failed": 1}, "duplicates": 1,
         "closes_1011": {"provider": 0, "caller": 1, "rate": 1 / 3}, "delivery_rate": 1.0,
         "latency_ms": {"final": {"p50": 100, "p95": 200, "p99": 210, "max": 215.5, "count": 9}},
@@ -126,11 +127,22 @@ def test_junit_one_testcase_per_threshold_plus_validity() -> None:
     assert cases["audio_loss"].find("skipped") is None and cases["audio_loss"].find("error") is not None
     assert cases["run validity"].find("error") is None
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == ("4", "1", "0", "1")
+    # named after the scenario, timed, and every case (passing ones too) carries its value and limit
+    assert suite.get("name") == "rtaa soak steady" and suite.get("time") == "12.5"
+    assert suite.get("timestamp") == "2026-12-07T06:00:00+00:00"
+    props = {n: {p.get("name"): p.get("value") for p in c.find("properties")} for n, c in cases.items() if n != "run validity"}
+    assert props["delivery_rate"] == {"value": "1.0", "limit": "0.8"} and props["audio_loss"] == {"value": "", "limit": "0.01"}
+    assert cases["delivery_rate"].find("system-out").text == "delivery_rate = 1 (limit >= 0.8): pass"
+    assert all(c.get("time") == "0" for c in cases.values())
     doc = _doc()
     doc["thresholds"].append({"name": "failed_rate", "limit": None, "kind": "max", "value": 0.3, "passed": None,
                               "status": "off"})
+    doc["thresholds"].append({"name": "results_repeated", "limit": None, "kind": "max", "value": None, "passed": None,
+                              "status": "off", "reason": "the provider does not mark its results' text"})
     off = ET.fromstring(junit_xml(doc, "soak")).find("testsuite").find("testcase[@name='failed_rate']")
     assert off.find("skipped") is not None and "off" in off.find("skipped").get("message")
+    auto = ET.fromstring(junit_xml(doc, "soak")).find("testsuite").find("testcase[@name='results_repeated']")
+    assert "does not mark" in auto.find("skipped").get("message")  # why it is off, not "turned off by the user"
     invalid = ET.fromstring(junit_xml(_doc("invalid", ["load generator lateness p99 40.0 ms > 25 ms"]), "soak"))
     err = invalid.find("testsuite").find("testcase[@name='run validity']/error")
     assert err is not None and "lateness" in err.get("message")

@@ -54,9 +54,14 @@ def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
     cases = []
     failures = errors = skipped = 0
     for row in rows:
-        case = ET.Element("testcase", classname=f"rtaa.{suite_name}", name=row["name"])
+        case = ET.Element("testcase", classname=f"rtaa.{suite_name}", name=row["name"], time="0")
         op = {"max": "<=", "min": ">=", "eq": "=="}.get(row.get("kind", "max"), "")
         status = status_of(row)
+        props = ET.SubElement(case, "properties")  # value and limit on every case, passing ones too
+        for key in ("value", "limit"):
+            ET.SubElement(props, "property", name=key, value="" if row.get(key) is None else str(row[key]))
+        ET.SubElement(case, "system-out").text = (f"{row['name']} = {_fmt(row.get('value'))} "
+                                                  f"(limit {op} {_fmt(row.get('limit'))}): {status}")
         if status == FAIL:
             failures += 1
             f = ET.SubElement(case, "failure", message=f"{row['name']} = {row['value']} (limit {op} {row['limit']})")
@@ -69,16 +74,21 @@ def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
             e.text = f"{row['name']}: not measured: {row.get('reason') or 'no value in this run'}"
         elif status == OFF:
             skipped += 1
-            ET.SubElement(case, "skipped", message=f"{row['name']}: off (turned off by the user)")
+            ET.SubElement(case, "skipped", message=f"{row['name']}: off ({row.get('reason') or 'turned off by the user'})")
         cases.append(case)
-    validity = ET.Element("testcase", classname=f"rtaa.{suite_name}", name="run validity")
+    validity = ET.Element("testcase", classname=f"rtaa.{suite_name}", name="run validity", time="0")
     if invalid:
         errors += 1
         e = ET.SubElement(validity, "error", message="invalid run: " + "; ".join(invalid))
         e.text = "\n".join(invalid)
     cases.append(validity)
-    suite = ET.Element("testsuite", name=f"rtaa {suite_name}", tests=str(len(cases)), failures=str(failures),
-                       errors=str(errors), skipped=str(skipped))
+    run = doc.get("run") or {}
+    scenario = (doc.get("scenario") or {}).get("name")
+    suite = ET.Element("testsuite", name=f"rtaa {suite_name}" + (f" {scenario}" if scenario else ""),
+                       tests=str(len(cases)), failures=str(failures), errors=str(errors), skipped=str(skipped),
+                       time=str(run.get("elapsed_s", 0)))
+    if run.get("started"):
+        suite.set("timestamp", str(run["started"]))
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="verdict", value=str(doc.get("verdict")))
     suite.extend(cases)

@@ -861,8 +861,10 @@ class SoakStats:
         for name in off:
             if name not in thresholds and name in METRICS:
                 value = values.get(name)
+                why = ("the provider does not mark its results' text (not rtaa fake-deepgram's segmenter engine)"
+                       if name in auto_off else "")
                 rows.append(verdict.row(name, None if value is None else round(value, 6), None, METRICS[name][0],
-                                        None, off=True))
+                                        None, off=True, reason=why))
         run_invalid = list(self.invalid_reasons)
         late_p99 = self.lateness.percentile(99) if self.lateness.count else None
         if late_p99 is not None and late_p99 > pacing.max_lateness_p99_ms:
