@@ -19,12 +19,15 @@ PASS, FAIL, NOT_MEASURED, OFF = "pass", "fail", "not measured", "off"
 EXIT_CODES = {"pass": 0, "fail": 1, "invalid": 2}
 
 
+OPS = {"max": "<=", "min": ">=", "eq": "=="}  # a row's comparison when it names none
+
+
 def row(name: str, value: Any, limit: Any, kind: str, passed: bool | None, *, reason: str = "",
-        detail: str = "", off: bool = False) -> dict[str, Any]:
+        detail: str = "", off: bool = False, op: str | None = None) -> dict[str, Any]:
     """One threshold row. ``passed`` None means not measured (``reason`` should say why)."""
     status = OFF if off else (NOT_MEASURED if passed is None else (PASS if passed else FAIL))
-    out = {"name": name, "limit": limit, "kind": kind, "value": value, "passed": None if off else passed,
-           "status": status}
+    out = {"name": name, "limit": limit, "kind": kind, "op": op or OPS.get(kind, ""), "value": value,
+           "passed": None if off else passed, "status": status}
     if reason and status in (NOT_MEASURED, OFF):
         out["reason"] = reason
     if detail:

@@ -88,6 +88,19 @@ def test_threshold_checks_and_overrides() -> None:
         parse_threshold_override("nonsense=1")
     with pytest.raises(ValueError, match="not a number"):
         parse_threshold_override("duplicates=many")
+    # expressions, as k6 writes them: any percentile of either latency, dotted names, strict operators
+    assert parse_threshold_override("latency.final.p99<1500") == (
+        "latency_final_p99_ms", Threshold("latency_final_p99_ms", 1500.0, "max", strict=True))
+    assert parse_threshold_override("closes_1011.rate<=1%") == (
+        "closes_1011_rate", Threshold("closes_1011_rate", 0.01, "max"))
+    assert parse_threshold_override("latency.first_partial.max >= 5")[1] == Threshold(
+        "latency_first_partial_max_ms", 5.0, "min")
+    assert Threshold("x", 1500.0, "max", strict=True).check(1500.0) is False
+    assert Threshold("x", 1500.0, "max").check(1500.0) is True
+    for bad, token in (("latency.final.p98<1500", "'latency.final.p98'"), ("latency.final.p99", "NAME<VALUE"),
+                       ("latency.final.p99<fast", "'fast' is not a number")):
+        with pytest.raises(ValueError, match=token):
+            parse_threshold_override(bad)
     th = apply_overrides(default_thresholds(), {"closes_1011_rate": None, "caller_1011_rate": 0.0})
     assert "closes_1011_rate" not in th and th["caller_1011_rate"] == Threshold("caller_1011_rate", 0.0, "max")
     # the defaults are the seeds' rollback triggers
@@ -166,6 +179,17 @@ def test_unmeasured_default_thresholds_make_the_run_invalid_never_pass() -> None
     marks = {"results_repeated", "cross_talk_results"}  # this provider does not mark its text: no evidence can exist
     assert doc["verdict"] == "pass" and all(r["status"] == "pass" for r in doc["thresholds"] if r["name"] not in marks)
     assert {r["name"]: r["status"] for r in doc["thresholds"] if r["name"] in marks} == dict.fromkeys(marks, "off")
+
+
+def test_every_latency_percentile_is_a_metric_and_rows_show_their_operator() -> None:
+    s = _stats(_records()[:1], None)
+    values = s.metrics()
+    assert (values["latency_final_p50_ms"], values["latency_final_max_ms"], values["latency_first_partial_p90_ms"]) == (
+        100, 200, 50)
+    name, th = parse_threshold_override("latency.final.max<200")
+    doc = s.summary(apply_overrides(default_thresholds(), {name: th}), PacingLimits(25.0))
+    row = next(r for r in doc["thresholds"] if r["name"] == "latency_final_max_ms")
+    assert (row["op"], row["value"], row["passed"]) == ("<", 200, False)  # 200 is not < 200
 
 
 def test_text_mark_thresholds_judge_repeats_and_cross_talk_from_the_marks() -> None:

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         metrics: Optional[str] = typer.Option(None, help="Target's Prometheus /metrics: its resident memory over the run, and provider 1011s (and duplicates, if it counts them) without --provider-stats."),
         provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: duplicates, provider 1011s, audio loss."),
         provider_control: Optional[str] = typer.Option(None, help="Emulator /control/faults URL: apply the scenario's faults."),
-        threshold: List[str] = typer.Option([], "--threshold", "-t", help="NAME=VALUE (or NAME=off); repeatable."),
+        threshold: List[str] = typer.Option([], "--threshold", "-t", help="NAME=VALUE (NAME=off disables) or an expression like 'latency.final.p99<1500', 'closes_1011.rate<=1%'; repeatable (docs/soak.md)."),
         header: List[str] = typer.Option([], "--header", help="Extra ingest handshake header 'Name: value'; repeatable."),
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per threshold)."),

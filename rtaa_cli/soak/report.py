@@ -16,7 +16,7 @@ import orjson
 
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak.stats import Histogram
-from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, PASS, status_of
+from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, PASS, status_of
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -55,7 +55,7 @@ def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
     failures = errors = skipped = 0
     for row in rows:
         case = ET.Element("testcase", classname=f"rtaa.{suite_name}", name=row["name"], time="0")
-        op = {"max": "<=", "min": ">=", "eq": "=="}.get(row.get("kind", "max"), "")
+        op = row.get("op") or OPS.get(row.get("kind", "max"), "")
         status = status_of(row)
         props = ET.SubElement(case, "properties")  # value and limit on every case, passing ones too
         for key in ("value", "limit"):
@@ -221,7 +221,7 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
                  f"{e(_fmt(run.get('duration_s')))} s, started {e(str(run.get('started', '')))}.</p>")
     parts.append("<h2>Thresholds</h2><table><tr><th>name</th><th>limit</th><th>value</th><th>result</th></tr>")
     for row in doc.get("thresholds", []):
-        op = {"max": "&le;", "min": "&ge;", "eq": "="}.get(row.get("kind", "max"), "")
+        op = html.escape(row.get("op") or OPS.get(row.get("kind", "max"), ""))
         status = status_of(row)
         css = {PASS: "pass", FAIL: "fail", NOT_MEASURED: "invalid", OFF: "skip"}[status]
         label = status.upper() if status in (FAIL, NOT_MEASURED) else status

@@ -215,11 +215,18 @@ class Threshold:
     name: str
     limit: float
     kind: str  # "max" | "min"
+    strict: bool = False  # "<" / ">" instead of "<=" / ">="
+
+    @property
+    def op(self) -> str:
+        return ("<" if self.kind == "max" else ">") + ("" if self.strict else "=")
 
     def check(self, value: float | None) -> bool | None:
         if value is None:
             return None  # not measurable in this run (e.g. no provider stats for a remote target)
-        return value <= self.limit if self.kind == "max" else value >= self.limit
+        if self.kind == "max":
+            return value < self.limit if self.strict else value <= self.limit
+        return value > self.limit if self.strict else value >= self.limit
 
 
 # metric name -> (kind, default limit or None when off by default, description)
@@ -250,6 +257,14 @@ METRICS: dict[str, tuple[str, float | None, str]] = {
                                "run, MB/hour (its /metrics process_resident_memory_bytes; needs >= 60 s of it)"),
 }
 
+# Every percentile of both latencies is a metric (``latency_final_p50_ms`` ... ``latency_first_partial_max_ms``).
+LATENCY_KINDS = ("final", "first_partial")
+LATENCY_STATS = ("p50", "p90", "p95", "p99", "max")
+for _kind in LATENCY_KINDS:
+    for _stat in LATENCY_STATS:
+        METRICS.setdefault(f"latency_{_kind}_{_stat}_ms",
+                           ("max", None, f"{_stat} latency of {_kind.replace('_', ' ')} results (ms)"))
+
 # The thresholds that need the provider's per-connection records (the emulator's /stats).
 PROVIDER_RECORD_METRICS = ("audio_loss", "unattributed_connections", "calls_unreached_rate", "provider_open_at_end",
                            "provider_opened_after_end")
@@ -260,28 +275,59 @@ def default_thresholds() -> dict[str, Threshold]:
             for name, (kind, limit, _) in METRICS.items() if limit is not None}
 
 
-def parse_threshold_override(text: str) -> tuple[str, float | None]:
-    """``name=value`` (``name=off`` disables). Raises ValueError with a readable message."""
-    name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or name not in METRICS:
-        raise ValueError(f"bad threshold {text!r}: expected NAME=VALUE with NAME one of {', '.join(METRICS)}")
-    value = value.strip()
-    if value.lower() in ("off", "none", "disabled"):
+_OPERATORS = ("<=", ">=", "==", "<", ">", "=")  # longest first
+_LATENCY_ALIAS = re.compile(r"latency_(final|first_partial)_(p\d+|max)(?:_ms)?")
+
+
+def canonical_metric(token: str) -> str:
+    """``latency.final.p99`` / ``closes_1011.rate`` / a METRICS name -> the METRICS name; ValueError naming it."""
+    t = token.strip()
+    if t in METRICS:
+        return t
+    flat = t.replace(".", "_").replace("-", "_")
+    if flat in METRICS:
+        return flat
+    m = _LATENCY_ALIAS.fullmatch(flat)
+    if m and f"latency_{m[1]}_{m[2]}_ms" in METRICS:
+        return f"latency_{m[1]}_{m[2]}_ms"
+    raise ValueError(f"unknown metric {t!r}: use one of {', '.join(n for n in METRICS if not n.startswith('latency_'))}, "
+                     f"or latency.final|first_partial.{'|'.join(LATENCY_STATS)}")
+
+
+def parse_threshold_override(text: str) -> tuple[str, float | None | Threshold]:
+    """``NAME=VALUE`` (the metric's own direction; ``NAME=off`` disables) or ``NAME OP VALUE`` with OP one
+    of ``< <= > >=`` (``-t 'latency.final.p99<1500'``). VALUE is a number, ``80%`` = 0.8. Returns the
+    metric name and a limit, None (off) or a Threshold (an explicit operator). ValueError names the bad token."""
+    pos, op = min(((text.find(o), o) for o in _OPERATORS if o in text), default=(-1, ""),
+                  key=lambda found: (found[0], -len(found[1])))
+    if not op:
+        raise ValueError(f"bad threshold {text!r}: expected NAME=VALUE or NAME<VALUE (e.g. latency.final.p99<1500)")
+    try:
+        name = canonical_metric(text[:pos])
+    except ValueError as exc:
+        raise ValueError(f"bad threshold {text!r}: {exc}") from None
+    value = text[pos + len(op):].strip()
+    if value.lower() in ("off", "none", "disabled") and op in ("=", "=="):
         return name, None
     try:
-        return name, float(value.rstrip("%")) / (100.0 if value.endswith("%") else 1.0)
+        limit = float(value.rstrip("%")) / (100.0 if value.endswith("%") else 1.0)
     except ValueError:
         raise ValueError(f"bad threshold {text!r}: {value!r} is not a number") from None
+    if op in ("=", "=="):
+        return name, limit
+    return name, Threshold(name, limit, "max" if op.startswith("<") else "min", strict=op in ("<", ">"))
 
 
-def apply_overrides(base: dict[str, Threshold], overrides: dict[str, float | None]) -> dict[str, Threshold]:
+def apply_overrides(base: dict[str, Threshold],
+                    overrides: dict[str, float | None | Threshold]) -> dict[str, Threshold]:
     out = dict(base)
     for name, limit in overrides.items():
         if name not in METRICS:
             raise ValueError(f"unknown threshold {name!r}; known: {', '.join(METRICS)}")
         if limit is None:
             out.pop(name, None)
+        elif isinstance(limit, Threshold):
+            out[name] = limit
         else:
             out[name] = Threshold(name, float(limit), METRICS[name][0])
     return out
@@ -738,6 +784,13 @@ class SoakStats:
         p = self.provider
         return [] if (p is not None and p.text_mark) else ["results_repeated", "cross_talk_results"]
 
+    def _latency_metrics(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for kind, h in (("final", self.final), ("first_partial", self.first_partial)):
+            for stat in LATENCY_STATS:
+                out[f"latency_{kind}_{stat}_ms"] = h.max if stat == "max" else h.percentile(int(stat[1:]))
+        return out
+
     def metrics(self) -> dict[str, float | None]:
         started = max(self.calls_started, self.records)
         p = self.provider
@@ -759,9 +812,7 @@ class SoakStats:
             "closes_1011_rate": (total_1011 / started) if started else None,
             "caller_1011_rate": (self.caller_1011 / started) if started else None,
             "provider_1011_rate": (prov_1011 / started) if (started and prov_1011 is not None) else None,
-            "latency_final_p95_ms": self.final.percentile(95),
-            "latency_final_p99_ms": self.final.percentile(99),
-            "latency_first_partial_p95_ms": self.first_partial.percentile(95),
+            **self._latency_metrics(),
             "delivery_rate": (self.delivered / self.delivery_eligible) if self.delivery_eligible else None,
             "audio_loss": audio["loss"],
             "unattributed_connections": p.unattributed if rec else None,
@@ -857,7 +908,8 @@ class SoakStats:
         for name, th in thresholds.items():
             value = values.get(name)
             rows.append(verdict.row(name, None if value is None else round(value, 6), th.limit, th.kind,
-                                    th.check(value), reason="" if value is not None else self.unmeasured_reason(name)))
+                                    th.check(value), reason="" if value is not None else self.unmeasured_reason(name),
+                                    op=th.op))
         for name in off:
             if name not in thresholds and name in METRICS:
                 value = values.get(name)

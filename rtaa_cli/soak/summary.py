@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, PASS, status_of
+from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, PASS, status_of
 
 _STYLE = {"pass": "bold green", "fail": "bold red", "invalid": "bold yellow"}
 
@@ -66,7 +66,7 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
     for col in ("name", "limit", "value", "result"):
         th.add_column(col)
     for row in doc.get("thresholds", []):
-        op = {"max": "<=", "min": ">=", "eq": "=="}.get(row.get("kind", "max"), "")
+        op = row.get("op") or OPS.get(row.get("kind", "max"), "")
         res = {PASS: "[green]pass[/]", FAIL: "[red]FAIL[/]", NOT_MEASURED: "[yellow]NOT MEASURED[/]",
                OFF: "[dim]off[/]"}[status_of(row)]
         lim = row["limit"]
