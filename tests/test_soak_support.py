@@ -43,6 +43,7 @@ class Flaws:
     untagged: bool = False  # like a third-party pipeline: no tag / extra, the provider cannot attribute
     leak: bool = False  # Finalize on stop but never closes the provider stream (KeepAlive keeps it open)
     no_keepalive: bool = False  # forwards audio correctly but never sends KeepAlive: a hold goes silent
+    hangup_after: int = 0  # > 0: after this many media frames the bot hangs up (finalises, closes 1000)
 
 
 class Call:
@@ -288,6 +289,11 @@ class Target:
                         task.add_done_callback(pending.discard)
                     else:
                         await call.audio(ev.payload)
+                    if self.flaws.hangup_after and call.frames >= self.flaws.hangup_after:
+                        stopped = True  # the bot hangs up: the call's results are final, then 1000
+                        await call.stop()
+                        await ws.close(1000, "bot hung up")
+                        return
                 elif isinstance(ev, Stop):
                     stopped = True
                     if pending:

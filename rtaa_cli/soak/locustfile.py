@@ -92,6 +92,7 @@ class RtaaCaller(User):
             hold_at_s=sc.hold_at_s, hold_s=sc.hold_s,
             disconnect_at_s=self._rng.uniform(*sc.disconnect_at_s), reconnect_after_s=sc.reconnect_after_s,
             second_stream_at_s=sc.second_stream_at_s, wait_final_s=sc.wait_final_s,
+            server_hangup_ok=sc.server_hangup == "ok",
             oversize_bytes=sc.oversize_bytes,
             start_at=cfg.get("burst_at") if self._first else None,
         )

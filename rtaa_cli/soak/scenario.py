@@ -103,6 +103,7 @@ class Scenario:
     sample_rate: int = 8000
     pause_s: tuple[float, float] = (1.0, 1.0)
     wait_final_s: float = 10.0
+    server_hangup: str = "fail"  # [call] server_hangup: "fail" | "ok" (a 1000 close before stop: bot hung up)
     # behaviour mix (weights) and per-behaviour parameters
     mix: dict[str, float] = field(default_factory=lambda: {"normal": 1.0})
     hold_at_s: float = 3.0
@@ -157,7 +158,7 @@ class Scenario:
 
 _SECTIONS = {
     "load": {"users", "spawn_rate", "duration", "processes"},
-    "call": {"audio", "length", "frame_ms", "sample_rate", "pause", "wait_final"},
+    "call": {"audio", "length", "frame_ms", "sample_rate", "pause", "wait_final", "server_hangup"},
     "mix": set(KINDS),
     "hold": {"at", "length"},
     "disconnect": {"at", "reconnect_after"},
@@ -226,6 +227,10 @@ def parse_scenario(doc: dict[str, Any], where: str = "scenario") -> Scenario:
         s.pause_s = _range(call["pause"], "call.pause")
     if "wait_final" in call:
         s.wait_final_s = parse_duration(call["wait_final"], "call.wait_final")
+    if "server_hangup" in call:
+        if call["server_hangup"] not in ("ok", "fail"):
+            raise RtaaError(f"{where}: call.server_hangup must be \"ok\" or \"fail\", not {call['server_hangup']!r}")
+        s.server_hangup = call["server_hangup"]
 
     if sec["mix"]:
         s.mix = {k: _number(v, f"mix.{k}", 0) for k, v in sec["mix"].items()}

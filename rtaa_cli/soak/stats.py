@@ -178,6 +178,7 @@ class CallRecord:
     # wall-time spans in which the caller sent no media on purpose (holds, reconnect pauses): the
     # audio it sent during a provider connection's life is the connection's span minus these
     media_gaps: list[tuple[float, float]] = field(default_factory=list)
+    server_hangup: bool = False  # the server closed 1000 before stop and the scenario allows it
     # the emulator's text watermark on the call's feed (rtaa_cli/textmark.py)
     marked_results: int = 0
     repeated_finals: int = 0  # marked finals that arrived again
@@ -599,6 +600,7 @@ class SoakStats:
         self.delivery_eligible = 0
         self.finals_without_offsets_calls = 0  # finals arrived, but without audio offsets: delivery unknown
         self.marked_results = 0  # results whose text carried the emulator's mark
+        self.server_hangups = 0  # completed calls the server ended with 1000 before stop (server_hangup = "ok")
         self.repeated_finals = 0
         self.mark_connections_by_call: dict[str, dict[int, int]] = {}
         self.feed_messages = 0
@@ -691,6 +693,7 @@ class SoakStats:
                 self._failure(rec, rec.failure)
             else:
                 self.completed += 1
+                self.server_hangups += int(rec.server_hangup)
         self.timeline.add_call(rec)
 
     def is_delivered(self, rec: CallRecord) -> bool:
@@ -954,6 +957,7 @@ class SoakStats:
             "calls": {"started": started, "finished": self.records, "completed": self.completed,
                       "failed": self.failed, "handshake_failed": self.handshake_failed,
                       "unfinished": started - self.records, "by_kind": self.by_kind,
+                      "server_hangups": self.server_hangups,
                       "bad_input": self.bad_input_calls, "bad_input_unexpected": self.bad_input_unexpected},
             "duplicates": m["duplicates"],
             "provider": provider,

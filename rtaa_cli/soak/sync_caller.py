@@ -65,6 +65,7 @@ class CallSpec:
     hold_s: float = 15.0
     disconnect_at_s: float = 3.0
     reconnect_after_s: float = 0.5
+    server_hangup_ok: bool = False  # scenario server_hangup = "ok": a 1000 close before stop completes the call
     second_stream_at_s: float = 3.0
     wait_final_s: float = 10.0
     oversize_bytes: int = 2 * 1024 * 1024
@@ -340,7 +341,8 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
                     stream.flush(tail)
             except ConnectionClosed:
                 stream.record_close()
-                rec.failure = f"closed by server mid-call: {_close_text(stream)}"
+                if not _hangup_ok(spec, stream, rec, ms_per_byte):
+                    rec.failure = f"closed by server mid-call: {_close_text(stream)}"
                 return
             run.sent(len(frames[run.k]))
         k = end
@@ -349,7 +351,8 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
         stream.send(stream.enc.stop("callended"))
     except ConnectionClosed:
         stream.record_close()
-        rec.failure = f"closed by server before stop: {_close_text(stream)}"
+        if not _hangup_ok(spec, stream, rec, ms_per_byte):
+            rec.failure = f"closed by server before stop: {_close_text(stream)}"
         return
     if spec.kind == "second_stream" and len(streams) > 1:
         old = streams[0]
@@ -361,6 +364,16 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
 @functools.lru_cache(maxsize=16)
 def _b64_payloads(frames: tuple[bytes, ...]) -> tuple[str, ...]:
     return b64_payloads(frames)
+
+
+def _hangup_ok(spec: CallSpec, stream: _Stream, rec: CallRecord, ms_per_byte: float) -> bool:
+    """A 1000 close before ``stop`` (the bot hung up) is a completed call when the scenario says
+    ``server_hangup = "ok"``; otherwise (the default) it fails the call."""
+    if not spec.server_hangup_ok or stream.ws is None or stream.ws.close_code != 1000:
+        return False
+    rec.server_hangup = True
+    rec.audio_ms_sent = rec.audio_bytes_sent * ms_per_byte
+    return True
 
 
 def _close_text(stream: _Stream) -> str:
