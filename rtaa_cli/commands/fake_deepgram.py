@@ -75,8 +75,8 @@ async def _serve(config, as_json: bool, live: bool) -> dict:
             else:
                 await stop.wait()
             return emu.stats()["totals"]
-    except OSError as exc:
-        raise RtaaError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", exit_code=1) from None
+    except OSError as exc:  # the environment refused the address: exit 2, as `rtaa serve`
+        raise RtaaError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -126,7 +126,10 @@ def register(app: typer.Typer) -> None:
           eval "$(rtaa fake-deepgram --print-env node --port 8765)" && node your-pipeline.js
         """
         from rtaa_cli.emulator import ENGINES, EmulatorConfig
+        from rtaa_cli.emulator.server import FAULT_FIELDS, validate_faults
 
+        if not 0 <= port <= 65535:
+            raise RtaaError(f"--port must be 0-65535, not {port}")
         if print_env is not None:
             from rtaa_cli.redirect import RUNTIMES, emulator_ws_url
             from rtaa_cli.redirect import print_env as env_lines
@@ -147,6 +150,10 @@ def register(app: typer.Typer) -> None:
             close_1011_after_s=close_1011_after_s, refuse_429_fraction=refuse_429_fraction, seed=seed,
             max_closed_records=max_closed_records, text_mark=text_mark,
         )
+        try:
+            validate_faults({name: getattr(config, name) for name in FAULT_FIELDS})
+        except ValueError as exc:  # e.g. --result-latency-ms inf
+            raise RtaaError(f"--{str(exc).replace('_', '-')}") from None
         if not quiet:
             handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(message)s"))

@@ -31,6 +31,7 @@ class ConnectionRecord:
     close_stream: bool = False
     results_sent: int = 0
     messages_sent: int = 0
+    schema_errors: int = 0  # text messages answered with an Error SchemaError
     duplicate: bool = False
 
     def as_dict(self) -> dict:
@@ -40,7 +41,7 @@ class ConnectionRecord:
             "close_reason": self.close_reason, "audio_bytes": self.audio_bytes,
             "audio_seconds": round(self.audio_seconds, 6), "keepalives": self.keepalives,
             "finalizes": self.finalizes, "close_stream": self.close_stream, "results_sent": self.results_sent,
-            "messages_sent": self.messages_sent, "duplicate": self.duplicate,
+            "messages_sent": self.messages_sent, "schema_errors": self.schema_errors, "duplicate": self.duplicate,
         }
 
 
@@ -114,6 +115,7 @@ class Accounting:
         t["close_streams"] += int(rec.close_stream)
         t["results_sent"] += rec.results_sent
         t["messages_sent"] += rec.messages_sent
+        t["schema_errors"] += rec.schema_errors
         if rec.interaction is not None and rec.interaction in self.interactions:
             self.interactions[rec.interaction].open -= 1
         self.closed_records.append(rec)
@@ -164,6 +166,7 @@ class Accounting:
             totals["finalizes"] += rec.finalizes
             totals["results_sent"] += rec.results_sent
             totals["messages_sent"] += rec.messages_sent
+            totals["schema_errors"] += rec.schema_errors
         totals["audio_seconds"] = round(totals["audio_seconds"], 6)
         totals["close_codes"] = {str(k): v for k, v in sorted(self.close_codes.items())}
         return {
@@ -189,7 +192,7 @@ class AccountingCollector:
             "duplicates": "streams opened while another stream of the same interaction was open",
             "audio_bytes": "audio bytes received", "audio_seconds": "audio seconds received",
             "keepalives": "KeepAlive messages received", "finalizes": "Finalize messages received",
-            "results_sent": "Results messages sent", "schema_errors": "unparseable text messages",
+            "results_sent": "Results messages sent", "schema_errors": "text messages answered with an Error SchemaError (bad JSON, unknown type)",
         }
         for key, doc in counters.items():
             yield CounterMetricFamily(f"rtaa_emulator_{key}", doc, value=snap_totals[key])

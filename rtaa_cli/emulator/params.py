@@ -119,7 +119,8 @@ def _int(pairs: dict[str, list[str]], name: str, lo: int, hi: int) -> int | None
     value = _one(pairs, name)
     if value is None:
         return None
-    if not value.isdigit() or not lo <= int(value) <= hi:
+    # ASCII digits only ("²".isdigit() is true, int("²") raises), and short enough for int() (4300 digits)
+    if not (value.isascii() and value.isdigit() and len(value) <= 9) or not lo <= int(value) <= hi:
         raise _invalid(name, value)
     return int(value)
 

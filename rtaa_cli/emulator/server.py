@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import http
 import logging
+import math
 import random
 import time
 import uuid
@@ -75,26 +76,42 @@ class EmulatorConfig:
     text_mark: bool = True
 
 
+# Upper bounds of the faults: a client times out its handshake long before a minute, and a timer past a
+# day is a typo. Non-finite values are refused (``inf`` would hang every handshake, ``nan`` compares false).
+MAX_FAULT_MS = 60_000.0
+MAX_FAULT_S = 86_400.0
+
+
+def _fault_number(name: str, raw: object, hi: float) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= hi:
+        raise ValueError(f"{name} must be a finite number in 0..{hi:g}, not {raw!r}")
+    return value
+
+
 def validate_faults(changes: dict) -> dict:
-    """Check fault changes (from Python or the control endpoint); returns them normalised."""
+    """Check fault changes (from Python, the CLI or the control endpoint); returns them normalised."""
     out: dict = {}
     for name, value in changes.items():
         if name not in FAULT_FIELDS:
             raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULT_FIELDS)}")
         if name == "handshake_delay_ms":
-            lo, hi = (float(v) for v in value)
-            if not 0 <= lo <= hi:
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise ValueError(f"handshake_delay_ms must be a range lo,hi in ms, not {value!r}")
+            lo, hi = (_fault_number(name, v, MAX_FAULT_MS) for v in value)
+            if lo > hi:
                 raise ValueError("handshake_delay_ms must be a range lo,hi with 0 <= lo <= hi")
             value = (lo, hi)
         elif name in ("drop_after_s", "close_1011_after_s"):
             if value is not None:
-                value = float(value)
-                if value < 0:
-                    raise ValueError(f"{name} must be >= 0 or none")
+                value = _fault_number(name, value, MAX_FAULT_S)
+        elif name == "refuse_429_fraction":
+            value = _fault_number(name, value, 1.0)
         else:
-            value = float(value)
-            if value < 0 or (name == "refuse_429_fraction" and value > 1):
-                raise ValueError(f"{name} out of range: {value}")
+            value = _fault_number(name, value, MAX_FAULT_MS)
         out[name] = value
     return out
 
@@ -138,7 +155,7 @@ class _Stream:
     def sync_record(self) -> None:
         s, r = self.session, self.record
         r.audio_bytes, r.audio_seconds, r.keepalives = s.audio_bytes, s.audio_seconds, s.keepalives
-        r.finalizes, r.close_stream = s.finalizes, s.close_stream_seen
+        r.finalizes, r.close_stream, r.schema_errors = s.finalizes, s.close_stream_seen, s.schema_errors
 
 
 def _json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
@@ -148,6 +165,14 @@ def _json_response(status: int, body: object, headers: dict[str, str] | None = N
         h[k] = v
     status_obj = http.HTTPStatus(status)
     return Response(status_obj.value, status_obj.phrase, h, payload)
+
+
+def header_safe(text: str, limit: int = 256) -> str:
+    """``text`` as a header value: printable ASCII only (the message echoes the client's parameter values,
+    which may hold CR/LF or non-Latin-1 characters that no header can carry), others as ``\\uXXXX``
+    escapes, cut at ``limit``. The JSON body keeps the exact text."""
+    safe = "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+    return safe if len(safe) <= limit else safe[:limit - 3] + "..."
 
 
 def _iso_now() -> str:
@@ -302,7 +327,7 @@ class Emulator:
     def _reject(self, request_id: str, status: int, err_code: str, err_msg: str) -> Response:
         self.accounting.rejected(status, time.time())
         return _json_response(status, {"err_code": err_code, "err_msg": err_msg, "request_id": request_id},
-                              {"dg-error": err_msg, "dg-request-id": request_id,
+                              {"dg-error": header_safe(err_msg), "dg-request-id": request_id,
                                "access-control-expose-headers": EXPOSE})
 
     async def _listen_handshake(self, conn: ServerConnection, request: Request, query: str) -> Response | None:
