@@ -72,3 +72,51 @@ def test_a_stalled_worker_is_waited_for_and_a_lost_one_makes_the_run_invalid(tmp
     assert long["verdict"] == "invalid"
     assert [r for r in long["invalid_reasons"] if "1 Locust worker(s) sent no heartbeat for 10 s" in r], \
         long["invalid_reasons"]
+
+
+def test_a_worker_missing_the_scenario_audio_says_so_once_and_the_run_is_invalid(tmp_path) -> None:
+    """Issue 10 item 14: a worker started where the scenario's (relative) audio path does not exist printed
+    ~450 lines of Locust tracebacks (one per call attempt) and exited 0. Now it tells the master once, the
+    master stops the run as invalid with that reason, and the worker exits 1 with one line."""
+    repo = Path(__file__).resolve().parents[1]
+    here, elsewhere = tmp_path / "master-host", tmp_path / "load-host"
+    (here / "calls").mkdir(parents=True)
+    elsewhere.mkdir()
+    (here / "calls" / "a.wav").write_bytes((repo / "fixtures" / "audio" / "call.wav").read_bytes())
+    procs: list[subprocess.Popen] = []
+    try:
+        server = subprocess.Popen([sys.executable, SUPPORT, "{}", "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        procs.append(server)
+        line = readline(server, 30.0)
+        assert line, "test target did not start"
+        urls = orjson.loads(line)
+        toml = tmp_path / "w.toml"
+        toml.write_text(SCENARIO.format(name="w", latency=150, jitter=0, users=2, mix="normal = 1")
+                        .replace('audio = "synthetic"', 'audio = "calls/a.wav"'))
+        master = subprocess.Popen(
+            [*RTAA, "soak", str(toml), "--json", str(tmp_path / "w.json"), "--master", "--expect-workers", "1",
+             "--master-port", "0", "--target", f"ws://{urls['target']}/v1/ingest", "-q"],
+            cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(master)
+        waiting = readline_matching(master, "waiting for 1 worker(s) on ", 60.0)
+        assert waiting, "the master did not announce its port"
+        worker = subprocess.Popen([*RTAA, "soak", "--worker", "--master-port", waiting.rsplit(":", 1)[1].strip()],
+                                  cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(worker)
+        w_out, w_err = worker.communicate(timeout=60)
+        m_out, m_err = master.communicate(timeout=SOAK_TIMEOUT_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=20)
+    assert worker.returncode == 1, w_err[-3000:]
+    assert w_err.strip().splitlines() == [
+        "error: cannot play the scenario on this worker: calls/a.wav: no such file "
+        "(audio paths must exist on every worker host)"], w_err[-3000:]
+    assert master.returncode == 2 and "Traceback" not in m_err, m_err[-3000:]
+    doc = orjson.loads((tmp_path / "w.json").read_bytes())
+    assert doc["verdict"] == "invalid" and doc["calls"]["finished"] == 0
+    assert doc["invalid_reasons"][0].startswith("Locust worker "), doc["invalid_reasons"]
+    assert "cannot play the scenario on this worker: calls/a.wav: no such file" in doc["invalid_reasons"][0]
+    assert doc["run"]["stopped_early"].startswith("stopped early: Locust worker ")

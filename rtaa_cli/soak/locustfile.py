@@ -25,9 +25,10 @@ from typing import Any
 from locust import User, task
 from locust.exception import StopUser
 
+from rtaa_cli.errors import RtaaError
 from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.audioset import call_frames
-from rtaa_cli.soak.scenario import Scenario, SmoothWeighted
+from rtaa_cli.soak.scenario import Scenario, SmoothWeighted, resolve_audio
 from rtaa_cli.soak.stats import CallRecord
 from rtaa_cli.soak.sync_caller import CallSpec, new_call_sid, run_call
 
@@ -38,11 +39,15 @@ MSG_STARTED = "rtaa_started"
 # one worker arrive in order, so once its answer is in, every call it started or finished is too.
 MSG_DRAIN = "rtaa_drain"
 MSG_DRAINED = "rtaa_drained"
+# A worker that cannot play the scenario (its audio is missing on this host) says why, once; the master
+# stops the run as invalid with that reason and the worker exits 1 with it (never a traceback per call).
+MSG_WORKER_ERROR = "rtaa_worker_error"
 
 _config: dict[str, Any] | None = None
 _bad_counter = -1
 _counts = {"started": 0, "reported": 0}  # this process's calls
 _scenario: Scenario | None = None
+worker_error: str | None = None  # why this worker cannot play the scenario (None: it can)
 
 
 def configure(config: dict[str, Any]) -> None:
@@ -54,7 +59,18 @@ def configure(config: dict[str, Any]) -> None:
 
 
 def on_config_message(environment: Any, msg: Any, **_: Any) -> None:
+    global worker_error
     configure(msg.data)
+    assert _scenario is not None
+    # as on the master: the worker's working directory, then its installed project root (docs/soak.md)
+    _scenario.audio = [resolve_audio(audio, None) for audio in _scenario.audio]
+    try:  # decode the audio now (cached for the calls): a missing file is one error, not one per call
+        for audio in _scenario.audio:
+            call_frames(audio, _scenario.sample_rate, _scenario.frame_ms, _scenario.call_length_s)
+    except RtaaError as exc:
+        worker_error = f"cannot play the scenario on this worker: {exc} (audio paths must exist on every worker host)"
+        runner = environment.runner
+        runner.send_message(MSG_WORKER_ERROR, {"client": runner.client_id, "error": worker_error})
 
 
 def on_drain_message(environment: Any, msg: Any, **_: Any) -> None:
@@ -75,6 +91,8 @@ class RtaaCaller(User):
 
     @task
     def call(self) -> None:
+        if worker_error is not None:
+            raise StopUser()  # reported to the master once (MSG_WORKER_ERROR); no call is played
         if _config is None or _scenario is None:
             time.sleep(0.1)  # the master's config message is still on its way
             return

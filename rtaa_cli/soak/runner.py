@@ -400,6 +400,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         drained: dict[str, dict[str, int]] = {}  # worker id -> its counts at its last drain answer
         runner.register_message(locustfile.MSG_DRAINED,
                                 lambda environment, msg, **kw: drained.__setitem__(msg.data["client"], msg.data))
+        worker_errors: list[str] = []  # a worker that cannot play the scenario: the run stops, invalid
+        runner.register_message(locustfile.MSG_WORKER_ERROR, lambda environment, msg, **kw: worker_errors.append(
+            f"Locust worker {msg.data['client']}: {msg.data['error']}"))
         config = {"scenario": sc.to_dict(), "url": target.url, "transcripts_url": target.transcripts_url,
                   "headers": opts.headers, "call_prefix": prefix, "burst_at": burst_at,
                   "stop_new_calls_at": t0 + sc.duration_s + start_delay}
@@ -447,6 +450,11 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                     console.print(progress_line(stats, view.provider, now - t0, sc.duration_s), highlight=False,
                                   soft_wrap=True)
                     next_progress = now + progress_every
+                if worker_errors:
+                    stats.invalid_reasons.extend(worker_errors)
+                    stopped_early = f"stopped early: {worker_errors[0]}"
+                    notes.append(stopped_early)
+                    break
                 early = stats.early_stop_reason(min(3, max(1, sc.users)))
                 if early:
                     notes.append(early)
@@ -546,10 +554,15 @@ def worker_main(master_host: str, master_port: int) -> None:
     runner.register_message(locustfile.MSG_DRAIN, locustfile.on_drain_message)
     tune_gc()
     runner.greenlet.join()
+    if locustfile.worker_error is not None:  # the master has it too (and stopped the run as invalid)
+        raise RtaaError(locustfile.worker_error, exit_code=1)
 
 
 if __name__ == "__main__":  # python -m rtaa_cli.soak.runner worker HOST PORT
     if len(sys.argv) == 4 and sys.argv[1] == "worker":
-        worker_main(sys.argv[2], int(sys.argv[3]))
+        try:
+            worker_main(sys.argv[2], int(sys.argv[3]))
+        except RtaaError as exc:
+            sys.exit(f"error: {exc}")
     else:
         sys.exit("usage: python -m rtaa_cli.soak.runner worker MASTER_HOST MASTER_PORT")
