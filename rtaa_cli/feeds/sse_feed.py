@@ -136,12 +136,21 @@ async def open_async(url: str, call_sid: str, headers: Mapping[str, str] | None 
     cm = aconnect_sse(client, "GET", feed.url)
     try:
         source = await cm.__aenter__()
-        _check(source.response, feed.url)
     except httpx.HTTPError as exc:
         await client.aclose()
         raise OSError(f"sse feed {redact_url(feed.url)}: {exc}") from None
     except BaseException:
         await client.aclose()
+        raise
+    try:
+        _check(source.response, feed.url)
+    except BaseException as exc:
+        # Exit the entered aconnect_sse now: left to the garbage collector, its generator is closed at
+        # some later loop step and asyncio prints "error occurred during closing of asynchronous generator".
+        try:
+            await cm.__aexit__(type(exc), exc, exc.__traceback__)
+        finally:
+            await client.aclose()
         raise
     return _AsyncState(feed, call_sid if feed.per_call else None, client, cm, source)
 
