@@ -16,6 +16,7 @@ timestamps results; JSON is parsed after the run) so that one core can pace hund
     python bench/bench_emulator.py            # N = 100, 250, 500, 750; 15 s measured per step
     python bench/bench_emulator.py --quick    # N = 50, 200; 5 s per step
     python bench/bench_emulator.py --steps 100,500 --seconds 20 --nice -10
+    python bench/bench_emulator.py --steps 500 --watermark   # the audio marked as rtaa's callers mark it
 """
 from __future__ import annotations
 
@@ -144,8 +145,12 @@ def _run_baseline(port_queue, cpu: int, nice: int) -> None:
 def _pattern() -> bytes:
     t = np.arange(int(1.2 * RATE)) / RATE
     burst = (np.sin(2 * np.pi * 250 * t) * 6000).astype(np.int16)
-    one = np.concatenate([burst, np.zeros(int(0.6 * RATE), np.int16)])
-    return one.tobytes()
+    one = np.concatenate([burst, np.zeros(int(0.6 * RATE), np.int16)]).tobytes()
+    if os.environ.get("RTAA_BENCH_WATERMARK") == "1":  # --watermark: the decoder locked on every stream
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        from rtaa_cli.watermark import Marker
+        one = Marker("CAbench").mark(one, 0)
+    return one
 
 
 class RawClient(asyncio.Protocol):
@@ -347,7 +352,11 @@ def main() -> None:
     ap.add_argument("--nice", type=int, default=0,
                     help="niceness of the server and driver processes (negative needs root); on the shared "
                          "development VM -10 did not measurably reduce their waiting; default 0")
+    ap.add_argument("--watermark", action="store_true",
+                    help="send audio marked as rtaa's callers mark it (the emulator's decoder stays locked)")
     args = ap.parse_args()
+    if args.watermark:
+        os.environ["RTAA_BENCH_WATERMARK"] = "1"  # read by the spawned driver processes
     steps = [50, 200] if args.quick else [100, 250, 500, 750]
     if args.steps:
         steps = [int(x) for x in args.steps.split(",")]
@@ -355,7 +364,7 @@ def main() -> None:
     warmup_s = 3.0
     print(f"cores available: {len(os.sched_getaffinity(0))} (server pinned to the idlest, driver to another); nice "
           f"{args.nice}; {measure_s:.0f} s measured per step after {warmup_s:.0f} s warm-up; 36 ms frames, "
-          f"8 kHz linear16, interim_results, endpointing 300 ms; load average {os.getloadavg()[0]:.2f}")
+          f"8 kHz linear16, interim_results, endpointing 300 ms, audio {'marked' if args.watermark else 'unmarked'}; load average {os.getloadavg()[0]:.2f}")
     header = (f"{'N':>5} | {'emu CPU%':>8} | {'emu wait':>8} | {'late p50':>8} | {'late p99':>8} | {'<=50ms':>7} | "
               f"{'results':>7} | {'base CPU%':>9} | {'base p99':>8} | {'CPU ratio':>9} | {'drv CPU%':>8} | "
               f"{'drv lag p99':>11} | {'drv wait':>8} | {'core':>4} | {'core other%':>11} | {'steal%':>6}")

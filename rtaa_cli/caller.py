@@ -39,6 +39,7 @@ from rtaa_cli.feeds.recorder import FeedRecorder, Transcript
 from rtaa_cli.feeds.url import feed_url_for, redact_url
 from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
 from rtaa_cli.pacing import PacingStats, Pacer, wait_async
+from rtaa_cli.watermark import Marker
 
 # Bounds on what one call keeps (counts are always complete; beyond these, items are dropped).
 MAX_SERVER_MESSAGES_KEPT = 1000
@@ -64,6 +65,7 @@ class CallOptions:
     holds: Sequence[tuple[float, float]] = ()  # (duration s, audio offset s)
     dtmf_duration_ms: int = 250
     stop_reason: str = "stopped"
+    watermark: bool = False  # mark the audio's LSBs with the call (rtaa_cli.watermark): emulator attribution
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,8 @@ class CallScript:
         yield Step(0.0, "connected", enc.connected())
         yield Step(0.0, "start", enc.start(o.from_, o.to, o.custom_parameters))
         inserts, j, shift = self._inserts(), 0, 0.0
+        marker = Marker(o.call_sid) if o.watermark else None
+        sample = 0  # the frame's first sample in the call's audio (the watermark's position)
         frame_s = self.frame_s
         for k in range(len(self.frames) + 1):
             while j < len(inserts) and inserts[j][0] == k:
@@ -131,6 +135,9 @@ class CallScript:
                     yield Step(k * frame_s + shift, "dtmf", enc.dtmf(value, o.dtmf_duration_ms), enc.audio_ms)
             if k < len(self.frames):
                 pcm = self.frames[k]
+                if marker is not None:
+                    pcm = marker.mark(pcm, sample)
+                    sample += len(pcm) // 2
                 text = enc.media(pcm)
                 yield Step(k * frame_s + shift, "media", text, enc.audio_ms, len(pcm))
         yield Step(len(self.frames) * frame_s + shift, "stop", enc.stop(o.stop_reason), enc.audio_ms)

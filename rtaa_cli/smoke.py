@@ -44,6 +44,7 @@ class SmokeOptions:
     max_latency_p95_ms: float = 2000.0
     call_prefix: str = "rtaa-smoke-"
     feed_map: str | None = None  # --feed-map: field mapping of a foreign feed schema
+    watermark: bool = True  # mark the call's audio (rtaa_cli.watermark)
 
 
 def _base(url: str, scheme: str, path: str) -> str:
@@ -95,7 +96,8 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
     call_sid = f"{opts.call_prefix}{uuid.uuid4().hex[:12]}"
     script = CallScript(list(frames), CallOptions(call_sid=call_sid, stream_sid="ST" + uuid.uuid4().hex[:24],
                                                  account_sid="AC_rtaa_smoke", sample_rate=opts.sample_rate,
-                                                 frame_ms=opts.frame_ms, custom_parameters={"rtaa": "smoke"}))
+                                                 frame_ms=opts.frame_ms, custom_parameters={"rtaa": "smoke"},
+                                                 watermark=opts.watermark))
     result = asyncio.run(run_call(opts.url, script, speed=opts.speed, transcripts_url=feed_url or None,
                                   wait_final_s=opts.wait_final_s, mapping=parse_feed_map(opts.feed_map)))  # feed URL: rtaa_cli.feeds.url rule
     samples = result.latency

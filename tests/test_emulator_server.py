@@ -573,3 +573,42 @@ def test_cli_serves_until_sigterm_and_exits_cleanly():
             proc.wait(BOUND)
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["event"] == "stopped"
+
+
+def test_watermark_attributes_untagged_connections_in_stats(emu_factory):
+    """Untagged streams over real sockets: a marked call re-chunked to 72 ms with every 10th frame dropped,
+    a marked call replaying 20 frames, and an unmarked call. /stats names each marked connection's call
+    with exact packet counts, and gives the unmarked one ``"watermark": null``."""
+    from rtaa_cli.watermark import Marker, PACKET_BITS, call_hex
+
+    emu = emu_factory()
+    pcm = call_audio(8.0)
+    frames = [pcm[i:i + FRAME_BYTES] for i in range(0, len(pcm) // FRAME_BYTES * FRAME_BYTES, FRAME_BYTES)]
+    per_frame = FRAME_BYTES // 2 // PACKET_BITS
+    a = [f for k, f in enumerate(Marker("CAwmA").mark_frames(frames)) if k % 10 != 3]
+    marked_b = Marker("CAwmB").mark_frames(frames)
+    b = marked_b[:60] + marked_b[40:]
+
+    async def send(chunks):
+        async with await _connect(emu) as ws:
+            for c in chunks:
+                await ws.send(c)
+            await ws.send('{"type":"CloseStream"}')
+            async for _ in ws:
+                pass
+
+    async def run():
+        joined = b"".join(a)
+        await send([joined[i:i + 1152] for i in range(0, len(joined), 1152)])  # re-chunked to 72 ms
+        await send(b)
+        await send(frames)
+
+    asyncio.run(run())
+    emu.wait_quiet()
+    by_order = sorted(emu.stats()["connections"], key=lambda c: c["id"])
+    wa, wb, wn = (c["watermark"] for c in by_order)
+    dropped = sum(1 for k in range(len(frames)) if k % 10 == 3)
+    assert wa["call"] == call_hex("CAwmA") and wa["missing"] == dropped * per_frame and wa["repeated"] == 0
+    assert wa["packets"] == len(a) * per_frame and wa["first"] == 0
+    assert wb["call"] == call_hex("CAwmB") and wb["missing"] == 0 and wb["repeated"] == 20 * per_frame
+    assert wn is None and all(c["interaction"] is None for c in by_order)

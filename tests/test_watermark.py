@@ -158,3 +158,38 @@ def test_a_hostile_stream_of_many_call_ids_is_bounded() -> None:
         for f in Marker(f"CAhostile{i}").mark_frames(one):
             dec.feed(f)
     assert len(dec.calls) == MAX_CALLS and len(dec.report()["calls"]) == MAX_CALLS
+
+
+@pytest.mark.parametrize("watermark", [True, False])
+def test_the_replay_and_smoke_caller_script_marks_its_media_when_asked(watermark) -> None:
+    import base64
+
+    import orjson
+
+    from rtaa_cli.caller import CallOptions, CallScript
+
+    pcm = _speech(3.0)
+    script = CallScript.from_pcm(pcm, CallOptions(call_sid="CAscript", stream_sid="ST1", watermark=watermark,
+                                                  holds=((1.0, 1.0),)))
+    sent = b"".join(base64.b64decode(orjson.loads(s.text)["media"]["payload"]) for s in script if s.kind == "media")
+    dec = Decoder()
+    dec.feed(sent)
+    if watermark:
+        assert dec.report()["call"] == call_hex("CAscript") and dec.report()["missing"] == 0
+        assert len(sent) == len(pcm) and sent != pcm
+    else:
+        assert dec.report() is None and sent == pcm
+
+
+def test_the_soak_caller_marks_each_frame_of_the_shared_audio_per_call() -> None:
+    import base64
+
+    from rtaa_cli.soak.sync_caller import MarkedB64
+
+    frames = _frames(_speech(2.0))
+    a, b = MarkedB64(frames, "CAsoakA"), MarkedB64(frames, "CAsoakB")
+    for sid, marked in (("CAsoakA", a), ("CAsoakB", b)):
+        dec = Decoder()
+        for k in range(len(marked)):
+            dec.feed(base64.b64decode(marked[k]))
+        assert dec.report()["call"] == call_hex(sid) and dec.report()["packets"] == len(frames) * PER_FRAME

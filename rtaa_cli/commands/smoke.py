@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         max_latency_ms: float = typer.Option(2000.0, help="Limit for the p95 latency of final results (ms)."),
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per check)."),
+        watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
     ) -> None:
         """Smoke-test a deployed pipeline: health, one replayed call, a final transcript, latency under the limit, no duplicate provider connection, no 1011.
 
@@ -54,7 +55,8 @@ def register(app: typer.Typer) -> None:
             raise RtaaError(str(exc)) from None
         opts = SmokeOptions(url=url, health_url=health, transcripts_url=transcripts, provider_stats_url=provider_stats,
                             audio=resolve_audio(audio, None), length_s=(length or None), speed=speed,
-                            wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms, feed_map=feed_map)
+                            wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms, feed_map=feed_map,
+                            watermark=watermark)
         check_report_paths(json_path, junit)
         doc = run_smoke(opts)
         write_reports(doc, json_path, junit, None, "smoke")

@@ -156,6 +156,8 @@ class _Stream:
         s, r = self.session, self.record
         r.audio_bytes, r.audio_seconds, r.keepalives = s.audio_bytes, s.audio_seconds, s.keepalives
         r.finalizes, r.close_stream, r.schema_errors = s.finalizes, s.close_stream_seen, s.schema_errors
+        if s.watermark is not None:
+            r.watermark = s.watermark.report()
 
 
 def _json_response(status: int, body: object, headers: dict[str, str] | None = None) -> Response:

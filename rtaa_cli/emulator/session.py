@@ -24,6 +24,7 @@ from rtaa_cli.emulator.messages import DATA0000, NET0001, MessageFactory
 from rtaa_cli.emulator.params import MODELS, StreamParams
 from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
 from rtaa_cli.emulator.transcribers import Transcriber
+from rtaa_cli.watermark import Decoder as WatermarkDecoder
 
 
 @dataclass(slots=True)
@@ -69,6 +70,9 @@ class Session:
         self._messages = MessageFactory(request_id, params.model, params.punctuated)
         self._decoder = AudioDecoder(params.encoding, params.sample_rate, params.channels)
         self._sha = hashlib.sha256()
+        # rtaa's callers mark their audio (rtaa_cli.watermark): which call this stream carries, with no tag.
+        # Only 16-bit mono PCM can carry the mark unchanged.
+        self.watermark = WatermarkDecoder() if params.encoding == "linear16" and params.channels == 1 else None
         self._tracks: list[_Track] = []
         self._out: list[Send | Close] = []
         self._last_due = 0.0
@@ -111,6 +115,8 @@ class Session:
             self._open_tracks()
         self.audio_frames += samples.shape[0]
         if samples.ndim == 1:
+            if self.watermark is not None:
+                self.watermark.feed_samples(samples)
             self._feed(0, samples, now)
         elif self.params.multichannel:
             for channel in range(samples.shape[1]):

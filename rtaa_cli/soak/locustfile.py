@@ -112,7 +112,7 @@ class RtaaCaller(User):
             second_stream_at_s=sc.second_stream_at_s, wait_final_s=sc.wait_final_s,
             server_hangup_ok=sc.server_hangup == "ok",
             oversize_bytes=sc.oversize_bytes,
-            start_at=cfg.get("burst_at") if self._first else None,
+            start_at=cfg.get("burst_at") if self._first else None, watermark=bool(cfg.get("watermark", True)),
         )
         self._first = False
         runner = self.environment.runner

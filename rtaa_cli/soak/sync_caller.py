@@ -19,6 +19,7 @@ go into the record).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import os
 import socket
@@ -44,6 +45,7 @@ from rtaa_cli.pacing import Pacer, wait_sync
 from rtaa_cli.soak.frame_scheduler import MediaRun, scheduler
 from rtaa_cli.soak.scenario import BAD_INPUTS
 from rtaa_cli.soak.stats import CallRecord
+from rtaa_cli.watermark import Marker
 
 OPEN_TIMEOUT_S = 10.0  # Exotel: the bot must answer within 10 s
 CLOSE_WAIT_S = 5.0  # bounded wait for the server's close after bad input / stop
@@ -71,6 +73,7 @@ class CallSpec:
     oversize_bytes: int = 2 * 1024 * 1024
     start_at: float | None = None  # wall time to start sending (burst); None: now
     speed: float = 1.0
+    watermark: bool = True  # mark each frame's LSBs with this call (rtaa_cli.watermark) as it is sent
 
 
 def _open(url: str, headers: dict[str, str]) -> ClientConnection:
@@ -286,7 +289,8 @@ def _describe(exc: BaseException) -> str:
 def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLog, rec: CallRecord) -> None:
     frame_s = spec.frame_ms / 1000.0
     frames = spec.frames
-    b64 = _b64_payloads(tuple(frames))  # once per process for the shared audio
+    # the shared audio's base64 is encoded once per process; marked audio is per call, so per frame at send
+    b64 = MarkedB64(frames, spec.call_sid) if spec.watermark else _b64_payloads(tuple(frames))
     n = len(frames)
     hold_k = round(spec.hold_at_s / frame_s) if spec.kind == "hold" else n + 1
     switch_k = -1
@@ -359,6 +363,23 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
         old.wait_closed(CLOSE_WAIT_S)
         if not old.closed.is_set():
             rec.errors.append("older stream was not closed by the server after the second stream started")
+
+
+class MarkedB64:
+    """The base64 payloads of ``frames`` marked for one call, built when the scheduler asks for one
+    (the frames are shared by every caller of the process; a marked copy per call would not be)."""
+
+    __slots__ = ("frames", "marker", "samples")
+
+    def __init__(self, frames: Sequence[bytes], call_sid: str) -> None:
+        self.frames, self.marker = frames, Marker(call_sid)
+        self.samples = len(frames[0]) // 2 if frames else 0  # every frame but the (padded) last has this size
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, k: int) -> str:
+        return binascii.b2a_base64(self.marker.mark(self.frames[k], k * self.samples), newline=False).decode("ascii")
 
 
 @functools.lru_cache(maxsize=16)
