@@ -427,3 +427,37 @@ def test_provider_reconnects_429s_and_1011s_are_plotted_over_time() -> None:
     assert tl["provider"]["1011"][4] == 1
     page = html_report(stats.summary(default_thresholds(), PacingLimits(25.0)))
     assert "Provider: reconnects, 429 refusals, 1011 closes" in page
+
+
+def test_untagged_connections_are_attributed_by_their_watermark() -> None:
+    """A connection with no id of the run whose audio carried a call's mark is that call's: counted in
+    its per-call audio and its duplicates (opened while another of the call was open); connections with
+    neither tag nor a mark of the run, or another run's mark, stay unattributed."""
+    from rtaa_cli.soak.stats import watermark_note
+    from rtaa_cli.watermark import call_hex
+
+    t0 = 1000.0
+
+    def wm(call):
+        return {"call": call_hex(call), "packets": 10, "first": 0, "last": 9, "missing": 0, "repeated": 0}
+
+    conns = [
+        {"interaction": None, "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 100, "watermark": wm("rtaaX-1")},
+        {"interaction": None, "opened_at": t0 + 2, "closed_at": t0 + 6, "audio_bytes": 50, "watermark": wm("rtaaX-1")},
+        {"interaction": None, "opened_at": t0 + 7, "closed_at": t0 + 8, "audio_bytes": 30, "watermark": wm("rtaaX-1")},
+        {"interaction": "rtaaX-2", "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 70, "watermark": wm("rtaaX-2")},
+        {"interaction": None, "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 20, "watermark": None},
+        {"interaction": None, "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 20, "watermark": wm("other")},
+    ]
+    prov = provider_counts_from_emulator({"connections": conns, "interactions": {"rtaaX-2": {"duplicates": 0}}},
+                                         "rtaaX-", since=t0, call_sids=["rtaaX-1", "rtaaX-2"])
+    assert (prov.connections, prov.attributed_by_tag, prov.attributed_by_watermark) == (4, 1, 3)
+    assert (prov.unattributed, prov.unattributed_audio_bytes, prov.marked_connections) == (2, 40, 4)
+    assert prov.per_call == {"rtaaX-1": [3, 180], "rtaaX-2": [1, 70]}
+    assert prov.duplicates == 1  # the second rtaaX-1 connection opened while the first was open
+    # without the run's call ids (--no-watermark) the same document attributes by tag only
+    plain = provider_counts_from_emulator({"connections": conns, "interactions": {}}, "rtaaX-", since=t0)
+    assert (plain.connections, plain.unattributed, plain.attributed_by_watermark) == (1, 5, 0)
+    assert watermark_note(prov, True, True) is None
+    assert watermark_note(plain, False, True) is None
+    assert "watermark not found: the target changes the audio" in watermark_note(plain, True, True)

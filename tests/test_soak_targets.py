@@ -64,6 +64,7 @@ class Case:
     mix: str = "normal = 1"
     path: str = "/v1/ingest"
     extra_toml: str = ""
+    args: tuple[str, ...] = ()  # extra `rtaa soak` options
 
 
 BAD_MIX = "normal = 1\nbad_input = 2"  # bad inputs go round-robin: 6 users cover all six kinds
@@ -77,7 +78,10 @@ CASES = {
     "drop_frames": Case(Flaws(drop_every=8)),
     "bad_input": Case(Flaws(), users=9, mix=BAD_MIX),
     "bad_1011": Case(Flaws(bad_1011=True), users=9, mix=BAD_MIX),
+    # no tag= / extra=: attributed by the callers' audio watermark (on by default) ...
     "untagged": Case(Flaws(untagged=True)),
+    # ... and without it, unattributed (the detection of untagged traffic stays tested)
+    "untagged_no_watermark": Case(Flaws(untagged=True), args=("--no-watermark",)),
     "leak": Case(Flaws(leak=True)),
     # a 3 s hold (no media) on a 1.5 s provider idle timeout, and a target that sends no KeepAlive
     "silent_hold": Case(Flaws(no_keepalive=True), idle_timeout_s=1.5, mix="hold = 1",
@@ -97,7 +101,8 @@ EXPECTED_FAILURES = {
     "drop_frames": {"audio_loss"},
     "bad_input": set(),
     "bad_1011": {"bad_input_unexpected"},
-    "untagged": {"unattributed_connections", "calls_unreached_rate"},
+    "untagged": set(),
+    "untagged_no_watermark": {"unattributed_connections", "calls_unreached_rate"},
     "leak": {"provider_open_at_end"},
     "silent_hold": {"closes_1011_rate"},
 }
@@ -141,7 +146,7 @@ def soaks(tmp_path_factory) -> dict[str, dict]:
             out = tmp / f"{name}.json"
             cmd = [*RTAA, "soak", str(toml), "--quiet", "--json", str(out),
                    "--target", f"ws://{target}{case.path}", "--transcripts", f"ws://{target}/v1/transcripts",
-                   "--provider-stats", f"{emu_http}/stats", "--provider-control", f"{emu_http}/control/faults"]
+                   "--provider-stats", f"{emu_http}/stats", "--provider-control", f"{emu_http}/control/faults", *case.args]
             started.append((name, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         # the documented cross-host commands, on one host: `--master` waits for a `--worker` process
         server = subprocess.Popen([sys.executable, SUPPORT, "{}", "10"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -231,11 +236,28 @@ def test_a_threshold_with_no_evidence_makes_the_run_invalid(soaks) -> None:
 
 
 def test_provider_evidence_of_an_untagged_pipeline(soaks) -> None:
-    doc = soaks["untagged"]["doc"]
+    doc = soaks["untagged_no_watermark"]["doc"]
     prov = doc["provider"]
     assert prov["calls_reached"] == 0 and prov["unattributed_connections"] >= doc["calls"]["finished"]
+    assert prov["attributed_by_watermark"] == 0 and prov["marked_connections"] == 0
     rows = {row["name"]: row for row in doc["thresholds"]}
     assert rows["duplicates"]["status"] == "not measured" and "unattributed connections seen" in rows["duplicates"]["reason"]
+    assert not any("watermark not found" in n for n in doc["run"]["notes"])  # nothing was marked
+
+
+def test_an_untagged_pipeline_is_attributed_by_the_watermark(soaks) -> None:
+    """The same untagged target with the callers' watermark on: every connection is attributed to its
+    call by the audio it carried, so duplicates, audio loss and calls reached are measured again."""
+    doc = soaks["untagged"]["doc"]
+    prov = doc["provider"]
+    assert prov["unattributed_connections"] == 0 and prov["attributed_by_tag"] == 0
+    assert prov["attributed_by_watermark"] == prov["connections"] >= doc["calls"]["finished"]
+    assert prov["calls_reached"] == prov["calls_with_audio"] == doc["calls"]["finished"]
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert rows["duplicates"]["value"] == 0 and rows["audio_loss"]["value"] == 0.0
+    # a tagged target's connections carry the mark too, and are counted as attributed by tag
+    ref = soaks["reference"]["doc"]["provider"]
+    assert ref["attributed_by_watermark"] == 0 and ref["attributed_by_tag"] == ref["connections"] == ref["marked_connections"]
 
 
 def test_a_leaking_target_is_caught_by_the_post_run_watch(soaks) -> None:

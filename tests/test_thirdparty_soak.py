@@ -1,8 +1,9 @@
 """Black-box soak of a third-party pipeline (tests/thirdparty/target.py: untagged Deepgram connections,
 72 ms re-chunking, transcripts to a Redis stream per call in its own schema) through the real CLI:
 ``rtaa soak --target ... --transcripts redis://...{call_sid} --feed-map ... --provider-stats ...``.
-Asserts the measured figures (calls, finals delivered, feed messages counted), and that without the
-mapping every message is counted as not understood instead of vanishing."""
+Asserts the measured figures (calls, finals delivered, feed messages counted, provider connections
+attributed to their calls by the audio watermark), and that without the mapping every message is
+counted as not understood instead of vanishing."""
 from __future__ import annotations
 
 import os
@@ -95,6 +96,13 @@ def test_soak_against_a_foreign_redis_feed_with_a_mapping(setup) -> None:
     calls = doc["calls"]
     assert calls["completed"] == calls["started"] >= 2 and calls["failed"] == 0, (calls, output[-2000:])
     assert doc["failures"]["by_reason"] == {}, doc["failures"]
+    # no tag, 72 ms re-chunking: every provider connection is attributed to its call by the watermark
+    prov = doc["provider"]
+    assert prov["unattributed_connections"] == 0 and prov["attributed_by_tag"] == 0, prov
+    assert prov["attributed_by_watermark"] == prov["connections"] >= calls["started"], prov
+    assert prov["calls_reached"] == prov["calls_with_audio"] == calls["started"], prov
+    rows = {row["name"]: row for row in doc["thresholds"]}
+    assert rows["unattributed_connections"]["status"] == "pass" and rows["duplicates"]["value"] == 0, rows
     client = redis.Redis.from_url(REDIS)
     keys = [k.decode() for k in client.scan_iter(match=setup["prefix"] + doc["run"]["call_prefix"] + "*")]
     assert len(keys) == calls["started"], keys  # one stream per call, named by the soak's call SIDs

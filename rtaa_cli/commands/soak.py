@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         master_port: int = typer.Option(5557, help="With --master/--worker: the master's port (--master: 0 = any free port, printed)."),
         worker: bool = typer.Option(False, "--worker", help="Distributed: be a Locust worker of --master-host."),
         master_host: str = typer.Option("127.0.0.1", help="With --worker: the master's address."),
+        watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
 
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
             expect_workers=(expect_workers if master else (sc.processes if sc.processes > 1 else 0)),
             spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",
             master_port=master_port if master else 0, watch_after_s=parse_duration(watch_after),
+            watermark=watermark,
         )
         code, doc = runner.run_soak(opts)
         print_summary(doc, "soak")

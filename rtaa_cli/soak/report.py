@@ -244,6 +244,8 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
     if "unattributed_connections" in prov:
         rows += [("provider: calls reached / calls with audio", f"{prov['calls_reached']} / {prov['calls_with_audio']}"),
                  ("provider: unattributed connections", _fmt(prov["unattributed_connections"])),
+                 ("provider: attributed by tag / by watermark",
+                  f"{_fmt(prov.get('attributed_by_tag'))} / {_fmt(prov.get('attributed_by_watermark'))}"),
                  ("provider: open at end / opened after end", f"{prov['open_at_end']} / {prov['opened_after_end']}"),
                  ("provider: reconnects / 429 refusals", f"{prov['reconnects']} / {_fmt(prov['rejected_429'])}"),
                  ("provider: KeepAlives (per connection)", f"{prov['keepalives']} ({prov['keepalives_per_connection']})"),

@@ -44,7 +44,7 @@ from rtaa_cli.soak.report import check_report_paths, histogram_bins, write_repor
 from rtaa_cli.soak.scenario import Scenario
 from rtaa_cli.soak.stats import (
     CallRecord, PacingLimits, ProviderCounts, SendWindow, SoakStats, Threshold, apply_overrides, default_thresholds,
-    provider_counts_from_emulator, provider_counts_from_metrics,
+    provider_counts_from_emulator, provider_counts_from_metrics, watermark_note,
 )
 
 EXIT = EXIT_CODES
@@ -85,6 +85,7 @@ class SoakOptions:
     serve_args: list[str] = field(default_factory=list)
     watch_after_s: float = 3.0  # post-run watch of the provider (leaked streams, reconnect loops)
     progress_every_s: float = 5.0  # without a terminal: one progress line this often
+    watermark: bool = True  # callers mark their audio (rtaa_cli.watermark): attribution of untagged connections
 
 
 # ------------------------------------------------------------------------------- HTTP helpers
@@ -265,7 +266,7 @@ def _scrape(url: str | None) -> str | None:
 
 def _provider_counts(target: Target, prefix: str, metrics_before: str | None = None, *, since: float | None = None,
                      after: float | None = None, send_windows: dict[str, SendWindow] | None = None,
-                     base_totals: dict[str, Any] | None = None) -> ProviderCounts | None:
+                     base_totals: dict[str, Any] | None = None, call_sids: Any = ()) -> ProviderCounts | None:
     if not target.provider_stats_url:
         if metrics_before is not None:  # only the target's own metrics: the increase over the run
             after_text = _scrape(target.metrics_url)
@@ -279,7 +280,8 @@ def _provider_counts(target: Target, prefix: str, metrics_before: str | None = N
         doc = http_get_json(target.provider_stats_url)
     except (OSError, ValueError):
         return None
-    counts = provider_counts_from_emulator(doc, prefix, since=since, after=after, send_windows=send_windows)
+    counts = provider_counts_from_emulator(doc, prefix, since=since, after=after, send_windows=send_windows,
+                                           call_sids=list(call_sids))
     totals = doc.get("totals") or {}
     if base_totals is not None and "rejected_429" in totals:
         counts.rejected_429 = int(totals["rejected_429"]) - int(base_totals.get("rejected_429", 0))
@@ -405,7 +407,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             f"Locust worker {msg.data['client']}: {msg.data['error']}"))
         config = {"scenario": sc.to_dict(), "url": target.url, "transcripts_url": target.transcripts_url,
                   "headers": opts.headers, "call_prefix": prefix, "burst_at": burst_at,
-                  "stop_new_calls_at": t0 + sc.duration_s + start_delay}
+                  "stop_new_calls_at": t0 + sc.duration_s + start_delay, "watermark": opts.watermark}
         if distributed:
             runner.send_message(locustfile.MSG_CONFIG, config)
         else:
@@ -431,7 +433,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             while True:
                 now = time.time()
                 if now >= next_poll:
-                    view.provider = _provider_counts(target, prefix, metrics_before, since=t0, base_totals=base_totals)
+                    view.provider = _provider_counts(target, prefix, metrics_before, since=t0, base_totals=base_totals,
+                                                     call_sids=stats.send_windows if opts.watermark else ())
                     if stats.memory is not None:
                         rss = rss_from_metrics(_scrape(target.metrics_url))
                         if rss is not None:
@@ -504,7 +507,11 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                 w.kill()
     stats.set_provider(_provider_counts(target, prefix, metrics_before, since=t0,
                                         after=(stats.last_call_ended + AFTER_END_GRACE_S) if stats.records else None,
-                                        send_windows=stats.send_windows, base_totals=base_totals))
+                                        send_windows=stats.send_windows, base_totals=base_totals,
+                                        call_sids=stats.send_windows if opts.watermark else ()))
+    note = watermark_note(stats.provider, opts.watermark, bool(stats.send_windows))
+    if note:
+        notes.append(note)
     doc = stats.summary(thresholds, PacingLimits(sc.max_lateness_p99_ms), turned_off(opts))
     doc["scenario"] = {"name": sc.name, "path": sc.path, "description": sc.description}
     doc["run"] = {"target": target.url, "description": target.description, "users": sc.users,

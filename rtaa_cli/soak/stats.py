@@ -21,6 +21,7 @@ from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli import textmark, verdict
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory
+from rtaa_cli.watermark import call_hex
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -361,6 +362,9 @@ class ProviderCounts:
     event_times: dict[str, list[float]] = field(default_factory=dict)  # "reconnect", "429", "1011"
     text_mark: bool = False  # the provider marks its results' text (rtaa fake-deepgram, segmenter engine)
     connection_calls: dict[int, str] = field(default_factory=dict)  # connection id (mod 2^20) -> this run's call
+    attributed_by_tag: int = 0  # of ``connections``: by tag= / extra=interaction_id:
+    attributed_by_watermark: int = 0  # by the audio watermark alone (rtaa_cli.watermark)
+    marked_connections: int = 0  # connections of the run whose audio carried one of its calls' marks
 
     @property
     def reconnects(self) -> int:
@@ -409,21 +413,35 @@ def classify_1011(conn: dict[str, Any], expected_ms: float | None) -> str:
 
 def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str, *, since: float | None = None,
                                   after: float | None = None,
-                                  send_windows: dict[str, SendWindow] | None = None) -> ProviderCounts:
+                                  send_windows: dict[str, SendWindow] | None = None,
+                                  call_sids: Iterable[str] = ()) -> ProviderCounts:
     """Reduce an emulator ``/stats`` document to this run's interactions (ids starting with
-    ``interaction_prefix``). Connections opened since ``since`` (the run's start) that carry no id
-    of this run, nor of another rtaa run, are *unattributed*: untagged traffic of the target."""
+    ``interaction_prefix``). A connection opened since ``since`` (the run's start) with no id of this
+    run whose audio carried the watermark of one of ``call_sids`` (the emulator's ``watermark.call``)
+    is that call's connection; the others that carry no id of this run, nor of another rtaa run, are
+    *unattributed*: untagged traffic of the target."""
     out = ProviderCounts(source="emulator", audio_bytes=0, records=True)
     for iid, info in (stats.get("interactions") or {}).items():
         if str(iid).startswith(interaction_prefix):
             out.duplicates += int(info.get("duplicates", 0))
+    by_mark = {call_hex(c): c for c in call_sids}
     have_bytes = False
     opened_by_call: dict[str, list[float]] = {}
+    spans: dict[str, list[tuple[float, float, bool]]] = {}  # call -> (opened, closed, by watermark)
     events: dict[str, list[float]] = {"reconnect": [], "429": [], "1011": []}
     for conn in stats.get("connections") or []:
         iid = str(conn.get("interaction") or conn.get("interaction_id") or "")
         mine = iid.startswith(interaction_prefix)
         opened = float(conn.get("opened_at") or 0.0)
+        if since is not None and opened < since:
+            marked = None  # older than the run: cannot carry its calls' marks
+        else:
+            wm = conn.get("watermark")
+            marked = by_mark.get(wm.get("call")) if isinstance(wm, dict) else None
+        out.marked_connections += marked is not None
+        by_watermark = not mine and marked is not None and not OTHER_RTAA_RUN.match(iid)
+        if by_watermark:
+            iid, mine = marked, True  # type: ignore[assignment]
         if not mine:
             if since is None or opened < since or OTHER_RTAA_RUN.match(iid):
                 continue
@@ -431,9 +449,13 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             out.unattributed_audio_bytes += int(conn.get("audio_bytes") or 0)
         else:
             out.connections += 1
+            out.attributed_by_watermark += by_watermark
+            out.attributed_by_tag += not by_watermark
             opened_by_call.setdefault(iid, []).append(opened)
             if conn.get("id") is not None:
                 out.connection_calls[int(conn["id"]) % (1 << textmark.CONN_BITS)] = iid
+            closed = conn.get("closed_at")
+            spans.setdefault(iid, []).append((opened, math.inf if closed is None else float(closed), by_watermark))
             b = conn.get("audio_bytes", conn.get("bytes_received"))
             if b is not None:
                 have_bytes = True
@@ -456,6 +478,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             events["1011"].append(float(conn.get("closed_at") or opened))
     if not have_bytes:
         out.audio_bytes = None
+    out.duplicates += _watermark_duplicates(spans)
     for times in opened_by_call.values():  # every connection of a call after its first is a reconnect
         events["reconnect"].extend(sorted(times)[1:])
     events["429"] = [float(r["at"]) for r in stats.get("rejections") or []
@@ -463,6 +486,30 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
     out.event_times = events
     out.text_mark = bool(stats.get("text_mark"))
     return out
+
+
+def watermark_note(counts: ProviderCounts | None, watermark: bool, sent_audio: bool) -> str | None:
+    """Marked audio went out, the provider has connection records, and not one carried a mark."""
+    if not watermark or not sent_audio or counts is None or not counts.records or counts.marked_connections:
+        return None
+    if counts.connections + counts.unattributed == 0:
+        return None
+    return ("watermark not found: the target changes the audio (resampling, gain or transcoding): "
+            "connections are attributed by tag only")
+
+
+def _watermark_duplicates(spans: dict[str, list[tuple[float, float, bool]]]) -> int:
+    """Duplicates among connections attributed by watermark (the emulator counts tagged ones): a
+    connection opened while another connection of the same call was still open."""
+    dup = 0
+    for conns in spans.values():
+        if not any(w for _, _, w in conns):
+            continue
+        conns = sorted(conns)
+        for i, (opened, _closed, by_watermark) in enumerate(conns):
+            if by_watermark and any(o <= opened < c for o, c, _ in conns[:i]):
+                dup += 1
+    return dup
 
 
 # Prometheus names a target may expose (rtaa serve does; any pipeline can): counters, so the soak
@@ -945,6 +992,8 @@ class SoakStats:
                 unreached = self.audio_accounting()["unreached_calls"] or 0
                 provider.update({
                     "unattributed_connections": p.unattributed, "unattributed_audio_bytes": p.unattributed_audio_bytes,
+                    "attributed_by_tag": p.attributed_by_tag, "attributed_by_watermark": p.attributed_by_watermark,
+                    "marked_connections": p.marked_connections,
                     "calls_reached": eligible - unreached, "calls_with_audio": eligible,
                     "open_at_end": p.open_now, "opened_after_end": p.opened_after, "reconnects": p.reconnects,
                     "keepalives": p.keepalives,
