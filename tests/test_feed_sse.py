@@ -134,8 +134,9 @@ def test_soak_times_a_foreign_feed_by_the_text_mark(target, tmp_path) -> None:
     assert final["count"] == sum(c["finals"] for c in mine.values()) and 0 <= final["p50"] < 1000, final
     rows = {row["name"]: row for row in doc["thresholds"]}
     assert rows["results_repeated"]["value"] == 0 and rows["delivery_rate"]["passed"] is True
-    # untagged connections: whose results these are is unknown until the provider can attribute them
-    assert rows["cross_talk_results"]["passed"] is None and "cannot attribute" in rows["cross_talk_results"]["reason"]
+    # untagged connections, attributed by the audio watermark: each result is its own call's
+    assert rows["cross_talk_results"]["value"] == 0 and rows["cross_talk_results"]["passed"] is True
+    assert doc["provider"]["attributed_by_watermark"] == doc["calls"]["started"]
 
 
 def test_soak_without_a_text_mark_says_the_feed_has_no_offsets(targets, tmp_path) -> None:
