@@ -18,6 +18,7 @@ from websockets.sync.server import serve
 from rtaa_cli.exotel import Media, Start, StreamEncoder, parse_event
 from rtaa_cli.soak import sync_caller
 from rtaa_cli.soak.sync_caller import CallSpec, run_call
+from rtaa_cli.watermark import Marker
 
 case = sys.argv[1]
 received: dict[str, list[str]] = {}  # stream_sid -> raw text messages in arrival order
@@ -79,7 +80,9 @@ elif case == "close":
     specs = [CallSpec(url=url, call_sid="CCLOSE", frames=frames, wait_final_s=0)]
 else:
     frames = tuple(bytes([i % 256, i // 256]) * 288 for i in range(30))  # 36 ms frames at 8 kHz
-    specs = [CallSpec(url=url, call_sid=sid, frames=frames, wait_final_s=0) for sid in ("CFAST1", "CFAST2", "SLOW1")]
+    # CFAST2 sends its audio unmarked (--no-watermark): the shared payloads' path
+    specs = [CallSpec(url=url, call_sid=sid, frames=frames, wait_final_s=0, watermark=sid != "CFAST2")
+             for sid in ("CFAST1", "CFAST2", "SLOW1")]
 
 records = [None] * len(specs)
 threads = [threading.Thread(target=lambda i=i: records.__setitem__(i, run_call(specs[i]))) for i in range(len(specs))]
@@ -95,16 +98,19 @@ for spec, rec in zip(specs, records):
     start = next((parse_event(m) for m in msgs if '"start"' in m), None)
     media_texts = [m for m in msgs if m.startswith('{"event":"media"')]
     identical = None
+    # the audio the call should carry: its frames, LSB-marked with its call id unless unmarked
+    expected = Marker(spec.call_sid).mark_frames(spec.frames) if spec.watermark else list(spec.frames)
     if isinstance(start, Start):  # what StreamEncoder (the one codec) would have sent, byte for byte
         enc = StreamEncoder(start.stream_sid, start.call_sid, start.account_sid, start.sample_rate)
         enc.sequence_number = start.sequence_number
-        identical = media_texts == [enc.media(pcm) for pcm in spec.frames[: len(media_texts)]]
+        identical = media_texts == [enc.media(pcm) for pcm in expected[: len(media_texts)]]
     out["calls"].append({
         "call_sid": spec.call_sid, "failure": rec.failure, "frames_sent": rec.frames_sent,
         "audio_bytes_sent": rec.audio_bytes_sent, "lateness_count": rec.lateness.count,
         "late_max_ms": rec.lateness.max_ms, "drift_ms": rec.drift_ms,
-        "received_media": len(media_texts), "identical": identical,
-        "payload_ok": [isinstance(e, Media) and e.payload == spec.frames[i] for i, e in enumerate(map(parse_event, media_texts))].count(False) == 0,
+        "received_media": len(media_texts), "identical": identical, "watermark": spec.watermark,
+        "marked_differs": expected != list(spec.frames),
+        "payload_ok": [isinstance(e, Media) and e.payload == expected[i] for i, e in enumerate(map(parse_event, media_texts))].count(False) == 0,
         "last": msgs[-1][:40] if msgs else None,
     })
 print(json.dumps(out), flush=True)

@@ -2,7 +2,8 @@
 subprocess (tests/soak_sender_child.py; Locust's patching must stay out of pytest) against a real
 websockets server on 127.0.0.1:
 
-* paced calls put exactly StreamEncoder's bytes on the wire, every frame, in order, on time; a
+* paced calls put exactly StreamEncoder's bytes of their (watermarked, or with --no-watermark raw)
+  audio on the wire, every frame, in order, on time; a
   stream the scheduler may not write to (as over TLS) hands every frame back and still does;
 * a server that stops reading until the caller's socket buffer is full: partial writes are
   finished under websockets' lock, nothing is lost or interleaved;
@@ -41,6 +42,8 @@ def test_paced_calls_send_the_codecs_bytes_on_schedule(results) -> None:
         assert call["frames_sent"] == call["received_media"] == call["lateness_count"] == 30
         assert call["audio_bytes_sent"] == 30 * 576
         assert call["identical"] is True and call["payload_ok"] is True
+        # marked calls carry their call's watermark (not the raw frames); --no-watermark sends them as is
+        assert call["marked_differs"] is call["watermark"] is (call["call_sid"] != "CFAST2")
         assert call["last"].startswith('{"event":"stop","sequence_number":"32"')
         # drift-free: the last frame is not later than generous CI noise (a timer per frame would drift)
         assert call["late_max_ms"] < 150 and abs(call["drift_ms"]) < 150
