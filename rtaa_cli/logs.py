@@ -73,6 +73,44 @@ class EventLog:
         self._log(logging.ERROR, event, fields)
 
 
+class Sampled:
+    """Bounded logging for events that can come once per message or frame (unknown events, audio after a
+    call ended): per key, the first ``burst`` lines of each ``window_s`` are written, the rest are only
+    counted and the next line written says how many were left out (``suppressed``). The metrics stay
+    exact; this bounds only the log (a garbage flood once wrote 7.4 MB in 10 s).
+
+    Keys are event kinds, not calls: per-call keys would let many connections multiply the bound."""
+
+    __slots__ = ("_log", "burst", "window_s", "_clock", "_windows")
+
+    def __init__(self, log: EventLog, burst: int = 5, window_s: float = 10.0,
+                 clock: Any = time.monotonic) -> None:
+        self._log, self.burst, self.window_s, self._clock = log, burst, window_s, clock
+        self._windows: dict[str, list[float]] = {}  # key -> [window start, lines written, suppressed]
+
+    def admit(self, key: str) -> int | None:
+        """None: leave this line out. Otherwise the number of lines left out since the last one written."""
+        now = self._clock()
+        w = self._windows.get(key)
+        if w is None or now - w[0] >= self.window_s:
+            suppressed = int(w[2]) if w else 0
+            self._windows[key] = [now, 1, 0]
+            return suppressed
+        if w[1] < self.burst:
+            w[1] += 1
+            suppressed, w[2] = int(w[2]), 0
+            return suppressed
+        w[2] += 1
+        return None
+
+    def warning(self, event: str, key: str | None = None, **fields: Any) -> None:
+        suppressed = self.admit(key or event)
+        if suppressed is not None:
+            if suppressed:
+                fields["suppressed"] = suppressed
+            self._log.warning(event, **fields)
+
+
 def get(name: str) -> EventLog:
     return EventLog(name)
 

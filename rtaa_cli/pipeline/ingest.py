@@ -9,7 +9,9 @@ with the interaction id when known; no bad input affects another call):
 | start with a sample rate not served, or differing from the rate of audio the call already had | close 1007 |
 | media before start | close 1008 "media before start" |
 | media after stop | close 1008 "media after stop" (the audio is reported, never sent) |
-| unknown event | counted + logged, **ignored** (Exotel adds events; one should not kill a call) |
+| unknown event | counted + logged as a bounded sample, **ignored** (Exotel adds events; one should not kill a call) |
+| ``GARBAGE_ONLY_LIMIT`` unknown events and no start | close 1003 (not an Exotel stream) |
+| text frame that is not UTF-8 | close 1007 (websockets), counted ``invalid_utf8`` |
 | binary frame | close 1003 "binary frames are not Exotel messages" |
 | frame over ``max_message_bytes`` | close 1009 (websockets' max_size) |
 | more than ``max_messages_per_s`` (token bucket) | close 1008 "message rate limit exceeded" |
@@ -47,10 +49,16 @@ from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.ratelimit import TokenBucket
 
 log = logs.get("rtaa.ingest")
+sampled = logs.Sampled(log)  # per-message warnings: a bounded sample, the metrics count every one
 
 SUPERSEDED_REASON = "superseded by a newer stream for this call"
 OWNED_REASON = "call owned by another principal"
 PRINCIPAL_CAP_REASON = "too many calls for this principal"
+GARBAGE_ONLY_LIMIT = 50  # unknown events before any start: not an Exotel stream
+GARBAGE_REASON = f"no Exotel stream: {GARBAGE_ONLY_LIMIT} unknown events and no start"
+# closes websockets makes itself (the handler never sees the frame): counted and logged in handle()
+_LIBRARY_CLOSE_KINDS = {Close.MESSAGE_TOO_BIG: "oversize", Close.INVALID_PAYLOAD: "invalid_utf8",
+                        Close.PROTOCOL_ERROR: "protocol_error"}
 MAX_INTERACTION_ID = 128  # it names metrics-free state, log lines, feed paths and the provider's tag
 
 
@@ -69,7 +77,7 @@ class StreamConn:
     """One caller connection (one Exotel stream)."""
 
     __slots__ = ("ws", "principal", "interaction_id", "stream_sid", "sample_rate", "channel", "stopped", "superseded",
-                 "closing",
+                 "closing", "unknown_events",
                  "close_task", "_unsubscribe")
 
     def __init__(self, ws: ServerConnection) -> None:
@@ -82,6 +90,7 @@ class StreamConn:
         self.stopped = False
         self.superseded = False
         self.closing = False
+        self.unknown_events = 0
         self.close_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -145,10 +154,14 @@ class Ingest:
                 try:
                     ev = parse_event(message)
                 except ExotelProtocolError as exc:
-                    if exc.close_code == Close.UNSUPPORTED_DATA:  # unknown event: count, log, ignore
+                    if exc.close_code == Close.UNSUPPORTED_DATA:  # unknown event: count, log a sample, ignore
                         self.metrics.bad_input.labels(kind="unknown_event").inc()
-                        log.warning("bad_input", interaction_id=s.interaction_id, kind="unknown_event",
-                                    reason=exc.reason, action="ignored")
+                        s.unknown_events += 1
+                        if s.channel is None and s.unknown_events >= GARBAGE_ONLY_LIMIT:
+                            await self._bad(s, "garbage_only", Close.UNSUPPORTED_DATA, GARBAGE_REASON)
+                            continue
+                        sampled.warning("bad_input", key="unknown_event", interaction_id=s.interaction_id,
+                                        kind="unknown_event", reason=exc.reason, action="ignored")
                         continue
                     await self._bad(s, _kind_of(exc), exc.close_code, exc.reason)
                     continue
@@ -184,12 +197,27 @@ class Ingest:
                     await self._stop(s, ev.reason or "stopped")
                 # connected, dtmf, mark, clear: nothing to do for transcription
         except ConnectionClosed:
-            pass
+            self._library_close(s)
         finally:
             self.connections.discard(s)
             if s._unsubscribe is not None:
                 s._unsubscribe()
             self._disconnected(s)
+
+    def _library_close(self, s: StreamConn) -> None:
+        """websockets closes by itself on a frame over max_size (1009), invalid UTF-8 text (1007) or a
+        broken frame (1002): the handler never sees that input, so it is counted and logged here."""
+        sent = s.ws.protocol.close_sent
+        if s.closing or sent is None or s.ws.protocol.close_rcvd_then_sent:
+            return  # we closed (already counted), the caller closed first, or the connection just dropped
+        kind = _LIBRARY_CLOSE_KINDS.get(sent.code)
+        if kind is None:
+            return
+        s.closing = True
+        self.metrics.caller_closes.labels(code=str(sent.code)).inc()
+        self.metrics.bad_input.labels(kind=kind).inc()
+        log.warning("bad_input", interaction_id=s.interaction_id, stream_sid=s.stream_sid, kind=kind,
+                    close_code=sent.code, reason=sent.reason)
 
     async def _start(self, s: StreamConn, ev: Start) -> bool:
         if s.channel is not None:

@@ -28,6 +28,7 @@ from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, Provi
 from rtaa_cli.pipeline.timeline import CallTimeline
 
 log = logs.get("rtaa.worker")
+sampled = logs.Sampled(log)  # per-frame warnings: a bounded sample, the metrics count every frame
 
 ACTIVE, ENDING, ENDED = "active", "ending", "ended"
 _REPLAY_CHUNK = 32 * 1024  # replayed audio goes out in messages of this size
@@ -53,6 +54,7 @@ class Interaction:
         self._publish = publish
         self.state = ACTIVE
         self.finished = False  # set by the worker's _finish (exactly once per interaction)
+        self.failure_reported = False  # call_failed logged and the caller told (exactly once)
         self.stream_sid = ""
         self.timeline = CallTimeline(sample_rate, cfg.replay_limit_s, cfg.latency_window_frames)
         self.seq = 0
@@ -167,7 +169,7 @@ class Interaction:
             return
         if self.state is not ACTIVE:
             self.metrics.audio_after_end.inc()
-            log.warning("audio_after_end", interaction_id=self.interaction_id, bytes=len(pcm), state=self.state)
+            sampled.warning("audio_after_end", interaction_id=self.interaction_id, bytes=len(pcm), state=self.state)
             raise CallEnded(self.interaction_id)
         end = self._append(pcm, received_at)
         conn = self._conn
@@ -409,7 +411,7 @@ class Worker:
                 if kind is busmod.AUDIO:
                     if interaction is None:
                         self.metrics.audio_after_end.inc()
-                        log.warning("audio_after_end", interaction_id=iid, bytes=len(item[1]))
+                        sampled.warning("audio_after_end", interaction_id=iid, bytes=len(item[1]))
                         continue
                     try:
                         await interaction.push_audio(item[1], item[2])
@@ -436,7 +438,7 @@ class Worker:
                         # Open eagerly: the handshake overlaps the first frames instead of delaying them.
                         interaction._spawn(interaction._reopen())
                         channel.fast_path = interaction.send_now
-                        interaction.on_failure = self._failure_reporter(channel, iid)
+                        interaction.on_failure = self._failure_reporter(channel, interaction)
                         # Here, not at the ingest: a start that arrives while the call's previous stream is
                         # still finalising begins a new call only now, after that call's call_ended.
                         if not restart:
@@ -469,13 +471,17 @@ class Worker:
             self.on_call_ended(interaction.interaction_id, reason)
 
     @staticmethod
-    def _failure_reporter(channel: busmod.CallChannel, iid: str) -> Callable[[ProviderError], None]:
-        def report(exc: ProviderError) -> None:
-            log.error("call_failed", interaction_id=iid, error=str(exc))
-            channel.fail("transcription provider unavailable")  # the ingest closes the caller 1011
-        return report
+    def _report_failure(channel: busmod.CallChannel, interaction: Interaction, exc: ProviderError) -> None:
+        """Once per call: the background opening and the next frame's send both see the same failure."""
+        if interaction.failure_reported:
+            return
+        interaction.failure_reported = True
+        log.error("call_failed", interaction_id=interaction.interaction_id, error=str(exc))
+        channel.fail("transcription provider unavailable")  # the ingest closes the caller 1011
+
+    def _failure_reporter(self, channel: busmod.CallChannel, interaction: Interaction) -> Callable[[ProviderError], None]:
+        return lambda exc: self._report_failure(channel, interaction, exc)
 
     async def _fail(self, channel: busmod.CallChannel, interaction: Interaction, exc: ProviderError) -> None:
-        log.error("call_failed", interaction_id=interaction.interaction_id, error=str(exc))
-        channel.fail("transcription provider unavailable")
+        self._report_failure(channel, interaction, exc)
         await self._finish(interaction, "provider unavailable")
