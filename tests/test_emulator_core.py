@@ -85,11 +85,19 @@ def test_g711_tables_match_reference():
     assert np.array_equal(ALAW_TO_PCM16, np.frombuffer(audioop.alaw2lin(all_bytes, 2), "<i2"))
 
 
-def test_decoder_linear16_odd_frame_is_undecodable_and_wav_header_is_read():
+def test_decoder_carries_a_cut_sample_to_the_next_frame_and_reads_the_wav_header():
     dec = AudioDecoder("linear16", 8000, 1)
     assert dec.decode(b"\x01\x00\x02\x00").tolist() == [1, 2]
-    with pytest.raises(UndecodableAudio):
-        dec.decode(b"\x01\x00\x02")
+    # Odd-length frames: one byte stream (DEEPGRAM.md §2), the cut sample completes with the next frame.
+    assert dec.decode(b"\x03\x00\x04").tolist() == [3] and dec.carried == 1
+    assert dec.decode(b"").tolist() == [] and dec.carried == 1
+    assert dec.decode(b"\x00\x05").tolist() == [4] and dec.carried == 1
+    assert dec.decode(b"\x00").tolist() == [5] and dec.carried == 0
+    stereo = AudioDecoder("linear16", 8000, 2)
+    assert stereo.decode(b"\x01\x00\x02").shape == (0, 2) and stereo.carried == 3
+    assert stereo.decode(b"\x00\x03\x00\x04").tolist() == [[1, 2]] and stereo.carried == 3
+    mulaw = AudioDecoder("mulaw", 8000, 1)
+    assert mulaw.decode(b"\xff\x7f\x00").tolist() == MULAW_TO_PCM16[[255, 127, 0]].tolist()
     import io
 
     import soundfile as sf
@@ -243,10 +251,23 @@ def test_bad_text_gets_schema_error_and_stream_continues():
 
 
 def test_undecodable_audio_closes_1008():
-    s = make_session()
-    s.receive_audio(b"\x00\x01\x02", 0.0)
+    s = make_session("model=nova-3")  # no encoding: a WAV stream is expected
+    s.receive_audio(b"OggS\x00\x02" + bytes(40), 0.0)
     out = s.data_to_send()
     assert isinstance(out[-1], Close) and out[-1].code == 1008 and out[-1].reason.startswith("DATA-0000")
+
+
+def test_byte_count_chunking_gives_the_same_messages_as_sample_chunking():
+    audio = np.concatenate([silence(0.3), tone(1.2), silence(0.6), tone(0.9), silence(0.5)]).tobytes()
+    out = []
+    for size in (576, 1001, 1):
+        s = make_session("model=nova-3&encoding=linear16&sample_rate=8000&interim_results=true&endpointing=300")
+        for off in range(0, len(audio), size):
+            s.receive_audio(audio[off:off + size], 0.0)
+        s.receive_text('{"type":"CloseStream"}', 0.0)
+        out.append(decoded(s.data_to_send()))
+    assert out[0] == out[1] == out[2]
+    assert out[0][-1] == ("close", 1000, "") and sum(m["type"] == "Results" for m in out[0][:-1]) >= 4
 
 
 def test_multichannel_results_per_channel():

@@ -381,8 +381,8 @@ def test_undecodable_audio_is_1008_and_other_streams_unaffected(emu_factory):
 
     async def run():
         good = await _connect(emu, LISTEN + "&tag=good")
-        bad = await _connect(emu, LISTEN + "&tag=bad")
-        await bad.send(b"\x01\x02\x03")  # odd length: not whole linear16 samples
+        bad = await _connect(emu, "/v1/listen?model=nova-3&tag=bad")  # no encoding: WAV expected
+        await bad.send(b"OggS\x00\x02" + bytes(40))  # an Ogg page, not a WAV header
         with pytest.raises(ConnectionClosedError) as info:
             await asyncio.wait_for(bad.recv(), BOUND)
         await good.send(tone_bytes(0.5))

@@ -1,13 +1,14 @@
 """Decoding of the audio a client streams to ``/v1/listen`` into int16 samples (pure code).
 
-What "undecodable" means here (the emulator closes such a stream with 1008 DATA-0000):
-- raw encodings (``linear16``, ``mulaw``, ``alaw``): a binary frame whose length is not a whole number of
-  sample frames (bytes per sample x channels), e.g. an odd-length ``linear16`` mono frame. Deepgram itself
-  would re-align bytes across frames; the emulator is strict on purpose, because a caller that splits
-  samples across frames has a framing bug worth surfacing.
-- no ``encoding`` (containerised audio): the first frame must carry a complete RIFF/WAVE header for 16-bit
-  PCM (format 1 or WAVE_FORMAT_EXTENSIBLE) up to the start of the ``data`` chunk; anything else (Ogg, WebM,
-  garbage, a header split across frames) is undecodable.
+The binary frames of a stream are one byte stream (DEEPGRAM.md §2: any chunk size is accepted): a frame
+that ends inside a sample (an odd-length ``linear16`` frame, or part of a multichannel sample frame) leaves
+those bytes for the next frame, so a client cutting audio by byte count (1001-byte chunks) gets the same
+samples as one cutting whole samples. Bytes still left at the end of the stream are dropped.
+
+What "undecodable" means here (the emulator closes such a stream with 1008 DATA-0000): with no
+``encoding`` (containerised audio), the first frame must carry a complete RIFF/WAVE header for 16-bit PCM
+(format 1 or WAVE_FORMAT_EXTENSIBLE) up to the start of the ``data`` chunk; anything else (Ogg, WebM,
+garbage, a header split across frames) is undecodable. Raw encodings are always decodable.
 """
 from __future__ import annotations
 
@@ -51,21 +52,33 @@ class AudioDecoder:
         self._frame_bytes = (1 if self._table is not None else 2) * channels
         self._need_header = encoding is None
         self._pcm16_mono = encoding == "linear16" and channels == 1
+        self._carry = b""  # the bytes of a sample frame cut by the end of the previous binary frame
+
+    @property
+    def carried(self) -> int:
+        """Bytes waiting for the rest of their sample frame."""
+        return len(self._carry)
 
     def decode(self, data: bytes) -> np.ndarray:
-        if self._pcm16_mono:  # the hot case (telephony linear16): one check, one view
+        """The whole sample frames completed by ``data`` (possibly none)."""
+        if self._pcm16_mono:  # the hot case (telephony linear16): even frames cost one check and one view
+            if self._carry:
+                data, self._carry = self._carry + data, b""
             if len(data) & 1:
-                raise UndecodableAudio(f"frame of {len(data)} bytes is not a whole number of 2-byte samples")
+                self._carry = bytes(data[-1:])
+                return np.frombuffer(data, dtype="<i2", count=len(data) >> 1)
             return np.frombuffer(data, dtype="<i2")
         if self._need_header:
             data = self._read_wav_header(data)
-        if len(data) % self._frame_bytes:
-            raise UndecodableAudio(
-                f"frame of {len(data)} bytes is not a whole number of {self._frame_bytes}-byte samples")
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        whole = len(data) - len(data) % self._frame_bytes
+        if whole < len(data):
+            self._carry = bytes(data[whole:])
         if self._table is not None:
-            samples = self._table[np.frombuffer(data, dtype=np.uint8)]
+            samples = self._table[np.frombuffer(data, dtype=np.uint8, count=whole)]
         else:
-            samples = np.frombuffer(data, dtype="<i2")
+            samples = np.frombuffer(data, dtype="<i2", count=whole >> 1)
         if self.channels > 1:
             samples = samples.reshape(-1, self.channels)
         return samples

@@ -113,6 +113,8 @@ class Session:
         self._sha.update(data)
         if not self._tracks:
             self._open_tracks()
+        if not samples.shape[0]:  # a frame shorter than one sample frame: its bytes wait for the next one
+            return
         self.audio_frames += samples.shape[0]
         if samples.ndim == 1:
             if self.watermark is not None:
