@@ -13,7 +13,7 @@ import typer
 
 from rtaa_cli import logs
 from rtaa_cli.errors import RtaaError
-from rtaa_cli.pipeline.config import IngestConfig, PipelineConfig, ProviderConfig, WorkerConfig
+from rtaa_cli.pipeline.config import BusConfig, IngestConfig, PipelineConfig, ProviderConfig, WorkerConfig
 from rtaa_cli.pipeline.providers import PROVIDERS
 
 
@@ -23,7 +23,10 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                  max_message_bytes: int, max_rate: float, keepalive_s: float, finalize_timeout_s: float,
                  reconnect_grace_s: float, jsonl: Optional[Path], jwt_audience: Optional[str] = None,
                  jwt_issuer: Optional[str] = None, jwt_max_lifetime_s: Optional[float] = None,
-                 max_calls_per_principal: int = 0, admin_auth: bool = False) -> PipelineConfig:
+                 max_calls_per_principal: int = 0, admin_auth: bool = False,
+                 bus: BusConfig | None = None) -> PipelineConfig:
+    bus = bus or BusConfig()
+    check_bus(bus)
     if not 0 <= port <= 65535:
         raise RtaaError(f"--port must be 0-65535, not {port}")
     if max_calls_per_principal < 0:
@@ -61,7 +64,35 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                             reconnect_grace_s=reconnect_grace_s, jwt_audience=jwt_audience, jwt_issuer=jwt_issuer,
                             jwt_max_lifetime_s=jwt_max_lifetime_s, max_calls_per_principal=max_calls_per_principal,
                             admin_auth=admin_auth),
+        bus=bus,
     )
+
+
+def check_bus(bus: BusConfig) -> None:
+    """One line a user can act on for any bad --bus/--bus-prefix/--role/--bus-maxlen/--lease-ms."""
+    import urllib.parse
+
+    if bus.role not in ("all", "ingest", "worker"):
+        raise RtaaError(f"--role must be all, ingest or worker, not {bus.role!r}")
+    if bus.url == "memory":
+        if bus.role != "all":
+            raise RtaaError(f"--role {bus.role} needs a shared bus: --bus redis://HOST:PORT/DB")
+        return
+    parts = urllib.parse.urlsplit(bus.url)
+    try:
+        parts.port  # noqa: B018 - validates
+    except ValueError as exc:
+        raise RtaaError(f"--bus {bus.url!r}: {exc}") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise RtaaError(f"--bus must be memory or redis://HOST:PORT/DB, not {bus.url!r}")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise RtaaError(f"--bus {bus.url!r}: the database must be a number (redis://HOST:PORT/DB)")
+    if not bus.prefix or len(bus.prefix) > 64 or any(c.isspace() or c in "{}" for c in bus.prefix):
+        raise RtaaError("--bus-prefix must be 1-64 characters without spaces or braces")
+    if bus.maxlen < 100:
+        raise RtaaError("--bus-maxlen must be >= 100 entries (see docs/scale-out.md for sizing)")
+    if not 200 <= bus.lease_ms <= 60000:
+        raise RtaaError("--lease-ms must be 200-60000")
 
 
 async def run_server(cfg: PipelineConfig, as_json: bool) -> None:
@@ -74,17 +105,29 @@ async def run_server(cfg: PipelineConfig, as_json: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+    except ConnectionError as exc:  # the Redis bus could not be reached (before OSError: a subclass)
+        raise RtaaError(str(exc)) from None
     except OSError as exc:
         raise RtaaError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-    info = {"ingest": server.ingest_url, "transcripts": server.transcripts_url,
-            "health": server.http_url + "/health", "metrics": server.http_url + "/metrics",
-            "provider": cfg.provider.name, "pid": os.getpid()}
+    role = cfg.bus.role
+    info: dict[str, object] = {"role": role, "health": server.http_url + "/health",
+                               "metrics": server.http_url + "/metrics", "pid": os.getpid()}
+    if role != "worker":
+        info.update(ingest=server.ingest_url, transcripts=server.transcripts_url)
+    if role != "ingest":
+        info["provider"] = cfg.provider.name
+        if cfg.bus.is_redis:
+            info["worker_id"] = server.bus.worker_id  # type: ignore[attr-defined] # in lease values and logs
     if as_json:
         print(orjson.dumps(info).decode(), flush=True)
+    elif role == "worker":
+        print(f"rtaa serve (worker, bus {cfg.bus.url}): health {info['health']}  metrics {info['metrics']}  "
+              f"(provider {cfg.provider.name}; Ctrl-C or SIGTERM to stop)", flush=True)
     else:
         print(f"rtaa serve: ingest {info['ingest']}  transcripts {info['transcripts']}/<call_sid>  "
-              f"health {info['health']}  metrics {info['metrics']}  (provider {cfg.provider.name}; "
-              "Ctrl-C or SIGTERM to stop)", flush=True)
+              f"health {info['health']}  metrics {info['metrics']}  ("
+              + (f"provider {cfg.provider.name}; " if role == "all" else f"ingest only, bus {cfg.bus.url}; ")
+              + "Ctrl-C or SIGTERM to stop)", flush=True)
     try:
         await stop.wait()
     finally:
@@ -95,7 +138,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
         host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-        port: int = typer.Option(8080, help="Port for everything (0 = pick a free one)."),
+        port: Optional[int] = typer.Option(
+            None, help="Port for everything (0 = pick a free one). Default 8080; 0 for --role worker."),
         provider: str = typer.Option("fake", help="deepgram | sphinx | fake (in-process emulator)."),
         deepgram_url: Optional[str] = typer.Option(None, help="Deepgram-compatible ws:// base URL (e.g. rtaa fake-deepgram)."),
         fake_engine: str = typer.Option("segmenter", help="Engine of --provider fake: segmenter | sphinx (real words)."),
@@ -123,6 +167,11 @@ def register(app: typer.Typer) -> None:
         jsonl: Optional[Path] = typer.Option(None, help="Also append every feed message to this JSONL file."),
         log_level: str = typer.Option("info", help="debug | info | warning | error (JSON lines on stderr)."),
         as_json: bool = typer.Option(False, "--json", help="Print the endpoints as one JSON line on start."),
+        bus: str = typer.Option("memory", help="memory (one process) | redis://HOST:PORT/DB (scale-out, docs/scale-out.md)."),
+        bus_prefix: str = typer.Option("rtaa", help="Prefix of every Redis key (one per deployment)."),
+        role: str = typer.Option("all", help="all | ingest | worker (ingest/worker need --bus redis://...)."),
+        bus_maxlen: int = typer.Option(2048, help="Redis bus: entries kept per call stream (MAXLEN ~)."),
+        lease_ms: int = typer.Option(2000, help="Redis bus: call ownership lease; takeover after about this."),
     ) -> None:
         """Run the pipeline: Exotel ingest -> bus -> ASR worker -> transcript feeds, plus /health and /metrics.
 
@@ -141,18 +190,25 @@ def register(app: typer.Typer) -> None:
           RTAA_BASIC_USER=exotel RTAA_BASIC_PASSWORD=s3cret rtaa serve --auth basic
 
           rtaa replay fixtures/audio/call.wav --url ws://127.0.0.1:8080/v1/ingest --transcripts ws://127.0.0.1:8080
+
+          rtaa serve --bus redis://127.0.0.1:6379/0 --role ingest --port 8080   (scale-out: docs/scale-out.md)
+
+          rtaa serve --bus redis://127.0.0.1:6379/0 --role worker   (as many as needed; /health on a free port)
         """
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise RtaaError(f"--log-level must be debug, info, warning or error, not {log_level!r}")
+        if port is None:
+            port = 0 if role == "worker" else 8080
         cfg = build_config(host, port, provider, deepgram_url, fake_engine, model, ingest_path, interaction_key, auth,
                            basic_user, basic_password, jwt_public_key, max_calls, max_message_bytes, max_rate,
                            keepalive_s, finalize_timeout_s, reconnect_grace_s, jsonl, jwt_audience, jwt_issuer,
-                           jwt_max_lifetime, max_calls_per_principal, admin_auth)
+                           jwt_max_lifetime, max_calls_per_principal, admin_auth,
+                           BusConfig(url=bus, prefix=bus_prefix, role=role, maxlen=bus_maxlen, lease_ms=lease_ms))
         from rtaa_cli.pipeline.auth import make_check
         from rtaa_cli.pipeline.providers import make_provider
 
         make_check(auth, basic_user, basic_password, cfg.ingest.jwt_public_key)  # fail fast (bad key file), one line
-        if provider == "deepgram":
+        if provider == "deepgram" and role != "ingest":
             make_provider(cfg.provider)  # missing key -> one line before anything listens
         logs.setup(sys.stderr, log_level)
         asyncio.run(run_server(cfg, as_json))

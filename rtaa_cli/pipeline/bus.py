@@ -1,10 +1,14 @@
 """The bus between ingest and worker: one ordered, bounded channel per interaction.
 
-In-memory by default; a Redis Streams bus (a later issue) implements the same small interface:
-``open(interaction_id) -> CallChannel``, ``CallChannel.publish(item)``, and a consumer the worker
-attaches. Items are tuples, cheap to build on the per-frame path:
+Two implementations of one small interface (:class:`Bus`): :class:`MemoryBus` here (the default, one
+process) and :class:`rtaa_cli.pipeline.redisbus.RedisBus` (Redis Streams, ingest and workers in separate
+processes, docs/scale-out.md). The ingest calls ``open(interaction_id)`` and ``publish(item)`` on what it
+returns; the worker attaches a consumer that is handed one :class:`CallChannel` per call and reads it with
+``get()``. Items are tuples, cheap to build on the per-frame path:
 
 - ``(START, stream_sid, sample_rate)``: a stream (the first, or a newer one of the same call) began;
+  ``(START, stream_sid, sample_rate, (position, seq))``: a call taken over from another worker resumes at
+  stream audio ``position`` (bytes) after result ``seq`` (Redis bus only; no new ``call_started``);
 - ``(AUDIO, pcm, received_at)``: one media frame, ``received_at`` = ``time.perf_counter()`` at ingest;
 - ``(END, reason)``: the call's current stream stopped (or its resume grace ran out).
 
@@ -22,7 +26,7 @@ bound (at most a few per stream), in order, so a call whose channel is full stil
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 START, AUDIO, END = 0, 1, 2
 
@@ -32,9 +36,51 @@ Item = tuple[Any, ...]
 class BusOverloaded(Exception):
     """The worker did not drain this call's channel within the publish timeout."""
 
+    reason = "pipeline overloaded"  # the caller's 1011 close reason
+
+
+class BusUnavailable(BusOverloaded):
+    """The bus cannot take the item at all (Redis unreachable); the ingest closes that caller 1011."""
+
+    reason = "pipeline unavailable (bus down)"
+
 
 class ChannelClosed(Exception):
     """Publishing to a channel whose call has ended (reported as audio after end)."""
+
+
+class Publisher(Protocol):
+    """What the ingest holds per call."""
+
+    interaction_id: str
+    sample_rate: int | None  # of the call's first audio; later streams must match
+    closed: bool
+
+    async def publish(self, item: Item) -> None: ...
+
+    def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]: ...
+
+
+class Bus(Protocol):
+    """Both buses. ``channels``: this process's live calls, as the ingest sees them."""
+
+    channels: dict[str, Any]
+
+    def attach(self, consumer: "Consumer") -> None: ...
+
+    def open(self, interaction_id: str) -> Publisher: ...
+
+    def release_if_idle(self, channel: "CallChannel") -> bool: ...
+
+    def depth(self) -> int: ...
+
+    def health(self) -> list[str]: ...
+
+    async def start(self) -> None: ...
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class CallChannel:
@@ -145,6 +191,15 @@ class MemoryBus:
 
     def depth(self) -> int:
         return sum(c.queue.qsize() for c in self.channels.values())
+
+    def health(self) -> list[str]:
+        return []
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for every consumer to finish (shutdown)."""

@@ -50,12 +50,29 @@ class IngestConfig:
 
 
 @dataclass
+class BusConfig:
+    """``--bus``, ``--bus-prefix``, ``--role`` and the Redis bus's bounds (docs/scale-out.md)."""
+
+    url: str = "memory"  # memory | redis://HOST:PORT/DB
+    prefix: str = "rtaa"  # every Redis key starts with this (one deployment = one prefix)
+    role: str = "all"  # all | ingest | worker (ingest/worker need a Redis bus)
+    maxlen: int = 2048  # entries per call stream (~74 s of 36 ms frames); beyond, the oldest are trimmed
+    feed_maxlen: int = 10000  # feed stream entries (transcripts of every call)
+    lease_ms: int = 2000  # call ownership lease; a dead worker's calls are taken over after about this
+
+    @property
+    def is_redis(self) -> bool:
+        return self.url != "memory"
+
+
+@dataclass
 class PipelineConfig:
     host: str = "127.0.0.1"
     port: int = 0
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
     bus_queue_frames: int = 256  # per call (~9 s of 36 ms frames)
     bus_publish_timeout_s: float = 2.0  # ingest waits this long on a full queue, then closes 1011
     subscriber_queue: int = 1000  # transcript feed messages per subscriber before 1008

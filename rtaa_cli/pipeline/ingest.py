@@ -17,6 +17,7 @@ with the interaction id when known; no bad input affects another call):
 | more than ``max_messages_per_s`` (token bucket) | close 1008 "message rate limit exceeded" |
 | a new call beyond ``max_calls`` | close 1013 "at capacity, try again later" |
 | bus full for ``bus_publish_timeout_s`` | close 1011 "pipeline overloaded" |
+| Redis bus unreachable | close 1011 "pipeline unavailable (bus down)" |
 | provider down for good | close 1011 "transcription provider unavailable" |
 | a newer stream of the same call, same principal | older stream closed 1001 "superseded by a newer stream for this call" |
 | a start for a live call (or one in its resume grace) owned by another principal | close 1008 "call owned by another principal" |
@@ -86,7 +87,7 @@ class StreamConn:
         self.interaction_id: str | None = None
         self.stream_sid = ""
         self.sample_rate = 0  # of its start; fixes the call's rate at this stream's first published frame
-        self.channel: busmod.CallChannel | None = None
+        self.channel: busmod.Publisher | None = None
         self.stopped = False
         self.superseded = False
         self.closing = False
@@ -96,7 +97,7 @@ class StreamConn:
 
 
 class Ingest:
-    def __init__(self, cfg: IngestConfig, bus: busmod.MemoryBus, metrics: PipelineMetrics) -> None:
+    def __init__(self, cfg: IngestConfig, bus: busmod.Bus, metrics: PipelineMetrics) -> None:
         self.cfg = cfg
         self.bus = bus
         self.metrics = metrics
@@ -181,10 +182,8 @@ class Ingest:
                         channel.sample_rate = s.sample_rate  # the rate is fixed by audio, not by a start
                     try:
                         await channel.publish((busmod.AUDIO, ev.payload, now))
-                    except busmod.BusOverloaded:
-                        self.metrics.bus_overloaded.inc()
-                        log.error("bus_overloaded", interaction_id=s.interaction_id)
-                        await self._close(s, Close.INTERNAL_ERROR, "pipeline overloaded")
+                    except busmod.BusOverloaded as exc:
+                        await self._overloaded(s, exc)
                         continue
                     except busmod.ChannelClosed:
                         self.metrics.audio_after_end.inc()
@@ -286,9 +285,18 @@ class Ingest:
         self.metrics.streams_total.inc()
         s._unsubscribe = channel.on_failure(
             lambda reason: asyncio.get_running_loop().create_task(self._close(s, Close.INTERNAL_ERROR, reason)))
-        await channel.publish((busmod.START, ev.stream_sid, ev.sample_rate))  # the worker publishes call_started
+        try:
+            await channel.publish((busmod.START, ev.stream_sid, ev.sample_rate))  # the worker publishes call_started
+        except busmod.BusOverloaded as exc:
+            await self._overloaded(s, exc)
+            return False
         log.info("stream_started", interaction_id=iid, stream_sid=ev.stream_sid, sample_rate=ev.sample_rate)
         return True
+
+    async def _overloaded(self, s: StreamConn, exc: busmod.BusOverloaded) -> None:
+        self.metrics.bus_overloaded.inc()
+        log.error("bus_overloaded", interaction_id=s.interaction_id, reason=exc.reason)
+        await self._close(s, Close.INTERNAL_ERROR, exc.reason)
 
     def owner_of(self, iid: str) -> str | None:
         """The principal that opened the live call ``iid`` (None: no such call now)."""
@@ -328,12 +336,12 @@ class Ingest:
         self._grace[iid] = asyncio.get_running_loop().call_later(
             self.cfg.reconnect_grace_s, self._grace_expired, iid, channel)
 
-    def _grace_expired(self, iid: str, channel: busmod.CallChannel) -> None:
+    def _grace_expired(self, iid: str, channel: busmod.Publisher) -> None:
         self._grace.pop(iid, None)
         if self.current.get(iid) is None:
             self._end_later(channel, "stream dropped")
 
-    def _end_later(self, channel: busmod.CallChannel, reason: str) -> None:
+    def _end_later(self, channel: busmod.Publisher, reason: str) -> None:
         async def end() -> None:
             try:
                 await channel.publish((busmod.END, reason))

@@ -30,6 +30,24 @@ class PipelineMetrics:
                                      registry=r)
         self.bus_overloaded = Counter("rtaa_bus_overloaded", "Calls closed 1011 because the bus stayed full",
                                       registry=r)
+        # Redis bus (docs/scale-out.md); 0 on the memory bus.
+        self.bus_errors = Counter("rtaa_bus_redis_errors", "Redis bus operations that failed (outage)", registry=r)
+        self.bus_trimmed_entries = Counter(
+            "rtaa_bus_trimmed_entries", "Call stream entries trimmed by MAXLEN before a worker read them", registry=r)
+        self.bus_backlog = Gauge("rtaa_bus_backlog_entries",
+                                 "Entries in the longest stream of the calls this worker owns (vs MAXLEN)",
+                                 registry=r)
+        self.bus_takeovers = Counter("rtaa_bus_takeovers", "Calls this worker took over after their lease lapsed",
+                                     registry=r)
+        self.bus_leases_lost = Counter("rtaa_bus_leases_lost", "Calls this worker dropped because its lease was lost",
+                                       registry=r)
+        self.bus_fenced_ops = Counter(
+            "rtaa_bus_fenced_operations",
+            "Provider operations or feed writes refused because this worker no longer held the call's lease",
+            registry=r)
+        self.bus_duplicates_dropped = Counter(
+            "rtaa_bus_duplicate_results_dropped", "Feed results with an already delivered seq, dropped by the ingest",
+            registry=r)
         self.audio_after_end = Counter("rtaa_audio_after_end", "Audio pushed after the call ended (reported, not sent)",
                                        registry=r)
         self.empty_frames = Counter("rtaa_empty_audio_frames",

@@ -32,14 +32,33 @@ log = logs.get("rtaa.server")
 TRANSCRIPTS = "/v1/transcripts"
 
 
+def make_bus(cfg: PipelineConfig, metrics: PipelineMetrics) -> busmod.Bus:
+    b = cfg.bus
+    if b.role not in ("all", "ingest", "worker"):
+        raise ValueError(f"role must be all, ingest or worker, not {b.role!r}")
+    if not b.is_redis:
+        if b.role != "all":
+            raise ValueError("--role ingest|worker needs a shared bus (--bus redis://HOST:PORT/DB)")
+        return busmod.MemoryBus(cfg.bus_queue_frames, cfg.bus_publish_timeout_s)
+    from rtaa_cli.pipeline.redisbus import RedisBus
+
+    return RedisBus(b.url, b.prefix, metrics, maxlen=b.maxlen, feed_maxlen=b.feed_maxlen, lease_ms=b.lease_ms,
+                    queue_frames=cfg.bus_queue_frames, has_ingest=b.role != "worker", has_worker=b.role != "ingest")
+
+
 class PipelineServer:
     def __init__(self, cfg: PipelineConfig, provider: Provider | None = None) -> None:
         self.cfg = cfg
         self.metrics = PipelineMetrics()
-        self.provider = provider or make_provider(cfg.provider)
+        self.has_ingest = cfg.bus.role != "worker"
+        self.has_worker = cfg.bus.role != "ingest"
+        # An ingest-only process never talks to the provider (no API key needed there).
+        self.provider: Provider | None = (provider or make_provider(cfg.provider)) if self.has_worker else None
         self._jsonl: IO[bytes] | None = None
         self.hub: TranscriptHub | None = None
-        self.bus = busmod.MemoryBus(cfg.bus_queue_frames, cfg.bus_publish_timeout_s)
+        self.ingest: Ingest | None = None  # type: ignore[assignment]
+        self.worker: Worker | None = None  # type: ignore[assignment]
+        self.bus = make_bus(cfg, self.metrics)
         ing = cfg.ingest
         self._auth = make_check(ing.auth, ing.basic_user, ing.basic_password, ing.jwt_public_key,
                                 ing.jwt_audience, ing.jwt_issuer, ing.jwt_max_lifetime_s)
@@ -50,15 +69,34 @@ class PipelineServer:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.cfg.jsonl_path:
-            self._jsonl = open(self.cfg.jsonl_path, "ab")
-        self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics)
-        hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl, self.ingest.owner_of)
-        self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
-        self.worker = Worker(self.provider, self.cfg.worker, self.metrics, self.bus, hub.publish, hub.call_started,
-                             hub.call_ended)
-        await self.provider.start()
+        redis_bus = self.cfg.bus.is_redis
+        if self.has_ingest:
+            if self.cfg.jsonl_path:
+                self._jsonl = open(self.cfg.jsonl_path, "ab")
+            self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics)
+            hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl, self.ingest.owner_of)
+            self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
+        if self.has_worker:
+            assert self.provider is not None
+            if redis_bus:  # results travel through Redis to every ingest's feeds; provider use is fenced
+                publish, started, ended = self.bus.sinks(self.hub)  # type: ignore[attr-defined]
+                provider = self.bus.wrap_provider(self.provider)  # type: ignore[attr-defined]
+            else:
+                assert self.hub is not None
+                publish, started, ended = self.hub.publish, self.hub.call_started, self.hub.call_ended
+                provider = self.provider
+            self.worker = Worker(provider, self.cfg.worker, self.metrics, self.bus, publish, started, ended)
+            if redis_bus:
+                self.bus.interaction_of = self.worker.interactions.get  # type: ignore[attr-defined]
+        elif self.hub is not None:
+            self.bus.sinks(self.hub)  # type: ignore[attr-defined]
+        started_parts: list[Any] = []
         try:
+            if self.provider is not None:
+                await self.provider.start()
+                started_parts.append(self.provider)
+            await self.bus.start()
+            started_parts.append(self.bus)
             self._server = await serve(
                 self._handler, self.cfg.host, self.cfg.port,
                 process_request=self._process_request,
@@ -67,13 +105,17 @@ class PipelineServer:
                 create_connection=SmallReadConnection,  # 64 KiB reads: see readsize.py
             )
         except BaseException:
-            await self.provider.stop()
+            if self.bus in started_parts:
+                await self.bus.close()
+            if self.provider in started_parts:
+                await self.provider.stop()  # type: ignore[union-attr]
             if self._jsonl is not None:
                 self._jsonl.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1] if self.cfg.port == 0 else self.cfg.port
-        log.info("serving", host=self.cfg.host, port=self.port, provider=self.provider.name,
-                 ingest_path=self.cfg.ingest.path)
+        log.info("serving", host=self.cfg.host, port=self.port, role=self.cfg.bus.role,
+                 bus="redis" if redis_bus else "memory",
+                 provider=self.provider.name if self.provider else None, ingest_path=self.cfg.ingest.path)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, close callers 1001, finish in-flight finals (bounded), flush, close."""
@@ -82,16 +124,19 @@ class PipelineServer:
         self.shutting_down = True
         log.info("shutting_down")
         self._server.close(close_connections=False)  # stops accepting; feeds stay open for the finals
-        await self.ingest.shutdown()
+        if self.ingest is not None:
+            await self.ingest.shutdown()
         await self.bus.drain(self.cfg.shutdown_timeout_s)
-        assert self.hub is not None
-        await self.hub.close_all(1001, "server shutting down")
+        if self.hub is not None:
+            await self.hub.close_all(1001, "server shutting down")
         try:
             async with asyncio.timeout(5.0):
                 await self._server.wait_closed()
         except TimeoutError:
             log.warning("close_timeout")
-        await self.provider.stop()
+        await self.bus.close()
+        if self.provider is not None:
+            await self.provider.stop()
         if self._jsonl is not None:
             self._jsonl.close()
         log.info("stopped")
@@ -125,14 +170,20 @@ class PipelineServer:
         reasons: list[str] = []
         if self.shutting_down:
             reasons.append("shutting down")
-        reasons.extend(self.provider.health())  # plain reasons, never exception text (providers' contract)
+        if self.provider is not None:
+            reasons.extend(self.provider.health())  # plain reasons, never exception text (providers' contract)
+        reasons.extend(self.bus.health())
         body = {
             "status": "ok" if not reasons else "unavailable" if self.shutting_down else "degraded",
             "reasons": reasons,
-            "provider": self.provider.name,
-            "calls_active": len(self.worker.interactions),
-            "streams": len(self.ingest.connections),
+            "provider": self.provider.name if self.provider is not None else None,
+            "role": self.cfg.bus.role,
+            "bus": "redis" if self.cfg.bus.is_redis else "memory",
+            "calls_active": len(self.worker.interactions) if self.worker is not None else 0,
+            "streams": len(self.ingest.connections) if self.ingest is not None else 0,
         }
+        if self.cfg.bus.is_redis and self.worker is not None:
+            body["worker_id"] = self.bus.worker_id  # type: ignore[attr-defined]
         return (200 if not reasons else 503), body
 
     def _authenticate(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -156,6 +207,8 @@ class PipelineServer:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if self.ingest is None and path not in ("/health", "/metrics"):  # a worker serves only these
+            return _response(http.HTTPStatus.NOT_FOUND, b'{"error":"not found (worker role)"}', "application/json")
         if path == self.cfg.ingest.path:
             return self._authenticate(conn, request)
         if path == TRANSCRIPTS or path.startswith(TRANSCRIPTS + "/"):
@@ -179,6 +232,7 @@ class PipelineServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         path = ws.request.path.split("?", 1)[0]
+        assert self.ingest is not None  # process_request answers every path of a worker
         if path == self.cfg.ingest.path:
             await self.ingest.handle(ws)
             return

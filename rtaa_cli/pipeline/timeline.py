@@ -31,6 +31,10 @@ class CallTimeline:
         self._recv_end: deque[int] = deque(maxlen=latency_window)
         self._recv_at: deque[float] = deque(maxlen=latency_window)
 
+    def resume_at(self, position: int) -> None:
+        """A call taken over from another worker: audio up to ``position`` was finalised there."""
+        self.end = self.final_end = self._buf_start = position
+
     # -- audio in -------------------------------------------------------------------------------
     def append(self, pcm: bytes, received_at: float) -> int:
         """Record a frame; returns its end position."""

@@ -31,6 +31,14 @@ NOT_ENTITLED_REASON = "not entitled to this call"
 _CALL_ENDED = object()  # queue sentinel: close the per-call subscriber after this
 
 
+def call_started_msg(interaction_id: str, stream_sid: str) -> dict[str, Any]:
+    return {"type": "call_started", "interaction_id": interaction_id, "stream_sid": stream_sid, "at": time.time()}
+
+
+def call_ended_msg(interaction_id: str, reason: str) -> dict[str, Any]:
+    return {"type": "call_ended", "interaction_id": interaction_id, "reason": reason, "at": time.time()}
+
+
 class Subscriber:
     __slots__ = ("ws", "queue", "interaction_id", "too_slow", "principal")
 
@@ -66,19 +74,26 @@ class TranscriptHub:
             self._offer(sub, data)
 
     def call_started(self, interaction_id: str, stream_sid: str) -> None:
-        owner = self._owner_of(interaction_id)
-        for sub in list(self._by_call.get(interaction_id, ())):
-            if not may_read(sub.principal, owner):
-                self._deny(sub, owner)
-        self.publish({"type": "call_started", "interaction_id": interaction_id, "stream_sid": stream_sid,
-                      "at": time.time()})
+        self.deliver(call_started_msg(interaction_id, stream_sid))
 
     def call_ended(self, interaction_id: str, reason: str) -> None:
-        self.publish({"type": "call_ended", "interaction_id": interaction_id, "reason": reason, "at": time.time()})
-        for sub in self._by_call.get(interaction_id, ()):
-            self._offer(sub, _CALL_ENDED)
-        if self._jsonl is not None:
-            self._jsonl.flush()
+        self.deliver(call_ended_msg(interaction_id, reason))
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        """Any feed message, local or from another process (Redis bus): the same effects either way."""
+        kind = msg["type"]
+        iid = msg["interaction_id"]
+        if kind == "call_started":
+            owner = self._owner_of(iid)
+            for sub in list(self._by_call.get(iid, ())):
+                if not may_read(sub.principal, owner):
+                    self._deny(sub, owner)
+        self.publish(msg)
+        if kind == "call_ended":
+            for sub in self._by_call.get(iid, ()):
+                self._offer(sub, _CALL_ENDED)
+            if self._jsonl is not None:
+                self._jsonl.flush()
 
     def _offer(self, sub: Subscriber, data: Any) -> None:
         if sub.too_slow:

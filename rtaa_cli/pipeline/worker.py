@@ -387,7 +387,7 @@ class Worker:
     """Consumes the bus: one task per call, items in order, one :class:`Interaction` at a time per call."""
 
     def __init__(self, provider: Provider, cfg: WorkerConfig, metrics: PipelineMetrics,
-                 bus: busmod.MemoryBus, publish: Publish, on_call_started: Callable[[str, str], None],
+                 bus: busmod.Bus, publish: Publish, on_call_started: Callable[[str, str], None],
                  on_call_ended: Callable[[str, str], None]) -> None:
         self.provider = provider
         self.cfg = cfg
@@ -432,6 +432,10 @@ class Worker:
                     if interaction is None:
                         interaction = Interaction(iid, item[2], self.provider, self.cfg, self.metrics, self.publish)
                         self.interactions[iid] = interaction
+                        resumed = len(item) > 3  # taken over from another worker (Redis bus): no call_started
+                        if resumed:
+                            interaction.timeline.resume_at(item[3][0])
+                            interaction.seq = item[3][1]
                         if not restart:
                             self.metrics.calls_active.inc()
                             self.metrics.calls_total.inc()
@@ -441,7 +445,7 @@ class Worker:
                         interaction.on_failure = self._failure_reporter(channel, interaction)
                         # Here, not at the ingest: a start that arrives while the call's previous stream is
                         # still finalising begins a new call only now, after that call's call_ended.
-                        if not restart:
+                        if not restart and not resumed:
                             self.on_call_started(iid, item[1])
                     interaction.stream_sid = item[1]
                 else:  # END

@@ -1,0 +1,124 @@
+"""Fencing of provider streams by call ownership (Redis bus, docs/scale-out.md "Lease and fencing").
+
+A worker may talk to the provider about a call only while it holds that call's lease. The lease is
+checked **locally** before every provider operation (open, each audio send, KeepAlive, Finalize,
+CloseStream): ``holds(interaction_id)`` is true only until ``renewed_at + lease - margin`` on this
+process's monotonic clock, which runs on while the process is paused (SIGSTOP) or starved. So a worker
+that resumes after its lease lapsed refuses to send before it has even talked to Redis again, and no other
+worker can have been granted the lease before that local deadline (Redis expires it ``lease`` after the
+renewal it acknowledged, later than ``renewed_at``).
+
+Everything the worker does goes through the wrapped provider, so the worker code (worker.py) needs no
+knowledge of leases: a refused operation raises a permanent :class:`ProviderError` (the worker then stops
+using the stream) and the underlying connection is dropped.
+"""
+from __future__ import annotations
+
+from typing import AsyncIterator, Callable
+
+from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult
+
+Holds = Callable[[str], bool]
+
+
+class Fenced(ProviderError):
+    def __init__(self, interaction_id: str) -> None:
+        super().__init__(f"not the owner of call {interaction_id} (lease lost)", permanent=True)
+
+
+class FencedConnection(ProviderConnection):
+    __slots__ = ("_inner", "_iid", "_holds", "_on_fenced")
+
+    def __init__(self, inner: ProviderConnection, iid: str, holds: Holds, on_fenced: Callable[[], None]) -> None:
+        self._inner = inner
+        self._iid = iid
+        self._holds = holds
+        self._on_fenced = on_fenced
+
+    # the worker reads these after results() ends
+    @property
+    def close_code(self) -> int | None:  # type: ignore[override]
+        return self._inner.close_code
+
+    @property
+    def close_reason(self) -> str:  # type: ignore[override]
+        return self._inner.close_reason
+
+    @property
+    def unparsable(self) -> int:  # type: ignore[override]
+        return self._inner.unparsable
+
+    async def _check(self) -> None:
+        if not self._holds(self._iid):
+            self._on_fenced()
+            await self._inner.aclose()
+            raise Fenced(self._iid)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        if not self._holds(self._iid):  # inline (no await) on the hot path
+            await self._check()
+        await self._inner.send_audio(pcm)
+
+    def writable(self) -> bool:
+        return self._inner.writable()
+
+    async def keep_alive(self) -> None:
+        await self._check()
+        await self._inner.keep_alive()
+
+    async def finalize(self) -> None:
+        await self._check()
+        await self._inner.finalize()
+
+    async def close_stream(self) -> None:
+        await self._check()
+        await self._inner.close_stream()
+
+    def results(self) -> AsyncIterator[ProviderResult]:
+        return self._inner.results()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class FencedProvider(Provider):
+    """``inner`` behind the ownership check; ``abort(iid)`` drops the call's open streams at once."""
+
+    def __init__(self, inner: Provider, holds: Holds, on_fenced: Callable[[], None]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._holds = holds
+        self._on_fenced = on_fenced
+        self._open: dict[str, set[FencedConnection]] = {}
+
+    async def open(self, interaction_id: str, sample_rate: int) -> ProviderConnection:
+        if not self._holds(interaction_id):
+            self._on_fenced()
+            raise Fenced(interaction_id)
+        conn = await self.inner.open(interaction_id, sample_rate)
+        if not self._holds(interaction_id):  # lost while the handshake ran
+            self._on_fenced()
+            await conn.aclose()
+            raise Fenced(interaction_id)
+        fenced = FencedConnection(conn, interaction_id, self._holds, self._on_fenced)
+        self._open.setdefault(interaction_id, set()).add(fenced)
+        return fenced
+
+    def forget(self, interaction_id: str) -> None:
+        self._open.pop(interaction_id, None)
+
+    async def abort(self, interaction_id: str) -> None:
+        for conn in self._open.pop(interaction_id, ()):
+            try:
+                await conn.aclose()
+            except Exception:  # noqa: BLE001 - already broken: it is closed either way
+                pass
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    def health(self) -> list[str]:
+        return self.inner.health()

@@ -1,0 +1,706 @@
+"""The Redis Streams bus: ingest and worker processes on any hosts (``rtaa serve --bus redis://...``).
+
+Keys (``P`` = ``--bus-prefix``; per-call keys share the hash tag ``{iid}``), all described in
+docs/scale-out.md:
+
+- ``P:c:{iid}:s``      the call's stream: START/AUDIO/END entries in order, ``MAXLEN ~ bus_maxlen``;
+- ``P:c:{iid}:lease``  ``worker_id:token`` of the one worker that owns the call (``SET NX PX``, renewed);
+- ``P:c:{iid}:fence``  the call's fencing-token counter (INCR on every acquisition);
+- ``P:c:{iid}:ckpt``   where a successor resumes: after which entry, how many bytes of the next are
+                       covered by finals, the stream audio position, result ``seq``, stream sid, rate;
+- ``P:calls``          registry of live calls (ZSET), ``P:announce`` new calls (stream, consumer group
+                       ``workers``: each announcement goes to one worker), ``P:feed`` every feed message
+                       (stream, ``MAXLEN ~ feed_maxlen``, read by every ingest), ``P:wake:<worker>``.
+
+Ingest side: :class:`RedisPublisher` per call (``XADD``; a START is a script that also registers and
+announces the call). Worker side: one blocking ``XREAD`` over all owned calls' streams on its own
+connection, another blocking ``XREADGROUP`` for announcements on a third; writes go through a pool.
+Each owned call gets an in-memory :class:`CallChannel` and the ordinary worker consumer, so
+worker.py does not know which bus it runs on. Ownership, fencing and takeover: see :mod:`.fencing`,
+:mod:`.entrylog` and docs/scale-out.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from rtaa_cli import logs
+from rtaa_cli.pipeline import bus as busmod
+from rtaa_cli.pipeline import redis_scripts as lua
+from rtaa_cli.pipeline.entrylog import EntryLog, parse_id
+from rtaa_cli.pipeline.fencing import FencedProvider
+from rtaa_cli.pipeline.metrics import PipelineMetrics
+from rtaa_cli.pipeline.providers.base import Provider
+from rtaa_cli.pipeline.transcripts import call_ended_msg, call_started_msg
+
+log = logs.get("rtaa.bus")
+
+GROUP = "workers"
+READ_COUNT = 200  # entries per stream per XREAD
+BLOCK_MS = 1000  # blocking reads return at least this often (stop is noticed promptly)
+_ERRORS = (RedisError, OSError)
+# A lease is trusted locally for this fraction of its length after the renewal that was *sent* (so Redis,
+# which expires it a full lease after it *received* that renewal, cannot have granted it to anyone else);
+# a watchdog drops the call by VALID_FRACTION + 1/8 of the lease at the latest.
+VALID_FRACTION = 0.6
+
+
+class RedisPublisher:
+    """The ingest's handle on one call (what :class:`busmod.Publisher` asks for)."""
+
+    __slots__ = ("interaction_id", "sample_rate", "closed", "failure", "_fail_callbacks", "_bus", "_key", "_n",
+                 "pending_end", "ended_seen")
+
+    def __init__(self, bus: "RedisBus", iid: str) -> None:
+        self.interaction_id = iid
+        self.sample_rate: int | None = None
+        self.closed = False
+        self.failure: str | None = None
+        self._fail_callbacks: list[Callable[[str], None]] = []
+        self._bus = bus
+        self._key = bus.key(iid, "s")
+        self._n = 0  # entry sequence number: a worker that sees a gap knows entries were trimmed
+        self.pending_end = False  # END published, its call_ended not seen yet
+        self.ended_seen = False  # call_ended seen before any END (the call failed)
+
+    async def publish(self, item: busmod.Item) -> None:
+        if self.closed:
+            raise busmod.ChannelClosed(self.interaction_id)
+        bus = self._bus
+        self._n += 1
+        kind = item[0]
+        try:
+            if kind is busmod.AUDIO:
+                wall = time.time() - (time.perf_counter() - item[2])  # workers convert to their own clock
+                await bus.w.xadd(self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n},
+                                 maxlen=bus.maxlen, approximate=True)
+            elif kind is busmod.START:
+                self.pending_end = self.ended_seen = False
+                await bus.start_script(keys=[self._key, bus.registry, bus.announce],
+                                       args=[bus.maxlen, self.interaction_id, int(time.time() * 1000),
+                                             "k", 0, "p", item[1], "r", item[2], "n", self._n])
+            else:
+                self.pending_end = True
+                await bus.w.xadd(self._key, {"k": 2, "p": item[1], "n": self._n}, maxlen=bus.maxlen,
+                                 approximate=True)
+                if self.ended_seen:
+                    bus.forget_publisher(self)
+        except _ERRORS as exc:
+            bus.outage(exc)
+            raise busmod.BusUnavailable(self.interaction_id) from None
+        bus.up()
+
+    def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        self._fail_callbacks.append(callback)
+        if self.failure is not None:
+            callback(self.failure)
+        return lambda: self._fail_callbacks.remove(callback) if callback in self._fail_callbacks else None
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        for callback in list(self._fail_callbacks):
+            callback(reason)
+
+
+class WorkerChannel(busmod.CallChannel):
+    """The in-memory channel a worker's consumer reads for one owned call."""
+
+    __slots__ = ("owned", "released_at")
+
+    def __init__(self, owned: "Owned", maxsize: int) -> None:
+        super().__init__(owned.iid, maxsize, 0.0)
+        self.owned = owned
+        self.released_at: str | None = None  # entry id up to which the consumer finished (after an END)
+
+
+class Owned:
+    """A call this worker holds the lease of."""
+
+    __slots__ = ("iid", "value", "valid_until", "key", "key_b", "lease_key", "ckpt_key", "log", "expect_n",
+                 "skip_id", "skip", "resume", "channel", "task", "lost", "closing")
+
+    def __init__(self, bus: "RedisBus", iid: str, value: str, valid_until: float) -> None:
+        self.iid = iid
+        self.value = value  # worker_id:token, the fencing value every write is checked against
+        self.valid_until = valid_until  # perf_counter() deadline of the lease as this process knows it
+        self.key = bus.key(iid, "s")
+        self.key_b = self.key.encode()
+        self.lease_key = bus.key(iid, "lease")
+        self.ckpt_key = bus.key(iid, "ckpt")
+        self.log = EntryLog()
+        self.expect_n = -1
+        self.skip_id = ""
+        self.skip = 0
+        self.resume: tuple[str, int, tuple[int, int]] | None = None
+        self.channel: WorkerChannel | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.lost = False
+        self.closing = False  # cleanup of the call's keys in flight: read nothing, send nothing
+
+
+class RedisBus:
+    def __init__(self, url: str, prefix: str, metrics: PipelineMetrics, *, maxlen: int = 2048,
+                 feed_maxlen: int = 10000, lease_ms: int = 2000, queue_frames: int = 256,
+                 has_ingest: bool = True, has_worker: bool = True) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.metrics = metrics
+        self.maxlen = maxlen
+        self.feed_maxlen = feed_maxlen
+        self.lease_ms = lease_ms
+        self.queue_frames = queue_frames
+        self.has_ingest = has_ingest
+        self.has_worker = has_worker
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.registry = f"{prefix}:calls"
+        self.announce = f"{prefix}:announce"
+        self.feed = f"{prefix}:feed"
+        self.wake_key = f"{prefix}:wake:{self.worker_id}"
+        self.channels: dict[str, RedisPublisher] = {}  # ingest side: this process's live calls
+        self.owned: dict[str, Owned] = {}  # worker side
+        self._by_key: dict[bytes, Owned] = {}
+        self._consumer: busmod.Consumer | None = None
+        self._sink: Callable[[dict[str, Any]], None] | None = None
+        self._seen: dict[str, int] = {}  # ingest side: last transcript seq delivered per call (dedup)
+        self.interaction_of: Callable[[str], Any] = lambda _: None  # worker.interactions.get
+        self.provider: FencedProvider | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._writes: deque[tuple[Any, list[Any], list[Any], Callable[[Any], None]]] = deque()
+        self._write_ready = asyncio.Event()
+        self._down_since: float | None = None
+        self._backlog = 0
+        self._wake_last = "$"
+        self._feed_written = (0, 0)  # the last feed entry this worker wrote ...
+        self._feed_read = (0, 0)  # ... and the last this ingest read (shutdown waits for the one to reach the other)
+        self.running = False
+
+    # -- keys ------------------------------------------------------------------------------------
+    def key(self, iid: str, what: str) -> str:
+        return f"{self.prefix}:c:{{{iid}}}:{what}"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.w = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+        try:
+            await self.w.ping()
+        except _ERRORS as exc:
+            await self.w.aclose()
+            raise ConnectionError(f"cannot reach redis at {self.url}: {exc}") from None
+        self.start_script = self.w.register_script(lua.START)
+        self._acquire = self.w.register_script(lua.ACQUIRE)
+        self._renew = self.w.register_script(lua.RENEW)
+        self._publish = self.w.register_script(lua.PUBLISH)
+        self._cleanup = self.w.register_script(lua.CLEANUP)
+        self._release = self.w.register_script(lua.RELEASE)
+        self._orphans = self.w.register_script(lua.ORPHANS)
+        self.running = True
+        loop = asyncio.get_running_loop()
+        if self.has_ingest:
+            last = await self.w.xrevrange(self.feed, "+", "-", count=1)
+            self._loops.append(loop.create_task(self._feed_loop(last[0][0].decode() if last else "0-0")))
+        if self.has_worker:
+            try:
+                await self.w.xgroup_create(self.announce, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            for coro in (self._read_loop(), self._announce_loop(), self._renew_loop(), self._sweep_loop(),
+                         self._write_loop(), self._watchdog_loop()):
+                self._loops.append(loop.create_task(coro))
+        log.info("bus_started", bus="redis", prefix=self.prefix, worker_id=self.worker_id if self.has_worker else None,
+                 maxlen=self.maxlen, lease_ms=self.lease_ms)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Shutdown: calls this process's ingest ended finish (bounded); the rest are handed over."""
+        tasks = [o.task for o in self.owned.values() if o.task is not None]
+        if self.has_ingest and tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        await self._flush_writes(2.0)
+        if self.has_ingest:  # this process's feeds get the finals it wrote before they close
+            deadline = time.monotonic() + 2.0
+            while self._feed_read < self._feed_written and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        for o in list(self.owned.values()):
+            await self._drop(o, "handed over (shutdown)")
+            await self._release_quietly(o)
+
+    async def close(self) -> None:
+        self.running = False
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.has_worker:
+            try:
+                await self.w.delete(self.wake_key)
+                await self.w.xgroup_delconsumer(self.announce, GROUP, self.worker_id)
+            except _ERRORS:
+                pass
+        await self.w.aclose()
+
+    def health(self) -> list[str]:
+        reasons = []
+        if self._down_since is not None:
+            reasons.append("bus: redis unreachable")
+        if self._backlog > self.maxlen // 2:
+            reasons.append(f"bus: a call's stream holds {self._backlog} of its {self.maxlen} entries "
+                           "(worker falling behind; trimming starts at the limit)")
+        return reasons
+
+    def outage(self, exc: BaseException) -> None:
+        self.metrics.bus_errors.inc()
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.error("bus_redis_unavailable", error=str(exc)[:200])
+
+    def up(self) -> None:
+        if self._down_since is not None:
+            log.info("bus_redis_recovered", down_s=round(time.monotonic() - self._down_since, 3))
+            self._down_since = None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the Bus interface -----------------------------------------------------------------------
+    def attach(self, consumer: busmod.Consumer) -> None:
+        self._consumer = consumer
+
+    def open(self, interaction_id: str) -> RedisPublisher:
+        pub = self.channels.get(interaction_id)
+        if pub is None:
+            pub = self.channels[interaction_id] = RedisPublisher(self, interaction_id)
+        return pub
+
+    def forget_publisher(self, pub: RedisPublisher) -> None:
+        pub.closed = True
+        if self.channels.get(pub.interaction_id) is pub:
+            del self.channels[pub.interaction_id]
+
+    def release_if_idle(self, channel: busmod.CallChannel) -> bool:
+        if not channel.queue.empty():
+            return False
+        assert isinstance(channel, WorkerChannel)
+        channel.closed = True
+        channel.released_at = channel.owned.log.last_id
+        return True
+
+    def depth(self) -> int:
+        return sum(o.channel.queue.qsize() for o in self.owned.values() if o.channel is not None)
+
+    def wrap_provider(self, provider: Provider) -> Provider:
+        self.provider = FencedProvider(provider, self.holds, self.metrics.bus_fenced_ops.inc)
+        return self.provider
+
+    def holds(self, iid: str) -> bool:
+        o = self.owned.get(iid)
+        return o is not None and not o.lost and not o.closing and time.perf_counter() < o.valid_until
+
+    def sinks(self, hub: Any) -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
+        """The worker's publish/call_started/call_ended (through Redis to every ingest's feeds); ``hub``
+        (this process's feeds, if it is an ingest) gets every feed message read from Redis."""
+        if hub is not None:
+            self._sink = hub.deliver
+        return self._publish_result, self._call_started, self._call_ended
+
+    # -- worker -> feeds (fenced, in order) --------------------------------------------------------
+    def _publish_result(self, msg: dict[str, Any]) -> None:
+        o = self.owned.get(msg["interaction_id"])
+        if o is None or o.lost:
+            self.metrics.bus_fenced_ops.inc()
+            return
+        fields: list[Any] = ["seq", msg["seq"], "sid", msg["stream_sid"]]
+        minid = ""
+        inter = self.interaction_of(o.iid)
+        if msg["is_final"] and inter is not None:
+            ck = o.log.acked(inter.timeline.final_end)
+            fields += ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
+                       "rate", inter.sample_rate, "live", 1]
+            minid = ck.first or _next_id(ck.after)
+        self._write(o, orjson.dumps(msg), fields, minid)
+
+    def _call_started(self, iid: str, stream_sid: str) -> None:
+        o = self.owned.get(iid)
+        inter = self.interaction_of(iid)
+        if o is None or o.lost or inter is None:
+            self.metrics.bus_fenced_ops.inc()
+            return
+        ck = o.log.acked(0)
+        self._write(o, orjson.dumps(call_started_msg(iid, stream_sid)),
+                    ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
+                     "seq", 0, "sid", stream_sid, "rate", inter.sample_rate, "live", 1], "")
+
+    def _call_ended(self, iid: str, reason: str) -> None:
+        o = self.owned.get(iid)
+        if o is None or o.lost:
+            self.metrics.bus_fenced_ops.inc()
+            return
+        ck = o.log.ended()
+        self._write(o, orjson.dumps(call_ended_msg(iid, reason)),
+                    ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
+                     "seq", 0, "live", 0], "")
+
+    def _report_failure(self, o: Owned, reason: str) -> None:
+        if self.holds(o.iid):  # a fenced call is dropped and resumed elsewhere, not failed
+            self._write(o, orjson.dumps({"type": "_fail", "interaction_id": o.iid, "reason": reason}), [], "")
+
+    def _write(self, o: Owned, msg: bytes, fields: list[Any], minid: str) -> None:
+        self._queue_op(self._publish, [o.lease_key, o.ckpt_key, self.feed, o.key],
+                       [o.value, msg, self.feed_maxlen, minid, *fields], self._published)
+
+    def _queue_op(self, script: Any, keys: list[Any], args: list[Any], done: Callable[[Any], None]) -> None:
+        """Every write of a worker goes through one ordered queue: a call's cleanup can never overtake its
+        last results, and a retried batch keeps its order."""
+        self._writes.append((script, keys, args, done))
+        self._write_ready.set()
+
+    def _published(self, result: Any) -> None:
+        if result == 0:
+            self.metrics.bus_fenced_ops.inc()
+        elif isinstance(result, bytes):
+            self._feed_written = parse_id(result.decode())
+
+    async def _write_loop(self) -> None:
+        delay = 0.1
+        while True:
+            if not self._writes:
+                self._write_ready.clear()
+                await self._write_ready.wait()
+            batch = [self._writes[i] for i in range(min(256, len(self._writes)))]
+            try:
+                pipe = self.w.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    await script(keys=keys, args=args, client=pipe)
+                results = await pipe.execute()
+            except _ERRORS as exc:
+                self.outage(exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue  # the batch is still queued: retried in order (the ingest drops repeated seqs)
+            self.up()
+            delay = 0.1
+            for (_, _, _, done), result in zip(batch, results):
+                self._writes.popleft()
+                done(result)
+
+    async def _flush_writes(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._writes and time.monotonic() < deadline and self.running:
+            await asyncio.sleep(0.01)
+
+    # -- ingest: the feed ----------------------------------------------------------------------
+    async def _feed_loop(self, last: str) -> None:
+        r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
+        delay = 0.1
+        try:
+            while True:
+                try:
+                    resp = await r.xread({self.feed: last}, count=500, block=BLOCK_MS)
+                except _ERRORS as exc:
+                    self.outage(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                self.up()
+                delay = 0.1
+                for _, entries in resp or ():
+                    for entry_id, fields in entries:
+                        last = entry_id.decode()
+                        self._feed_read = parse_id(last)
+                        try:
+                            self._deliver(orjson.loads(fields[b"m"]))
+                        except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the feed
+                            self.metrics.bad_input.labels(kind="bus_feed_entry").inc()
+                            log.warning("bus_feed_entry_unreadable", entry=last, error=repr(exc)[:200])
+        finally:
+            await r.aclose()
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        iid = msg["interaction_id"]
+        pub = self.channels.get(iid)
+        if kind == "_fail":
+            if pub is not None:
+                pub.fail(msg["reason"])
+            return
+        if kind == "transcript":
+            if msg["seq"] <= self._seen.get(iid, 0):
+                self.metrics.bus_duplicates_dropped.inc()
+                return  # a write retried after a lost reply, or a takeover's overlap
+            self._seen[iid] = msg["seq"]
+        elif kind == "call_started":
+            self._seen[iid] = 0
+        if self._sink is not None:
+            self._sink(msg)
+        if kind == "call_ended":
+            self._seen.pop(iid, None)
+            if pub is not None:
+                if pub.pending_end:
+                    self.forget_publisher(pub)
+                else:
+                    pub.ended_seen = True  # failed before its END: forgotten when the END is published
+
+    # -- worker: ownership -------------------------------------------------------------------------
+    async def _try_own(self, iid: str) -> None:
+        if iid in self.owned or not self.running:
+            return
+        t0 = time.perf_counter()
+        token = await self._acquire(keys=[self.key(iid, "lease"), self.key(iid, "fence"), self.registry],
+                                    args=[self.worker_id, self.lease_ms, iid])
+        if token <= 0 or iid in self.owned:
+            return
+        o = Owned(self, iid, f"{self.worker_id}:{token}", t0 + self.lease_ms * VALID_FRACTION / 1000.0)
+        try:
+            ck = {k.decode(): v.decode() for k, v in (await self.w.hgetall(o.ckpt_key)).items()}
+        except _ERRORS:
+            await self._release(keys=[o.lease_key], args=[o.value])
+            raise
+        if ck:
+            n = int(ck.get("n", -1))
+            o.log = EntryLog(int(ck["pos"]), ck["after"], n - 1 if n >= 0 else -1)
+            o.expect_n = n
+            if ck.get("live") == "1":
+                o.skip_id, o.skip = ck.get("first", ""), int(ck.get("skip", 0))
+                o.resume = (ck.get("sid", ""), int(ck["rate"]), (int(ck["pos"]), int(ck.get("seq", 0))))
+        if token > 1:
+            self.metrics.bus_takeovers.inc()
+            log.warning("call_taken_over", interaction_id=iid, token=token, resume_after=o.log.last_id,
+                        position=o.log.position, live=o.resume is not None)
+        self.owned[iid] = o
+        self._by_key[o.key_b] = o
+        if o.resume is not None:
+            self._channel_for(o)
+        try:
+            await self.w.xadd(self.wake_key, {"w": 1}, maxlen=10)  # the reader picks the new stream up now
+        except _ERRORS:
+            pass  # it does within BLOCK_MS anyway
+
+    def _channel_for(self, o: Owned) -> WorkerChannel:
+        ch = o.channel
+        if ch is None:
+            ch = o.channel = WorkerChannel(o, self.queue_frames)
+            ch.on_failure(lambda reason: self._report_failure(o, reason))
+            if o.resume is not None:
+                sid, rate, at = o.resume
+                o.resume = None
+                ch.queue.put_nowait((busmod.START, sid, rate, at))
+            o.task = self._spawn(self._run(o, ch))
+        return ch
+
+    async def _run(self, o: Owned, ch: WorkerChannel) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer(ch)
+        finally:
+            ch.closed = True
+            if o.channel is ch:
+                o.channel = None
+        if ch.released_at is not None and not o.lost and self.owned.get(o.iid) is o:
+            self._end_call(o, ch.released_at)
+
+    def _end_call(self, o: Owned, end_id: str) -> None:
+        """The consumer finished the call after its END: delete its keys unless more entries follow (queued
+        behind the call's last results, so they are published first)."""
+        o.closing = True
+
+        def done(result: Any) -> None:
+            o.closing = False
+            if result == 0:  # a new stream's entries follow the END: keep owning, read on
+                self._wake()
+                return
+            self._forget(o)
+            if result < 0:
+                log.warning("lease_lost", interaction_id=o.iid, at="cleanup")
+
+        self._queue_op(self._cleanup, [o.key, o.lease_key, self.key(o.iid, "fence"), o.ckpt_key, self.registry],
+                       [o.value, end_id, o.iid], done)
+
+    def _forget(self, o: Owned) -> None:
+        o.lost = True
+        if self.owned.get(o.iid) is o:
+            del self.owned[o.iid]
+        self._by_key.pop(o.key_b, None)
+        if self.provider is not None:
+            self.provider.forget(o.iid)
+
+    async def _drop(self, o: Owned, reason: str) -> None:
+        """Stop working on a call we no longer (may) own: nothing more is read, sent or published."""
+        if o.lost:
+            return
+        self._forget(o)
+        if reason.startswith("lease"):
+            self.metrics.bus_leases_lost.inc()
+        log.warning("call_dropped", interaction_id=o.iid, reason=reason)
+        if self.provider is not None:
+            await self.provider.abort(o.iid)
+        if o.task is not None:
+            o.task.cancel()
+
+    def _wake(self) -> None:
+        self._spawn(self._wake_now())
+
+    async def _wake_now(self) -> None:
+        try:
+            await self.w.xadd(self.wake_key, {"w": 1}, maxlen=10)
+        except _ERRORS:
+            pass
+
+    # -- worker loops ------------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
+        delay = 0.1
+        try:
+            last = await r.xrevrange(self.wake_key, "+", "-", count=1)
+            self._wake_last = last[0][0].decode() if last else "0-0"
+            while True:
+                streams: dict[Any, Any] = {self.wake_key: self._wake_last}
+                for o in self.owned.values():
+                    if not o.closing and (o.channel is None or o.channel.queue.qsize() < self.queue_frames):
+                        streams[o.key] = o.log.last_id
+                try:
+                    resp = await r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                except _ERRORS as exc:
+                    self.outage(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                self.up()
+                delay = 0.1
+                for key, entries in resp or ():
+                    o = self._by_key.get(key)
+                    if o is None:
+                        if entries:
+                            self._wake_last = entries[-1][0].decode()
+                        continue
+                    for entry_id, fields in entries:
+                        if o.lost or o.closing:
+                            break  # not advanced: read again if the call stays ours
+                        self._feed(o, entry_id.decode(), fields)
+        finally:
+            await r.aclose()
+
+    def _feed(self, o: Owned, entry_id: str, f: dict[bytes, bytes]) -> None:
+        kind = int(f[b"k"])
+        n = int(f.get(b"n", -1))
+        if o.expect_n >= 0 and kind != busmod.START and n > o.expect_n:
+            lost = n - o.expect_n
+            self.metrics.bus_trimmed_entries.inc(lost)
+            log.error("bus_entries_trimmed", interaction_id=o.iid, entries=lost, maxlen=self.maxlen)
+        o.expect_n = n + 1
+        if kind == busmod.AUDIO:
+            pcm = f[b"p"]
+            if o.skip_id:
+                if entry_id == o.skip_id:
+                    pcm = pcm[o.skip:]
+                o.skip_id = ""
+            received = time.perf_counter() - max(0.0, time.time() - float(f[b"t"]))
+            item: busmod.Item = (busmod.AUDIO, pcm, received)
+            nbytes = len(pcm)
+        elif kind == busmod.START:
+            item = (busmod.START, f[b"p"].decode(), int(f[b"r"]))
+            nbytes = 0
+        else:
+            item = (busmod.END, f[b"p"].decode())
+            nbytes = 0
+        o.log.add(entry_id, kind, nbytes, n)
+        ch = self._channel_for(o)
+        ch.queue.put_nowait(item)
+
+    async def _announce_loop(self) -> None:
+        r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
+        delay = 0.1
+        try:
+            while True:
+                try:
+                    resp = await r.xreadgroup(GROUP, self.worker_id, {self.announce: ">"}, count=16, block=BLOCK_MS)
+                    for _, entries in resp or ():
+                        for entry_id, fields in entries:
+                            await self._try_own(fields[b"i"].decode())
+                            await self.w.xack(self.announce, GROUP, entry_id)
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self.w.xgroup_create(self.announce, GROUP, id="0", mkstream=True)  # Redis restarted empty
+                except _ERRORS as exc:
+                    self.outage(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                self.up()
+                delay = 0.1
+        finally:
+            await r.aclose()
+
+    async def _sweep_loop(self) -> None:
+        """Take over calls whose lease lapsed (their worker died, hung or lost Redis)."""
+        period = self.lease_ms / 2000.0
+        while True:
+            await asyncio.sleep(period)
+            try:
+                orphans = await self._orphans(keys=[self.registry], args=[f"{self.prefix}:c:{{", "}:lease"])
+                for iid in orphans:
+                    await self._try_own(iid.decode())
+            except _ERRORS as exc:
+                self.outage(exc)
+
+    async def _watchdog_loop(self) -> None:
+        """A call whose lease this process can no longer vouch for (renewals failing or late, e.g. after a
+        pause) is dropped now: its provider stream is closed before Redis can hand the call to another."""
+        period = self.lease_ms / 8000.0
+        while True:
+            await asyncio.sleep(period)
+            now = time.perf_counter()
+            for o in list(self.owned.values()):
+                if now >= o.valid_until and not o.lost:
+                    await self._drop(o, "lease expired locally (renewals failing or late)")
+                    self._spawn(self._release_quietly(o))
+
+    async def _release_quietly(self, o: Owned) -> None:
+        try:
+            await self._release(keys=[o.lease_key], args=[o.value])
+        except _ERRORS:
+            pass  # it lapses by itself
+
+    async def _renew_loop(self) -> None:
+        period = self.lease_ms / 4000.0
+        while True:
+            await asyncio.sleep(period)
+            owned = [o for o in self.owned.values() if not o.lost]
+            if not owned:
+                self._backlog = 0
+                continue
+            t0 = time.perf_counter()
+            try:
+                lost = await self._renew(keys=[o.lease_key for o in owned], args=[self.lease_ms] + [o.value for o in owned])
+                pipe = self.w.pipeline(transaction=False)
+                for o in owned:
+                    pipe.xlen(o.key)
+                lengths = await pipe.execute()
+            except _ERRORS as exc:
+                self.outage(exc)
+                continue
+            self.up()
+            lost_at = set(lost)
+            for i, o in enumerate(owned, 1):
+                if i in lost_at:
+                    await self._drop(o, "lease lost (taken over or expired)")
+                else:
+                    o.valid_until = t0 + self.lease_ms * VALID_FRACTION / 1000.0
+            self._backlog = max(lengths, default=0)
+            self.metrics.bus_backlog.set(self._backlog)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq + 1}"
