@@ -229,3 +229,72 @@ def test_bad_bus_options_are_one_line_errors(args: list[str], message: str) -> N
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+async def until_async(predicate, timeout_s: float, what: str, step_s: float = 0.05) -> float:
+    """Bounded wait for a condition in another process (Redis, /stats): polled, fails loudly."""
+    t0 = time.monotonic()
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(step_s)
+    return time.monotonic() - t0
+
+
+def test_a_paused_worker_that_lost_its_lease_sends_nothing_when_resumed(deployment) -> None:
+    url, prefix, _ = deployment
+
+    async def main() -> None:
+        emu, ing, workers = await start_all(deployment, 2)
+        hose = Firehose()
+        reader = hose.start(ing.info["transcripts"])
+        await hose.open.wait()
+        frames = frames_of(speech_like(10))  # 12 s of audio, real time
+        iids = [f"CA-p{i}" for i in range(4)]
+        calls = asyncio.gather(*(call(ing.info["ingest"], iid, frames, 0.036) for iid in iids))
+        await asyncio.sleep(3.0)  # mid-call (pacing)
+        ids = {w.info["worker_id"]: w for w in workers}
+        owners = leases(prefix, iids)
+        victim_id = max(ids, key=lambda wid: list(owners.values()).count(wid))
+        victim = ids[victim_id]
+        victims = [iid for iid, wid in owners.items() if wid == victim_id]
+        assert victims
+        victim.signal(signal.SIGSTOP)
+        stopped_at = time.time()
+        # Its calls move to the other worker, which opens their provider streams.
+        await until_async(lambda: all(w not in (None, victim_id) for w in leases(prefix, victims).values()), 10,
+                          "the paused worker's calls to be taken over")
+
+        def conns(iid: str, stats: dict) -> list[dict]:
+            return sorted((c for c in stats["connections"] if c["interaction"] == iid), key=lambda c: c["opened_at"])
+
+        await until_async(lambda: all(len(conns(i, emulator_stats(emu))) == 2 for i in victims), 10,
+                          "the successors' provider streams")
+        stats = emulator_stats(emu)
+        old = {iid: conns(iid, stats)[0] for iid in victims}
+        assert all(c["opened_at"] < stopped_at for c in old.values())
+        await asyncio.sleep(1.0)  # the successors stream for a while (pacing) before the old owner wakes
+        resumed_at = time.time()
+        victim.signal(signal.SIGCONT)
+        # The old owner must close its (idle) provider streams without sending them anything more.
+        await until_async(lambda: all(conns(i, emulator_stats(emu))[0]["closed_at"] for i in victims), 10,
+                          "the resumed worker to close its stale provider streams")
+        await calls
+        await all_ended(hose, iids, 40)
+        stats = emulator_stats(emu)
+        for iid in victims:
+            before, after = old[iid], conns(iid, stats)[0]
+            assert after["audio_bytes"] == before["audio_bytes"], (iid, before, after)  # nothing sent once resumed
+            assert after["closed_at"] - resumed_at < 2.0, after
+            assert len(conns(iid, stats)) == 2, conns(iid, stats)  # the resumed worker did not reopen it
+        for iid in iids:
+            check_call(hose, iid, len(frames) * 36.0)
+        assert victim.metric("rtaa_bus_leases_lost_total") >= len(victims)
+        inter = stats["interactions"]
+        print(f"paused worker's calls {len(victims)}; max_open per call {[inter[i]['max_open'] for i in victims]} "
+              f"(the paused worker's idle socket stays open until it resumes); stale streams closed "
+              f"{[round(conns(i, stats)[0]['closed_at'] - resumed_at, 3) for i in victims]} s after SIGCONT")
+        reader.cancel()
+        assert call_keys(prefix) == []
+
+    run(main(), 120)
