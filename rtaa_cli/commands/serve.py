@@ -24,7 +24,8 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                  reconnect_grace_s: float, jsonl: Optional[Path], jwt_audience: Optional[str] = None,
                  jwt_issuer: Optional[str] = None, jwt_max_lifetime_s: Optional[float] = None,
                  max_calls_per_principal: int = 0, admin_auth: bool = False,
-                 bus: BusConfig | None = None) -> PipelineConfig:
+                 bus: BusConfig | None = None,
+                 reconnect_window_s: float = 15.0) -> PipelineConfig:
     bus = bus or BusConfig()
     check_bus(bus)
     if not 0 <= port <= 65535:
@@ -49,14 +50,15 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
         except OSError as exc:
             raise RtaaError(f"--jwt-public-key {jwt_public_key}: {exc.strerror or exc}") from None
     for name, value in (("--keepalive-s", keepalive_s), ("--finalize-timeout-s", finalize_timeout_s),
-                        ("--max-rate", max_rate)):
-        if value <= 0:
+                        ("--max-rate", max_rate), ("--reconnect-window-s", reconnect_window_s)):
+        if not value > 0:
             raise RtaaError(f"{name} must be > 0")
     return PipelineConfig(
         host=host, port=port, jsonl_path=str(jsonl) if jsonl else None,
         provider=ProviderConfig(name=provider, deepgram_url=deepgram_url, model=model, fake_engine=fake_engine,
                                 api_key=os.environ.get("DEEPGRAM_API_KEY")),
-        worker=WorkerConfig(keepalive_interval_s=keepalive_s, finalize_timeout_s=finalize_timeout_s),
+        worker=WorkerConfig(keepalive_interval_s=keepalive_s, finalize_timeout_s=finalize_timeout_s,
+                            reconnect_window_s=reconnect_window_s),
         ingest=IngestConfig(path=ingest_path, interaction_key=interaction_key, auth=auth,
                             basic_user=basic_user, basic_password=basic_password, jwt_public_key=pem,
                             max_calls=max_calls, max_message_bytes=max_message_bytes,
@@ -164,6 +166,8 @@ def register(app: typer.Typer) -> None:
         keepalive_s: float = typer.Option(4.0, help="Send KeepAlive after this long without audio."),
         finalize_timeout_s: float = typer.Option(5.0, help="Wait at most this long for a call's final results."),
         reconnect_grace_s: float = typer.Option(5.0, help="Keep a dropped stream's call this long for a resume."),
+        reconnect_window_s: float = typer.Option(
+            15.0, help="Retry a lost provider stream this long (backoff + jitter), then close the call 1011."),
         jsonl: Optional[Path] = typer.Option(None, help="Also append every feed message to this JSONL file."),
         log_level: str = typer.Option("info", help="debug | info | warning | error (JSON lines on stderr)."),
         as_json: bool = typer.Option(False, "--json", help="Print the endpoints as one JSON line on start."),
@@ -203,7 +207,8 @@ def register(app: typer.Typer) -> None:
                            basic_user, basic_password, jwt_public_key, max_calls, max_message_bytes, max_rate,
                            keepalive_s, finalize_timeout_s, reconnect_grace_s, jsonl, jwt_audience, jwt_issuer,
                            jwt_max_lifetime, max_calls_per_principal, admin_auth,
-                           BusConfig(url=bus, prefix=bus_prefix, role=role, maxlen=bus_maxlen, lease_ms=lease_ms))
+                           BusConfig(url=bus, prefix=bus_prefix, role=role, maxlen=bus_maxlen, lease_ms=lease_ms),
+                           reconnect_window_s=reconnect_window_s)
         from rtaa_cli.pipeline.auth import make_check
         from rtaa_cli.pipeline.providers import make_provider
 

@@ -21,9 +21,11 @@ class ProviderConfig:
 class WorkerConfig:
     keepalive_interval_s: float = 4.0  # Deepgram closes 1011 after ~10 s of no audio/text
     finalize_timeout_s: float = 5.0  # bound on waiting for the final results after CloseStream
-    reconnect_attempts: int = 5  # consecutive failed opens before a call's provider is declared down
+    # A lost provider stream is retried for this long (backoff + jitter inside the window), then the call
+    # fails 1011. Long enough to ride out a provider restart; the audio meanwhile waits in the replay buffer.
+    reconnect_window_s: float = 15.0
     reconnect_base_s: float = 0.2  # backoff: base * 2**n, capped, times jitter in [0.5, 1)
-    reconnect_cap_s: float = 5.0
+    reconnect_cap_s: float = 2.0  # so a provider that is back is found within ~2 s
     replay_limit_s: float = 15.0  # audio not yet covered by a final, kept for replay after a reconnect (240 KB at 8 kHz, worst case)
     latency_window_frames: int = 512  # per call: (audio end, receive time) of the last ~18 s, for e2e latency
 

@@ -53,6 +53,10 @@ class CallTimeline:
         """(start position, audio) that a new provider connection must be sent to lose nothing."""
         return self._buf_start, bytes(self._buf)
 
+    def since(self, pos: int) -> bytes:
+        """Buffered audio from stream position ``pos`` to the end (what arrived after a replay began)."""
+        return bytes(self._buf[max(0, pos - self._buf_start):])
+
     # -- results out ----------------------------------------------------------------------------
     def to_stream_ms(self, base: int, provider_seconds: float) -> float:
         """A provider timestamp on a connection whose first byte was stream position ``base``."""

@@ -9,9 +9,11 @@ Per interaction (:class:`Interaction`):
 - **KeepAlive** when no audio was sent for ``keepalive_interval_s`` (holds, mute).
 - **end**: CloseStream, then wait (bounded) until the provider has sent its finals and closed 1000.
 - **reconnect** when the provider closes otherwise (1011, drop): the old connection is gone before the
-  new one opens (so never a duplicate), with backoff + jitter and bounded attempts; the audio not yet
-  covered by a final is replayed and the new connection's timestamps are offset to stream audio time,
-  so the transcript neither loses nor repeats a segment (see :mod:`rtaa_cli.pipeline.timeline`).
+  new one opens (so never a duplicate), with backoff + jitter for at most ``reconnect_window_s``; while it
+  reconnects the call's audio keeps flowing into the (bounded) replay buffer instead of backing up the bus.
+  The audio not yet covered by a final is replayed and the new connection's timestamps are offset to
+  stream audio time, so the transcript neither loses nor repeats a segment (see
+  :mod:`rtaa_cli.pipeline.timeline`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ ACTIVE, ENDING, ENDED = "active", "ending", "ended"
 _REPLAY_CHUNK = 32 * 1024  # replayed audio goes out in messages of this size
 
 Publish = Callable[[dict[str, Any]], None]
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
+    """Delay after failed attempt ``attempt`` (1, 2, ...): base * 2**(n-1), capped, times jitter in
+    [0.5, 1) from ``rand`` in [0, 1), so calls that lost the provider together do not retry in step."""
+    return min(cap_s, base_s * 2 ** min(attempt - 1, 30)) * (0.5 + rand / 2)
 
 
 class CallEnded(Exception):
@@ -66,6 +74,9 @@ class Interaction:
         self._conn_sent = 0  # stream position sent on the current connection
         self._conn_done: asyncio.Future[int | None] | None = None
         self._opening: asyncio.Task[ProviderConnection] | None = None
+        # Set while the provider stream is down and being retried (lost mid-call, or an open failed): frames
+        # then go to the bounded replay buffer instead of waiting, so the bus never backs up on an outage.
+        self._outage = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_sent = time.perf_counter()
         self._conn_ready_at = 0.0  # when the current connection became usable (after its replay)
@@ -84,48 +95,79 @@ class Interaction:
             raise self.failure  # gave up on this call's provider: fail fast, do not retry per frame
         if not self.single_flight:
             return await self._naive_connection()
+        # shield: a waiter that is cancelled must not cancel the opening the others wait for.
+        return await asyncio.shield(self._opening_task())
+
+    def _opening_task(self) -> asyncio.Task[ProviderConnection]:
         task = self._opening
         if task is None:
             task = self._opening = asyncio.get_running_loop().create_task(self._open())
         else:
             self.metrics.duplicate_opens_prevented.inc()
-        # shield: a waiter that is cancelled must not cancel the opening the others wait for.
-        return await asyncio.shield(task)
+        return task
+
+    async def _join_opening(self) -> None:
+        """A frame's wait for the stream: until it is open (or the opening fails: raised), or until the
+        opening starts retrying an outage (then the frame is buffered, see push_audio)."""
+        if not self.single_flight:
+            await self._naive_connection()
+            return
+        task = self._opening_task()
+        outage = asyncio.get_running_loop().create_task(self._outage.wait())
+        try:
+            await asyncio.wait((task, outage), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            outage.cancel()
+        if task.done():
+            task.result()  # the opening's error (ProviderError, CallEnded) reaches every waiter
 
     async def _naive_connection(self) -> ProviderConnection:
         """The seeds' bug, kept only so a test can show the race test fails on it: check, then create."""
-        conn = await self._open_once()
+        conn = await self.provider.open(self.interaction_id, self.sample_rate)
         await self._activate(conn)
         return conn
 
     async def _open(self) -> ProviderConnection:
+        """Open (or reopen) the provider stream, retrying for at most ``reconnect_window_s``: a failed open
+        (or a connection that closes during its replay) backs off with jitter, and the last attempt is made
+        at the window's end, so a provider that stays down fails the call about one window after the loss."""
         try:
-            for _ in range(self.cfg.reconnect_attempts):
-                conn = await self._open_once()
-                if await self._activate(conn):
-                    return conn
-            self.failure = ProviderError("provider stream kept closing while the pending audio was replayed")
-            raise self.failure
+            started = time.monotonic()
+            deadline = started + self.cfg.reconnect_window_s
+            attempt = 0
+            while True:
+                if self.state is ENDED:
+                    raise CallEnded(self.interaction_id)
+                attempt += 1
+                try:
+                    conn = await self.provider.open(self.interaction_id, self.sample_rate)
+                except ProviderError as exc:
+                    self.metrics.provider_open_failures.labels(provider=self.provider.name).inc()
+                    if attempt == 1 or exc.permanent:  # one line per outage, not one per attempt
+                        log.warning("provider_open_failed", interaction_id=self.interaction_id, attempt=attempt,
+                                    error=str(exc), permanent=exc.permanent)
+                    if exc.permanent:
+                        self.failure = exc
+                        raise
+                    self._outage.set()
+                    error = exc
+                else:
+                    if await self._activate(conn):
+                        if attempt > 1:
+                            log.info("provider_reopened", interaction_id=self.interaction_id, attempts=attempt,
+                                     after_s=round(time.monotonic() - started, 3))
+                        return conn
+                    error = ProviderError("provider stream kept closing while the pending audio was replayed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.failure = ProviderError(
+                        f"provider unavailable for {self.cfg.reconnect_window_s:g} s ({attempt} attempts): {error}",
+                        status=error.status)
+                    raise self.failure
+                await asyncio.sleep(min(left, backoff_s(attempt, self.cfg.reconnect_base_s,
+                                                        self.cfg.reconnect_cap_s, random.random())))
         finally:
             self._opening = None
-
-    async def _open_once(self) -> ProviderConnection:
-        attempt = 0
-        while True:
-            if self.state is ENDED:
-                raise CallEnded(self.interaction_id)
-            try:
-                return await self.provider.open(self.interaction_id, self.sample_rate)
-            except ProviderError as exc:
-                attempt += 1
-                self.metrics.provider_open_failures.labels(provider=self.provider.name).inc()
-                log.warning("provider_open_failed", interaction_id=self.interaction_id, attempt=attempt,
-                            error=str(exc), permanent=exc.permanent)
-                if exc.permanent or attempt >= self.cfg.reconnect_attempts:
-                    self.failure = exc
-                    raise
-                delay = min(self.cfg.reconnect_cap_s, self.cfg.reconnect_base_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
     async def _activate(self, conn: ProviderConnection) -> bool:
         """Send ``conn`` the audio no final covers yet, then make it current. The replay completes before
@@ -139,25 +181,31 @@ class Interaction:
         self.metrics.provider_opened.labels(provider=self.provider.name).inc()
         if number > 1:
             self.metrics.provider_reconnects.inc()
-        start, audio = self.timeline.unfinalized()
+        tl = self.timeline
+        start, audio = tl.unfinalized()
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._spawn(self._receive(conn, number, start, done))
         log.info("provider_connected", interaction_id=self.interaction_id, connection=number,
-                 replay_bytes=len(audio), base_ms=round(start / self.timeline.bytes_per_ms, 1))
+                 replay_bytes=len(audio), base_ms=round(start / tl.bytes_per_ms, 1))
+        sent = start
         try:
-            for i in range(0, len(audio), _REPLAY_CHUNK):
-                await conn.send_audio(audio[i:i + _REPLAY_CHUNK])
+            while audio:
+                for i in range(0, len(audio), _REPLAY_CHUNK):
+                    await conn.send_audio(audio[i:i + _REPLAY_CHUNK])
+                sent += len(audio)
+                audio = tl.since(sent)  # frames that came in during the replay (a reconnect does not block them)
         except Exception:  # noqa: BLE001 - closed during the replay; its receiver logs the close
             await conn.aclose()
             return False
-        if number > 1 and audio:
-            self.metrics.replayed_bytes.inc(len(audio))
+        if number > 1 and sent > start:
+            self.metrics.replayed_bytes.inc(sent - start)
         if done.done():
             return False
         self._conn_base = start
-        self._conn_sent = start + len(audio)
+        self._conn_sent = sent
         self._conn_done = done
         self._conn = conn
+        self._outage.clear()
         self._last_sent = self._conn_ready_at = time.perf_counter()
         return True
 
@@ -174,13 +222,19 @@ class Interaction:
         end = self._append(pcm, received_at)
         conn = self._conn
         if conn is None:
-            await self.connection()
+            if self.failure is not None:
+                raise self.failure  # gave up on this call's provider: fail fast, do not retry per frame
+            if not self._outage.is_set():
+                await self._join_opening()
+            if self._conn is None:
+                # Outage: the frame stays in the bounded replay buffer and the reopening sends it. The bus
+                # keeps draining, so a provider restart does not back the caller up into "pipeline overloaded".
+                self.metrics.frames_waited.inc()
+                return
             if end <= self._conn_sent:
                 self.metrics.frames_waited.inc()
                 return  # went out with the opening's replay of pending audio
             conn = self._conn
-            if conn is None:
-                return  # already closed again; the next opening replays this frame
         try:
             await conn.send_audio(pcm)
         except Exception:  # noqa: BLE001 - connection died under us: the frame stays in the replay buffer
@@ -245,6 +299,8 @@ class Interaction:
                         count=conn.unparsable)
         if self._conn is conn:
             self._conn = None
+            if self.state is ACTIVE:
+                self._outage.set()  # _reopen below; frames meanwhile go to the replay buffer
         self._connections_open -= 1
         await conn.aclose()
         if not done.done():
