@@ -298,3 +298,133 @@ def test_a_paused_worker_that_lost_its_lease_sends_nothing_when_resumed(deployme
         assert call_keys(prefix) == []
 
     run(main(), 120)
+
+
+def test_feeds_of_any_ingest_and_a_dead_ingests_calls_are_ended(deployment) -> None:
+    """Transcripts reach the feeds of an ingest that did not take the call; a call whose ingest is SIGKILLed is
+    ended by its worker after --bus-idle-end-s (finals flushed, call_ended, provider stream and keys freed)."""
+    url, prefix, procs = deployment
+
+    async def main() -> None:
+        emu, ing_a, workers = await start_all(deployment, 1, "--bus-idle-end-s", "3")
+        ing_b = ingest(url, prefix)
+        procs.append(ing_b)
+        await ing_b.ready()
+        hose = Firehose()
+        reader = hose.start(ing_b.info["transcripts"])  # the other ingest
+        await hose.open.wait()
+        frames = frames_of(speech_like(3))
+        await call(ing_a.info["ingest"], "CA-x1", frames, 0.004)  # a whole call through A
+        await all_ended(hose, ["CA-x1"], 20)
+        check_call(hose, "CA-x1", len(frames) * 36.0)
+
+        frames = frames_of(speech_like(6, off_s=0.6))
+        caller = asyncio.get_running_loop().create_task(call(ing_a.info["ingest"], "CA-x2", frames, 0.036))
+        await until_async(lambda: len(hose.finals("CA-x2")) >= 2, 15, "finals of the second call")
+        killed_at = time.time()
+        ing_a.signal(signal.SIGKILL)
+        await asyncio.gather(caller, return_exceptions=True)  # its connection died with A
+        await all_ended(hose, ["CA-x2"], 15)
+        ended_at = hose.by_call["CA-x2"][-1][0]
+        msgs = [m for _, m in hose.by_call["CA-x2"]]
+        assert msgs[-1]["reason"].startswith("no audio on the bus for 3"), msgs[-1]
+        finals = hose.finals("CA-x2")
+        for prev, cur in zip(finals, finals[1:]):  # contiguous, no repeat, up to what A had published
+            assert abs(cur["audio_start_ms"] - prev["audio_end_ms"]) <= 1.0, (prev, cur)
+        stats = emulator_stats(emu)
+        conns = [c for c in stats["connections"] if c["interaction"] == "CA-x2"]
+        assert len(conns) == 1 and conns[0]["closed_at"] is not None and conns[0]["close_code"] == 1000, conns
+        assert workers[0].metric("rtaa_bus_idle_calls_ended_total") == 1
+        print(f"dead ingest's call ended {ended_at - killed_at:.2f} s after the kill (idle limit 3 s)")
+        reader.cancel()
+        await until_async(lambda: call_keys(prefix) == [], 5, "the call's keys to be deleted")
+
+    run(main(), 90)
+
+
+def test_redis_restart_health_says_so_callers_get_1011_and_everything_recovers(tmp_path) -> None:
+    """A Redis of the test's own (AOF on, so it restarts with its data) is stopped mid-call and started again."""
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is needed for this test"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "yes",
+            "--appendfsync", "always", "--save", ""]
+    redis_procs: list[subprocess.Popen] = []
+    procs: list[Proc] = []
+
+    def start_redis() -> None:
+        redis_procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def health(p: Proc) -> tuple[int, dict]:
+        status, body, _ = http_get(p.info["health"])
+        return status, orjson.loads(body)
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def main() -> None:
+        start_redis()
+        await until_async(up, 10, "redis-server to start")
+        emu = emulator()
+        procs.append(emu)
+        await emu.ready()
+        ing = ingest(url, "rtaa-restart")
+        wrk = worker(url, "rtaa-restart", emu.info["url"], "--lease-ms", "1000")
+        procs.extend([ing, wrk])
+        await asyncio.gather(ing.ready(), wrk.ready())
+        hose = Firehose()
+        reader = hose.start(ing.info["transcripts"])
+        await hose.open.wait()
+        frames = frames_of(speech_like(10))
+        caller = asyncio.get_running_loop().create_task(call(ing.info["ingest"], "CA-r1", frames, 0.036))
+        await until_async(lambda: len(hose.finals("CA-r1")) >= 2, 15, "finals before the outage")
+        redis_procs[-1].terminate()  # SIGTERM: Redis exits cleanly, its AOF holds everything it acknowledged
+        redis_procs[-1].wait(10)
+        down_at = time.monotonic()
+        await until_async(lambda: health(ing)[0] == 503 and health(wrk)[0] == 503, 10, "both /health to be 503")
+        assert "bus: redis unreachable" in health(ing)[1]["reasons"], health(ing)
+        assert "bus: redis unreachable" in health(wrk)[1]["reasons"], health(wrk)
+        try:
+            await caller
+            raise AssertionError("the caller was not closed while the bus was down")
+        except ConnectionClosed as exc:
+            assert (exc.rcvd.code, exc.rcvd.reason) == (1011, "pipeline unavailable (bus down)"), exc.rcvd
+        start_redis()
+        await until_async(lambda: health(ing)[0] == 200 and health(wrk)[0] == 200, 20, "both /health back to 200")
+        outage_s = time.monotonic() - down_at
+        # The interrupted call ends (its END after the resume grace reaches the restored stream) with no repeat.
+        await all_ended(hose, ["CA-r1"], 30)
+        finals = hose.finals("CA-r1")
+        assert finals and abs(finals[0]["audio_start_ms"]) <= 1.0
+        for prev, cur in zip(finals, finals[1:]):
+            assert abs(cur["audio_start_ms"] - prev["audio_end_ms"]) <= 1.0, (prev, cur)
+        # A new call after the restart works end to end.
+        frames = frames_of(speech_like(3))
+        await call(ing.info["ingest"], "CA-r2", frames, 0.004)
+        await all_ended(hose, ["CA-r2"], 20)
+        check_call(hose, "CA-r2", len(frames) * 36.0)
+        assert ing.metric("rtaa_bus_redis_errors_total") > 0 and wrk.metric("rtaa_bus_redis_errors_total") > 0
+        print(f"outage until both healthy {outage_s:.2f} s; interrupted call: {len(finals)} finals up to "
+              f"{finals[-1]['audio_end_ms']:.0f} ms, reason {hose.by_call['CA-r1'][-1][1]['reason']!r}")
+        reader.cancel()
+        r = redis.Redis.from_url(url)
+        assert [k for k in r.keys("rtaa-restart:c:*")] == []
+
+    try:
+        run(main(), 120)
+    finally:
+        for p in procs:
+            p.stop()
+        for rp in redis_procs:
+            rp.kill()
+            rp.wait(10)

@@ -95,6 +95,8 @@ def check_bus(bus: BusConfig) -> None:
         raise RtaaError("--bus-maxlen must be >= 100 entries (see docs/scale-out.md for sizing)")
     if not 200 <= bus.lease_ms <= 60000:
         raise RtaaError("--lease-ms must be 200-60000")
+    if bus.idle_end_s < 1:
+        raise RtaaError("--bus-idle-end-s must be >= 1 (longer than the ingest's --reconnect-grace-s)")
 
 
 async def run_server(cfg: PipelineConfig, as_json: bool) -> None:
@@ -176,6 +178,8 @@ def register(app: typer.Typer) -> None:
         role: str = typer.Option("all", help="all | ingest | worker (ingest/worker need --bus redis://...)."),
         bus_maxlen: int = typer.Option(2048, help="Redis bus: entries kept per call stream (MAXLEN ~)."),
         lease_ms: int = typer.Option(2000, help="Redis bus: call ownership lease; takeover after about this."),
+        bus_idle_end_s: float = typer.Option(
+            60.0, help="Redis bus: a worker ends a call whose stream got nothing this long (its ingest is gone)."),
     ) -> None:
         """Run the pipeline: Exotel ingest -> bus -> ASR worker -> transcript feeds, plus /health and /metrics.
 
@@ -207,7 +211,8 @@ def register(app: typer.Typer) -> None:
                            basic_user, basic_password, jwt_public_key, max_calls, max_message_bytes, max_rate,
                            keepalive_s, finalize_timeout_s, reconnect_grace_s, jsonl, jwt_audience, jwt_issuer,
                            jwt_max_lifetime, max_calls_per_principal, admin_auth,
-                           BusConfig(url=bus, prefix=bus_prefix, role=role, maxlen=bus_maxlen, lease_ms=lease_ms),
+                           BusConfig(url=bus, prefix=bus_prefix, role=role, maxlen=bus_maxlen, lease_ms=lease_ms,
+                                     idle_end_s=bus_idle_end_s),
                            reconnect_window_s=reconnect_window_s)
         from rtaa_cli.pipeline.auth import make_check
         from rtaa_cli.pipeline.providers import make_provider

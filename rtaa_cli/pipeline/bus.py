@@ -45,6 +45,12 @@ class BusUnavailable(BusOverloaded):
     reason = "pipeline unavailable (bus down)"
 
 
+class BusLost(BusOverloaded):
+    """The bus no longer knows the call (Redis restarted without its data); the caller may reconnect."""
+
+    reason = "pipeline lost this call (bus restarted), reconnect"
+
+
 class ChannelClosed(Exception):
     """Publishing to a channel whose call has ended (reported as audio after end)."""
 

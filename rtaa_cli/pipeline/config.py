@@ -61,6 +61,7 @@ class BusConfig:
     maxlen: int = 2048  # entries per call stream (~74 s of 36 ms frames); beyond, the oldest are trimmed
     feed_maxlen: int = 10000  # feed stream entries (transcripts of every call)
     lease_ms: int = 2000  # call ownership lease; a dead worker's calls are taken over after about this
+    idle_end_s: float = 60.0  # a worker ends a call whose stream got nothing this long (its ingest is gone)
 
     @property
     def is_redis(self) -> bool:

@@ -18,6 +18,7 @@ with the interaction id when known; no bad input affects another call):
 | a new call beyond ``max_calls`` | close 1013 "at capacity, try again later" |
 | bus full for ``bus_publish_timeout_s`` | close 1011 "pipeline overloaded" |
 | Redis bus unreachable | close 1011 "pipeline unavailable (bus down)" |
+| Redis bus restarted without the call | close 1011 "pipeline lost this call (bus restarted), reconnect" |
 | provider down for good | close 1011 "transcription provider unavailable" |
 | a newer stream of the same call, same principal | older stream closed 1001 "superseded by a newer stream for this call" |
 | a start for a live call (or one in its resume grace) owned by another principal | close 1008 "call owned by another principal" |

@@ -32,6 +32,12 @@ class PipelineMetrics:
                                       registry=r)
         # Redis bus (docs/scale-out.md); 0 on the memory bus.
         self.bus_errors = Counter("rtaa_bus_redis_errors", "Redis bus operations that failed (outage)", registry=r)
+        self.bus_calls_lost = Counter(
+            "rtaa_bus_calls_lost", "Calls whose stream Redis no longer had (restarted empty); caller closed 1011",
+            registry=r)
+        self.bus_idle_calls_ended = Counter(
+            "rtaa_bus_idle_calls_ended", "Calls a worker ended because their stream stayed empty (ingest gone)",
+            registry=r)
         self.bus_trimmed_entries = Counter(
             "rtaa_bus_trimmed_entries", "Call stream entries trimmed by MAXLEN before a worker read them", registry=r)
         self.bus_backlog = Gauge("rtaa_bus_backlog_entries",

@@ -77,25 +77,32 @@ class RedisPublisher:
         self._n += 1
         kind = item[0]
         try:
+            # AUDIO and END never create a stream (NOMKSTREAM): only a START does, with the call's
+            # registration, so no entry can land in a stream no worker will ever be told about.
             if kind is busmod.AUDIO:
                 wall = time.time() - (time.perf_counter() - item[2])  # workers convert to their own clock
-                await bus.w.xadd(self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n},
-                                 maxlen=bus.maxlen, approximate=True)
+                added = await bus.w.xadd(self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n},
+                                         maxlen=bus.maxlen, approximate=True, nomkstream=True)
             elif kind is busmod.START:
                 self.pending_end = self.ended_seen = False
-                await bus.start_script(keys=[self._key, bus.registry, bus.announce],
-                                       args=[bus.maxlen, self.interaction_id, int(time.time() * 1000),
-                                             "k", 0, "p", item[1], "r", item[2], "n", self._n])
+                added = await bus.start_script(keys=[self._key, bus.registry, bus.announce],
+                                               args=[bus.maxlen, self.interaction_id, int(time.time() * 1000),
+                                                     "k", 0, "p", item[1], "r", item[2], "n", self._n])
             else:
                 self.pending_end = True
-                await bus.w.xadd(self._key, {"k": 2, "p": item[1], "n": self._n}, maxlen=bus.maxlen,
-                                 approximate=True)
-                if self.ended_seen:
-                    bus.forget_publisher(self)
+                added = await bus.w.xadd(self._key, {"k": 2, "p": item[1], "n": self._n}, maxlen=bus.maxlen,
+                                         approximate=True, nomkstream=True)
+                if self.ended_seen or added is None:
+                    bus.forget_publisher(self)  # its call_ended came already, or the bus has no such call
         except _ERRORS as exc:
             bus.outage(exc)
+            if kind is busmod.END:
+                bus.forget_publisher(self)  # the call is over for this ingest either way
             raise busmod.BusUnavailable(self.interaction_id) from None
         bus.up()
+        if added is None and kind is busmod.AUDIO:  # Redis lost the call (restarted empty)
+            bus.metrics.bus_calls_lost.inc()
+            raise busmod.BusLost(self.interaction_id)
 
     def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:
         self._fail_callbacks.append(callback)
@@ -124,7 +131,7 @@ class Owned:
     """A call this worker holds the lease of."""
 
     __slots__ = ("iid", "value", "valid_until", "key", "key_b", "lease_key", "ckpt_key", "log", "expect_n",
-                 "skip_id", "skip", "resume", "channel", "task", "lost", "closing")
+                 "skip_id", "skip", "resume", "channel", "task", "lost", "closing", "last_entry_at", "idle_ended")
 
     def __init__(self, bus: "RedisBus", iid: str, value: str, valid_until: float) -> None:
         self.iid = iid
@@ -143,11 +150,13 @@ class Owned:
         self.task: asyncio.Task[None] | None = None
         self.lost = False
         self.closing = False  # cleanup of the call's keys in flight: read nothing, send nothing
+        self.last_entry_at = time.monotonic()
+        self.idle_ended = False
 
 
 class RedisBus:
     def __init__(self, url: str, prefix: str, metrics: PipelineMetrics, *, maxlen: int = 2048,
-                 feed_maxlen: int = 10000, lease_ms: int = 2000, queue_frames: int = 256,
+                 feed_maxlen: int = 10000, lease_ms: int = 2000, queue_frames: int = 256, idle_end_s: float = 60.0,
                  has_ingest: bool = True, has_worker: bool = True) -> None:
         self.url = url
         self.prefix = prefix
@@ -156,6 +165,7 @@ class RedisBus:
         self.feed_maxlen = feed_maxlen
         self.lease_ms = lease_ms
         self.queue_frames = queue_frames
+        self.idle_end_s = idle_end_s
         self.has_ingest = has_ingest
         self.has_worker = has_worker
         self.worker_id = uuid.uuid4().hex[:12]
@@ -598,6 +608,8 @@ class RedisBus:
             self.metrics.bus_trimmed_entries.inc(lost)
             log.error("bus_entries_trimmed", interaction_id=o.iid, entries=lost, maxlen=self.maxlen)
         o.expect_n = n + 1
+        o.last_entry_at = time.monotonic()
+        o.idle_ended = False
         if kind == busmod.AUDIO:
             pcm = f[b"p"]
             if o.skip_id:
@@ -665,6 +677,20 @@ class RedisBus:
                 if now >= o.valid_until and not o.lost:
                     await self._drop(o, "lease expired locally (renewals failing or late)")
                     self._spawn(self._release_quietly(o))
+            self._end_idle_calls()
+
+    def _end_idle_calls(self) -> None:
+        """A call whose stream got nothing for ``idle_end_s`` has lost its ingest (a caller streams audio
+        continuously; an ingest ends a dropped stream after its resume grace): end it here, so its finals
+        are flushed and its provider stream and keys freed, instead of keeping it alive on KeepAlive."""
+        now = time.monotonic()
+        for o in list(self.owned.values()):
+            if o.idle_ended or o.lost or o.closing or now - o.last_entry_at < self.idle_end_s:
+                continue
+            o.idle_ended = True
+            self.metrics.bus_idle_calls_ended.inc()
+            log.warning("call_idle_ended", interaction_id=o.iid, idle_s=round(now - o.last_entry_at, 1))
+            self._channel_for(o).queue.put_nowait((busmod.END, f"no audio on the bus for {self.idle_end_s:g} s"))
 
     async def _release_quietly(self, o: Owned) -> None:
         try:
