@@ -428,3 +428,79 @@ def test_redis_restart_health_says_so_callers_get_1011_and_everything_recovers(t
         for rp in redis_procs:
             rp.kill()
             rp.wait(10)
+
+
+def _emulator_with(*args: str) -> Proc:
+    return Proc(["fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live", "--seed", "7", *args],
+                "fake-deepgram")
+
+
+def test_a_worker_falling_behind_is_reported_before_anything_is_trimmed(deployment) -> None:
+    """The worker is held back (its provider handshake takes 5 s, so the call's entries pile up in Redis):
+    /health says so and rtaa_bus_backlog_entries shows it while the stream is past half its MAXLEN, and
+    nothing is trimmed (MAXLEN 200 = 7.2 s of frames)."""
+    url, prefix, procs = deployment
+
+    async def main() -> None:
+        emu = _emulator_with("--handshake-delay-ms", "5000")
+        procs.append(emu)
+        await emu.ready()
+        ing = ingest(url, prefix, "--bus-maxlen", "200")
+        wrk = worker(url, prefix, emu.info["url"], "--bus-maxlen", "200")
+        procs.extend([ing, wrk])
+        await asyncio.gather(ing.ready(), wrk.ready())
+        hose = Firehose()
+        reader = hose.start(ing.info["transcripts"])
+        await hose.open.wait()
+        frames = frames_of(speech_like(6))
+        caller = asyncio.get_running_loop().create_task(call(ing.info["ingest"], "CA-slow", frames, 0.036))
+
+        def reported() -> bool:
+            status, body, _ = http_get(wrk.info["health"])
+            return status == 503 and any("holds" in r for r in orjson.loads(body)["reasons"])
+
+        waited = await until_async(reported, 8, "the worker's /health to report its backlog")
+        backlog = wrk.metric("rtaa_bus_backlog_entries")
+        assert 100 < backlog <= 200, backlog
+        await caller
+        await all_ended(hose, ["CA-slow"], 30)
+        check_call(hose, "CA-slow", len(frames) * 36.0)  # nothing lost
+        assert wrk.metric("rtaa_bus_trimmed_entries_total") == 0
+        await until_async(lambda: http_get(wrk.info["health"])[0] == 200, 5, "the worker to report healthy again")
+        print(f"backlog reported {waited:.2f} s into the call at {backlog:.0f} of 200 entries; 0 trimmed")
+        reader.cancel()
+
+    run(main(), 90)
+
+
+def test_entries_trimmed_before_a_worker_read_them_are_counted(deployment) -> None:
+    """A worker paused for longer than its calls' MAXLEN covers (100 entries = 3.6 s) finds the gap in the
+    entries' sequence numbers when it resumes: counted and logged, never silent; the call still ends."""
+    url, prefix, procs = deployment
+
+    async def main() -> None:
+        emu = emulator()
+        procs.append(emu)
+        await emu.ready()
+        wrk = worker(url, prefix, emu.info["url"], "--bus-maxlen", "100", "--lease-ms", "30000")
+        ing2 = ingest(url, prefix, "--bus-maxlen", "100")  # the ingest's XADD MAXLEN is what trims
+        procs.extend([wrk, ing2])
+        await asyncio.gather(wrk.ready(), ing2.ready())
+        hose = Firehose()
+        reader = hose.start(ing2.info["transcripts"])
+        await hose.open.wait()
+        frames = frames_of(speech_like(12))
+        caller = asyncio.get_running_loop().create_task(call(ing2.info["ingest"], "CA-trim", frames, 0.036))
+        await until_async(lambda: len(hose.finals("CA-trim")) >= 1, 15, "a first final")
+        wrk.signal(signal.SIGSTOP)
+        await asyncio.sleep(7.0)  # 7 s of frames (~190 entries) arrive while it is paused
+        wrk.signal(signal.SIGCONT)
+        await caller
+        await all_ended(hose, ["CA-trim"], 30)
+        trimmed = wrk.metric("rtaa_bus_trimmed_entries_total")
+        assert trimmed > 0
+        assert any(b"bus_entries_trimmed" in line for line in wrk.stderr)
+        print(f"{trimmed:.0f} entries trimmed while the worker was paused 7 s at MAXLEN ~100: counted and logged")
+        reader.cancel()
+
+    run(main(), 90)
