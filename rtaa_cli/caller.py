@@ -183,6 +183,8 @@ class CallResult:
     feed_unrecognised: int = 0  # of those, not understood
     marked_results: int = 0  # results whose text carried the emulator's text mark (rtaa_cli/textmark.py)
     repeated_finals: int = 0  # marked finals that arrived more than once
+    gaps: int = 0  # `gap` messages: audio the pipeline says no final will cover (docs/transcript-feed.md)
+    gap_ms: float = 0.0  # their total length
     latency: LatencySamples = field(default_factory=LatencySamples)  # rtaa_cli.latency rules
     call_ended: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
@@ -279,6 +281,7 @@ class CallRecorder:
         r, f = self.result, self.feed
         r.feed_messages, r.feed_unrecognised, r.transcripts_dropped = f.feed_messages, f.feed_unrecognised, f.transcripts_dropped
         r.marked_results, r.repeated_finals = f.marked_results, f.repeated_finals
+        r.gaps, r.gap_ms = f.gaps, round(f.gap_ms, 1)
         r.call_ended = dict(f.call_ended) if f.call_ended is not None else None
         return t
 

@@ -138,3 +138,38 @@ def test_field_mapping() -> None:
                      ("text=a..b", "not a dotted path"), ("text=a,colour=b", "unknown field(s) colour")):
         with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
             FieldMapping.parse(bad)
+
+
+def test_gap_messages_are_counted_in_replay_soak_and_smoke_never_as_transcripts() -> None:
+    """Issue 10 item 11: rtaa serve's `gap` message (docs/transcript-feed.md) is understood, counted with its
+    length, and is neither a result nor 'not understood', on replay's and soak's paths alike."""
+    gap = {"type": "gap", "interaction_id": "CA1", "stream_sid": "ST1", "cause": "replay_trim",
+           "audio_start_ms": 1200.0, "audio_end_ms": 2224.0, "lost_ms": 1024.0, "at": T0}
+    e = parse_message(orjson.dumps(gap))
+    assert (e.kind, e.call_id, e.audio_start_ms, e.audio_end_ms) == ("gap", "CA1", 1200.0, 2224.0)
+    other_call = dict(gap, interaction_id="CA2")
+    stream = [(_msg(True, "before", 1200.0), T0 + 1.3), (orjson.dumps(gap), T0 + 2.5),
+              (orjson.dumps(other_call), T0 + 2.5), (_msg(True, "after", 3000.0), T0 + 3.1)]
+    replay = _replay_path_of(stream)
+    r = replay.result
+    assert (r.gaps, r.gap_ms, r.feed_unrecognised, len(r.finals())) == (1, 1024.0, 0, 2)
+    assert "the pipeline reported 1 gap(s), 1024 ms of audio not transcribed" in transcripts_line(r)
+    recorder = FeedRecorder("CA1", _send_log(30), keep_transcripts=False)
+    for raw, at in stream:
+        recorder.message(raw, at)
+    rec = CallRecord(call_sid="CA1", audio_bytes_sent=30 * 1600, audio_ms_sent=3000.0, frames_sent=30)
+    record_feed(rec, recorder)
+    stats = SoakStats(t0=T0, duration_s=10)
+    stats.add(CallRecord.from_dict(orjson.loads(orjson.dumps(rec.to_dict()))))  # as sent worker -> master
+    assert (stats.gaps, stats.gap_ms, stats.gap_calls, stats.feed_unrecognised) == (1, 1024.0, 1, 0)
+
+
+def _replay_path_of(stream: list[tuple[bytes, float]]) -> CallRecorder:
+    script = CallScript([bytes(1600)] * 30, CallOptions(call_sid="CA1", stream_sid="ST1"))
+    recorder = CallRecorder(script)
+    for k, step in enumerate((s for s in script if s.kind == "media"), start=1):
+        recorder.sent(step, T0 + k * FRAME_MS / 1000.0)
+    for raw, at in stream:
+        recorder.feed_message(raw, at)
+    recorder.finish()
+    return recorder

@@ -86,3 +86,18 @@ def _young_man() -> bytes:
     words, not placeholders (the segmenter engine's vocabulary has neither "was" nor "not" nor "man")."""
     pcm = load_audio(CALL_WAV, 8000).pcm
     return pcm[8000 * 2 * 72 // 10: 8000 * 2 * 112 // 10]
+
+
+def test_timeline_reports_each_lost_stretch_once() -> None:
+    """Issue 10 item 11: audio trimmed from the replay buffer before a reconnect, and the unfinalised tail of
+    a call that ends without its finals, are gaps; each byte is reported at most once."""
+    tl = CallTimeline(8000, replay_limit_s=1.0)  # 16 bytes per ms; keeps 1-2 s
+    tl.append(bytes(16 * 500), 0.0)
+    tl.on_final(500.0)  # the first 500 ms are finalised
+    assert tl.replay_gap() is None  # nothing trimmed yet
+    tl.append(bytes(16 * 2600), 0.0)  # an outage: 2.6 s more, the buffer trims to 1 s
+    start, end = tl.replay_gap()
+    assert start == 16 * 500 and end == tl.unfinalized()[0] == 16 * 2100
+    assert tl.replay_gap() is None  # once
+    assert tl.lost_tail() == (16 * 2100, 16 * 3100)  # the call then ends without finals
+    assert tl.lost_tail() is None

@@ -364,6 +364,8 @@ def transcripts_line(result: CallResult) -> str:
         line += f"; {result.feed_unrecognised} of {result.feed_messages} feed messages not understood"
     if result.repeated_finals:
         line += f"; {result.repeated_finals} finals arrived more than once"
+    if result.gaps:
+        line += f"; the pipeline reported {result.gaps} gap(s), {result.gap_ms:.0f} ms of audio not transcribed"
     return line
 
 

@@ -4,7 +4,8 @@ Every feed tap (WebSocket, SSE/HTTP, Redis, webhook) hands its messages here, so
 understands the same schemas the same way:
 
 * rtaa's own schema (``{"type": "transcript", "interaction_id", "text", "is_final",
-  "audio_start_ms", "audio_end_ms", ...}``, ``call_started``, ``call_ended``);
+  "audio_start_ms", "audio_end_ms", ...}``, ``call_started``, ``call_ended``, ``gap``: audio the pipeline
+  says no final will cover);
 * Deepgram's live ``Results`` message forwarded as is (``channel.alternatives[0].transcript``,
   ``is_final``, ``start``/``duration`` in seconds);
 * any other JSON schema through a :class:`FieldMapping` (dotted paths, ``--feed-map``).
@@ -19,7 +20,8 @@ from typing import Any, Mapping
 
 import orjson
 
-EVENT_KINDS = ("transcript", "call_started", "call_ended", "other")
+EVENT_KINDS = ("transcript", "call_started", "call_ended", "gap", "other")
+RTAA_KINDS = frozenset(("transcript", "call_started", "call_ended", "gap"))
 MAPPING_KEYS = ("call_id", "text", "is_final", "audio_start_ms", "audio_end_ms", "audio_start_s",
                 "audio_end_s", "seq", "ended")
 _MISSING = object()
@@ -196,7 +198,7 @@ def parse_message(raw: str | bytes | Mapping[str, Any], mapping: FieldMapping | 
     if mapping is not None:
         return mapping.event(msg)
     kind = msg.get("type")
-    if kind in ("transcript", "call_started", "call_ended") and "interaction_id" in msg:
+    if kind in RTAA_KINDS and "interaction_id" in msg:
         return _rtaa_event(kind, msg)
     if kind == "Results" and isinstance(msg.get("channel"), Mapping):
         return _deepgram_event(msg)
@@ -212,6 +214,9 @@ def parse_message(raw: str | bytes | Mapping[str, Any], mapping: FieldMapping | 
 def _rtaa_event(kind: str, msg: Mapping[str, Any]) -> FeedEvent:
     call = msg.get("interaction_id")
     call_id = None if call is None else str(call)
+    if kind == "gap":
+        return FeedEvent("gap", call_id, audio_start_ms=_number(msg.get("audio_start_ms")),
+                         audio_end_ms=_number(msg.get("audio_end_ms")), raw=msg)
     if kind != "transcript":
         return FeedEvent(kind, call_id, raw=msg)
     seq, conn, text = msg.get("seq"), msg.get("provider_connection"), msg.get("text")

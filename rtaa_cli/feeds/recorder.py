@@ -52,6 +52,8 @@ class FeedRecorder:
         self.unrecognised_reasons: Counter[str] = Counter()
         self.other_calls = 0  # understood, but another call's (a firehose or a misrouted message)
         self.call_started = False
+        self.gaps = 0  # `gap` messages: audio the pipeline says no final will cover (docs/transcript-feed.md)
+        self.gap_ms = 0.0  # their total length
         self.call_ended: Mapping[str, Any] | None = None
         self.errors: list[str] = []
         # the emulator's text watermark (rtaa_cli/textmark.py) in this call's results
@@ -91,6 +93,13 @@ class FeedRecorder:
             return None
         if event.kind == "call_ended":
             self.call_ended = event.raw or {"type": "call_ended"}
+            return None
+        if event.kind == "gap":
+            self.gaps += 1
+            lost = event.raw.get("lost_ms") if event.raw is not None else None
+            if type(lost) not in (int, float) and event.audio_start_ms is not None and event.audio_end_ms is not None:
+                lost = event.audio_end_ms - event.audio_start_ms
+            self.gap_ms += float(lost) if type(lost) in (int, float) and lost > 0 else 0.0
             return None
         if event.kind != "transcript":
             return None

@@ -85,6 +85,11 @@ class PipelineMetrics:
         self.replay_trimmed_bytes = Counter("rtaa_replay_buffer_trimmed_bytes",
                                             "Unfinalized audio dropped from the replay buffer at its limit",
                                             registry=r)
+        # Audio the transcript cannot cover (docs/serve.md "Fault bounds"); each also a `gap` message on the feed.
+        self.audio_gaps = Counter("rtaa_audio_gaps", "Stretches of a call's audio no final result will cover, by cause",
+                                  ["cause"], registry=r)
+        self.audio_gap_seconds = Counter("rtaa_audio_gap_seconds", "Audio seconds no final result will cover, by cause",
+                                         ["cause"], registry=r)
         self.results_out = Counter("rtaa_results_out", "Transcript results published", ["final"], registry=r)
         self.duplicate_finals_dropped = Counter("rtaa_duplicate_finals_dropped",
                                                 "Final results already covered (after a reconnect), dropped",

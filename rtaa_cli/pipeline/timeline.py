@@ -4,7 +4,9 @@ across every Exotel stream and provider connection of the call).
 It answers three questions the worker has after a provider reconnect, without touching a socket:
 which audio to replay (everything not yet covered by a final result, bounded), where the new
 connection's time zero sits (``base``), and whether a final result repeats one already published.
-It also remembers when each recent frame was received, for the end-to-end latency histogram.
+It also remembers when each recent frame was received, for the end-to-end latency histogram, and which
+audio the transcript can no longer cover (a *gap*): trimmed from the replay buffer before a new connection
+could be sent it, or never finalised when the call ended without its finals.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ class CallTimeline:
     """Byte positions are stream audio time; ``bytes_per_ms`` converts (16-bit mono: rate / 500)."""
 
     __slots__ = ("bytes_per_ms", "end", "final_end", "_buf", "_buf_start", "_limit", "_slack",
-                 "trimmed_bytes", "_recv_end", "_recv_at")
+                 "trimmed_bytes", "_recv_end", "_recv_at", "_lost_end")
 
     def __init__(self, sample_rate: int, replay_limit_s: float = 15.0, latency_window: int = 512) -> None:
         self.bytes_per_ms = sample_rate * 2 / 1000.0
@@ -28,6 +30,7 @@ class CallTimeline:
         # Trim in steps of ~1 s so a call at the limit does not memmove the buffer on every frame.
         self._slack = max(2, int(1000 * self.bytes_per_ms)) & ~1
         self.trimmed_bytes = 0  # replayable audio given up at the limit (counted, documented)
+        self._lost_end = 0  # audio before this position was already reported as a gap
         self._recv_end: deque[int] = deque(maxlen=latency_window)
         self._recv_at: deque[float] = deque(maxlen=latency_window)
 
@@ -56,6 +59,23 @@ class CallTimeline:
     def since(self, pos: int) -> bytes:
         """Buffered audio from stream position ``pos`` to the end (what arrived after a replay began)."""
         return bytes(self._buf[max(0, pos - self._buf_start):])
+
+    # -- gaps -----------------------------------------------------------------------------------
+    def replay_gap(self) -> tuple[int, int] | None:
+        """For a connection about to be sent ``unfinalized()``: the (start, end) positions no final covers
+        and the replay no longer holds (trimmed at the limit while no connection could finalise them), once."""
+        return self._lose(self._buf_start)
+
+    def lost_tail(self) -> tuple[int, int] | None:
+        """The call ends without its finals: the (start, end) positions no final covers, once."""
+        return self._lose(self.end)
+
+    def _lose(self, upto: int) -> tuple[int, int] | None:
+        start = max(self.final_end, self._lost_end)
+        if upto <= start:
+            return None
+        self._lost_end = upto
+        return start, upto
 
     # -- results out ----------------------------------------------------------------------------
     def to_stream_ms(self, base: int, provider_seconds: float) -> float:

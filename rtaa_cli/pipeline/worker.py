@@ -33,6 +33,10 @@ log = logs.get("rtaa.worker")
 sampled = logs.Sampled(log)  # per-frame warnings: a bounded sample, the metrics count every frame
 
 ACTIVE, ENDING, ENDED = "active", "ending", "ended"
+# Causes of a gap (audio no final will cover), the `cause` of rtaa_audio_gaps_total and of the feed's gap message.
+GAP_REPLAY_TRIM = "replay_trim"  # the outage outlasted the replay buffer: its oldest audio was never resent
+GAP_FINALIZE_TIMEOUT = "finalize_timeout"  # the finals did not come within --finalize-timeout-s of the stop
+GAP_PROVIDER_UNAVAILABLE = "provider_unavailable"  # the call ended while its provider was given up on
 _REPLAY_CHUNK = 32 * 1024  # replayed audio goes out in messages of this size
 
 Publish = Callable[[dict[str, Any]], None]
@@ -182,6 +186,7 @@ class Interaction:
         if number > 1:
             self.metrics.provider_reconnects.inc()
         tl = self.timeline
+        self._report_gap(GAP_REPLAY_TRIM, tl.replay_gap())
         start, audio = tl.unfinalized()
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._spawn(self._receive(conn, number, start, done))
@@ -364,6 +369,22 @@ class Interaction:
                 time.perf_counter() - frame_at)
 
     # -- gaps --------------------------------------------------------------------------------------
+    def _report_gap(self, cause: str, span: tuple[int, int] | None) -> None:
+        """Audio no final will cover: counted, logged, and a ``gap`` message on the call's feed
+        (docs/transcript-feed.md), in order with its transcripts and before ``call_ended``."""
+        if span is None:
+            return
+        bpm = self.timeline.bytes_per_ms
+        start_ms, end_ms = span[0] / bpm, span[1] / bpm
+        lost_ms = end_ms - start_ms
+        self.metrics.audio_gaps.labels(cause=cause).inc()
+        self.metrics.audio_gap_seconds.labels(cause=cause).inc(lost_ms / 1000.0)
+        log.warning("audio_gap", interaction_id=self.interaction_id, cause=cause, audio_start_ms=round(start_ms, 1),
+                    audio_end_ms=round(end_ms, 1), lost_ms=round(lost_ms, 1))
+        self._publish({"type": "gap", "interaction_id": self.interaction_id, "stream_sid": self.stream_sid,
+                       "cause": cause, "audio_start_ms": round(start_ms, 1), "audio_end_ms": round(end_ms, 1),
+                       "lost_ms": round(lost_ms, 1), "at": time.time()})
+
     async def _keepalive_loop(self) -> None:
         interval = self.cfg.keepalive_interval_s
         while self.state is ACTIVE:
@@ -386,18 +407,24 @@ class Interaction:
         if self.state is not ACTIVE:
             return
         self.state = ENDING
+        lost: str | None = None  # why the audio after the last final will never be transcribed
         try:
             async with asyncio.timeout(self.cfg.finalize_timeout_s):
                 await self._finish_stream()
         except TimeoutError:
+            lost = GAP_FINALIZE_TIMEOUT
             self.metrics.finalize_timeouts.inc()
             log.warning("finalize_timeout", interaction_id=self.interaction_id,
                         timeout_s=self.cfg.finalize_timeout_s)
         except (ProviderError, CallEnded) as exc:
+            lost = GAP_PROVIDER_UNAVAILABLE
             log.warning("finalize_failed", interaction_id=self.interaction_id, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - never let a provider fault skip the teardown or escape
+            lost = GAP_PROVIDER_UNAVAILABLE
             log.warning("finalize_failed", interaction_id=self.interaction_id, error=repr(exc))
         finally:
+            if lost is not None:
+                self._report_gap(lost, self.timeline.lost_tail())
             await self._teardown()
         log.info("call_finished", interaction_id=self.interaction_id, reason=reason,
                  connections=self.connections_opened, results=self.seq)

@@ -183,6 +183,8 @@ class CallRecord:
     # the emulator's text watermark on the call's feed (rtaa_cli/textmark.py)
     marked_results: int = 0
     repeated_finals: int = 0  # marked finals that arrived again
+    gaps: int = 0  # `gap` messages on the call's feed: audio the pipeline says no final will cover
+    gap_ms: float = 0.0
     mark_connections: dict[str, int] = field(default_factory=dict)  # emulator connection id -> marked results
 
     @property
@@ -649,6 +651,9 @@ class SoakStats:
         self.marked_results = 0  # results whose text carried the emulator's mark
         self.server_hangups = 0  # completed calls the server ended with 1000 before stop (server_hangup = "ok")
         self.repeated_finals = 0
+        self.gaps = 0  # `gap` messages the pipeline published (audio it says no final will cover)
+        self.gap_ms = 0.0
+        self.gap_calls = 0
         self.mark_connections_by_call: dict[str, dict[int, int]] = {}
         self.feed_messages = 0
         self.feed_unrecognised = 0
@@ -715,6 +720,10 @@ class SoakStats:
             self.feed_unrecognised += rec.feed_unrecognised
             self.marked_results += rec.marked_results
             self.repeated_finals += rec.repeated_finals
+            if rec.gaps:
+                self.gaps += rec.gaps
+                self.gap_ms += rec.gap_ms
+                self.gap_calls += 1
             if rec.mark_connections:
                 self.mark_connections_by_call[rec.call_sid] = {int(k): v for k, v in rec.mark_connections.items()}
             understood = not (rec.feed_messages > 0 and rec.feed_unrecognised >= rec.feed_messages)
@@ -1019,7 +1028,8 @@ class SoakStats:
             "delivered": self.delivered, "delivery_eligible": self.delivery_eligible,
             "finals_without_offsets_calls": self.finals_without_offsets_calls,
             "feed": {"messages": self.feed_messages, "unrecognised": self.feed_unrecognised,
-                     "calls_not_understood": self.feed_not_understood_calls, "calls_unread": self.feed_unread_calls},
+                     "calls_not_understood": self.feed_not_understood_calls, "calls_unread": self.feed_unread_calls,
+                     "gaps": self.gaps, "gap_ms": round(self.gap_ms, 1), "gap_calls": self.gap_calls},
             "audio": self.audio_accounting(),
             "pacing": {"lateness_ms": lateness_summary(self.lateness), "max_abs_drift_ms": round(self.max_abs_drift_ms, 3),
                        "limit_p99_ms": pacing.max_lateness_p99_ms, "cpu_warning": self.generator_cpu_warning},

@@ -272,6 +272,7 @@ def record_feed(rec: CallRecord, recorder: FeedRecorder) -> None:
     rec.final_audio_end_ms, rec.results, rec.finals = samples.final_audio_end_ms, samples.results, samples.finals
     rec.feed_messages, rec.feed_unrecognised = recorder.feed_messages, recorder.feed_unrecognised
     rec.marked_results, rec.repeated_finals = recorder.marked_results, recorder.repeated_finals
+    rec.gaps, rec.gap_ms = recorder.gaps, round(recorder.gap_ms, 1)
     rec.mark_connections = {str(k): v for k, v in recorder.mark_connections.items()}
     rec.errors.extend(recorder.problems())
 
