@@ -17,7 +17,7 @@ CALL_COLUMNS = ("call_sid", "kind", "started_at", "ended_at", "duration_s", "com
                 "feed_messages", "feed_unrecognised", "marked_results", "repeated_finals", "errors")
 TIMELINE_COLUMNS = ("t_s", "started", "ended", "failed", "errors", "active", "final_p50_ms", "final_p95_ms",
                     "final_max_ms", "first_partial_p50_ms", "provider_reconnects", "provider_429",
-                    "provider_1011")
+                    "provider_1011", "users")
 
 
 def csv_paths(prefix: str) -> tuple[str, str]:
@@ -62,7 +62,7 @@ def write_timeline_csv(path: str, timeline: dict[str, Any]) -> None:
     prov = timeline.get("provider") or {}
     series = [timeline.get(k, []) for k in ("t", "started", "ended", "failed", "errors", "active", "final_p50",
                                             "final_p95", "final_max", "first_partial_p50")]
-    series += [prov.get(k, []) for k in ("reconnect", "429", "1011")]
+    series += [prov.get(k, []) for k in ("reconnect", "429", "1011")] + [timeline.get("users", [])]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(TIMELINE_COLUMNS)

@@ -61,6 +61,7 @@ def configure(config: dict[str, Any]) -> None:
 def on_config_message(environment: Any, msg: Any, **_: Any) -> None:
     global worker_error
     configure(msg.data)
+    environment.stop_timeout = msg.data.get("stop_timeout")  # stages: ramp-downs let calls finish
     assert _scenario is not None
     # as on the master: the worker's working directory, then its installed project root (docs/soak.md)
     _scenario.audio = [resolve_audio(audio, None) for audio in _scenario.audio]

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import orjson
 
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.soak.scenario import planned_users
 from rtaa_cli.soak.stats import Histogram
 from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, PASS, status_of
 
@@ -114,8 +115,10 @@ def _nice_max(v: float) -> float:
 
 
 def svg_lines(title: str, xs: Sequence[float], series: Sequence[tuple[str, Sequence[float | None]]],
-              x_label: str = "s", y_label: str = "", width: int = 720, height: int = 240) -> str:
-    """A line chart; ``None`` values break the line (no data in that bucket)."""
+              x_label: str = "s", y_label: str = "", width: int = 720, height: int = 240,
+              markers: Sequence[tuple[float, str]] = ()) -> str:
+    """A line chart; ``None`` values break the line (no data in that bucket). ``markers``: (x, label)
+    dashed vertical lines (the load stages' boundaries)."""
     pad_l, pad_r, pad_t, pad_b = 56, 12, 28, 34
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     values = [v for _, ys in series for v in ys if v is not None]
@@ -138,6 +141,12 @@ def svg_lines(title: str, xs: Sequence[float], series: Sequence[tuple[str, Seque
     out.append(f'<text x="{pad_l + w / 2}" y="{height - 4}" font-size="10" text-anchor="middle">{html.escape(x_label)}</text>')
     out.append(f'<text x="12" y="{pad_t + h / 2}" font-size="10" transform="rotate(-90 12 {pad_t + h / 2})" '
                f'text-anchor="middle">{html.escape(y_label)}</text>')
+    for mx, mlabel in markers:
+        if 0 <= mx <= x_max:
+            x = pad_l + w * mx / x_max
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#888" '
+                       f'stroke-dasharray="4 3"><title>{html.escape(mlabel)}</title></line>')
+            out.append(f'<text x="{x + 2:.1f}" y="{pad_t + h - 4}" font-size="9" fill="#666">{html.escape(mlabel)}</text>')
     for si, (label, ys) in enumerate(series):
         color = _COLORS[si % len(_COLORS)]
         segs, cur = [], []
@@ -264,11 +273,19 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
         parts.append(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>")
     parts.append("</table>")
     xs = tl.get("t", [])
+    stages = (doc.get("run") or {}).get("stages") or []
+    marks = [(st["end_s"], f"stage {i} end: {st['users']} users") for i, st in enumerate(stages, 1)]
     if xs:
         parts.append("<h2>Over time</h2>")
         parts.append(svg_lines("Final-result latency (ms)", xs, [("p50", tl["final_p50"]), ("p95", tl["final_p95"]),
-                                                                   ("max", tl["final_max"])], "seconds into the run", "ms"))
-        parts.append(svg_lines("Active calls", xs, [("active", tl["active"])], "seconds into the run", "calls"))
+                                                                   ("max", tl["final_max"])], "seconds into the run", "ms",
+                               markers=marks))
+        active = [("active calls", tl["active"]), ("users", tl.get("users", []))]
+        if stages:  # the plan: users ramp linearly within each stage
+            plan = [(st["end_s"] - prev_end, st["users"]) for st, prev_end in
+                    zip(stages, [0.0] + [st["end_s"] for st in stages[:-1]])]
+            active.append(("planned users", [planned_users(plan, x) for x in xs]))
+        parts.append(svg_lines("Active calls", xs, active, "seconds into the run", "calls", markers=marks))
         prov_tl = tl.get("provider") or {}
         if prov_tl:  # the emulator's records: when the target reconnected, was refused, was closed 1011
             parts.append(svg_lines("Provider: reconnects, 429 refusals, 1011 closes (per bucket)", xs,

@@ -41,7 +41,8 @@ from rtaa_cli.soak.audioset import call_frames
 from rtaa_cli.soak.csvexport import CallCsv, csv_paths, write_timeline_csv
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.report import check_report_paths, histogram_bins, write_reports
-from rtaa_cli.soak.scenario import Scenario
+from rtaa_cli.soak.scenario import Scenario, stage_boundaries
+from rtaa_cli.soak.shape import StagesShape
 from rtaa_cli.soak.stats import (
     CallRecord, PacingLimits, ProviderCounts, SendWindow, SoakStats, Threshold, apply_overrides, default_thresholds,
     provider_counts_from_emulator, provider_counts_from_metrics, watermark_note,
@@ -345,7 +346,10 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             raise RtaaError(f"cannot apply faults at {target.provider_control_url}: {exc}") from None
     else:
         notes.append("provider faults/timing not applied: no emulator control endpoint owned by this run")
-    env = Environment(user_classes=[locustfile.RtaaCaller], catch_exceptions=True)
+    # stages: a ramp down lets each stopped caller finish its call (never cut one short)
+    stop_timeout = _max_call_seconds(sc) + sc.wait_final_s + 5.0 if sc.stages else None
+    env = Environment(user_classes=[locustfile.RtaaCaller], catch_exceptions=True,
+                      shape_class=StagesShape(sc.stages) if sc.stages else None, stop_timeout=stop_timeout)
     distributed = opts.expect_workers > 0
     workers: list[subprocess.Popen] = []
     if distributed:  # port 0: Locust binds any free port (its RPC server reports which)
@@ -407,21 +411,27 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             f"Locust worker {msg.data['client']}: {msg.data['error']}"))
         config = {"scenario": sc.to_dict(), "url": target.url, "transcripts_url": target.transcripts_url,
                   "headers": opts.headers, "call_prefix": prefix, "burst_at": burst_at,
-                  "stop_new_calls_at": t0 + sc.duration_s + start_delay, "watermark": opts.watermark}
+                  "stop_new_calls_at": t0 + sc.duration_s + start_delay, "watermark": opts.watermark,
+                  "stop_timeout": stop_timeout}
         if distributed:
             runner.send_message(locustfile.MSG_CONFIG, config)
         else:
             locustfile.configure(config)
         call_frames_all(sc)  # decode the audio before the clock matters (shared by every caller)
         tune_gc()
-        runner.start(sc.users, spawn_rate=sc.spawn_rate)
+        if sc.stages:
+            runner.start_shape()  # Locust's LoadTestShape drives the user count (rtaa_cli/soak/shape.py)
+        else:
+            runner.start(sc.users, spawn_rate=sc.spawn_rate)
         view = LiveView(stats, sc, t0)
         end_at = config["stop_new_calls_at"]
         max_call_s = _max_call_seconds(sc)
         if target.metrics_url:
             # Steady part: every user spawned and one whole call played since, until new calls stop.
             stats.memory = TargetMemory(target.metrics_url)
-            stats.memory_window_s = (start_delay + sc.users / sc.spawn_rate + max_call_s, end_at - t0)
+            full_at = (stage_boundaries(sc.stages)[[u for _, u in sc.stages].index(sc.users)] if sc.stages
+                       else sc.users / sc.spawn_rate)  # when every user has spawned
+            stats.memory_window_s = (start_delay + full_at + max_call_s, end_at - t0)
         drain_deadline = end_at + max_call_s + sc.wait_final_s + 15.0
         poll_every, next_poll = 2.0, 0.0
         use_live = opts.live and not opts.quiet and console.is_terminal
@@ -441,6 +451,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                             stats.memory.add(time.time() - t0, rss)
                     next_poll = now + poll_every
                 view.users = runner.user_count
+                stats.timeline.set_users(now, view.users)
                 if distributed and runner.clients.missing and not lost_workers:
                     lost_workers = len(runner.clients.missing)
                     stats.invalid_reasons.append(
@@ -486,6 +497,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                 if interrupted.wait(0.5):  # the live table's refresh period, or Ctrl-C / SIGTERM
                     stats.invalid_reasons.append(f"interrupted after {now - t0:.0f} s of {sc.duration_s:g} s")
                     break
+        env.stop_timeout = None  # every call is reported (or the run ended early): stop users now
         runner.quit()
         if target.provider_stats_url and opts.watch_after_s > 0 and not interrupted.is_set():
             # the post-run watch: a leaked stream stays open, a reconnect loop opens new connections
@@ -516,6 +528,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     doc["scenario"] = {"name": sc.name, "path": sc.path, "description": sc.description}
     doc["run"] = {"target": target.url, "description": target.description, "users": sc.users,
                   "spawn_rate": sc.spawn_rate, "duration_s": sc.duration_s, "processes": max(1, opts.expect_workers),
+                  "stages": [{"end_s": end, "users": users} for end, (_, users) in
+                             zip(stage_boundaries(sc.stages), sc.stages)],
                   "call_prefix": prefix, "started": datetime.fromtimestamp(t0, timezone.utc).isoformat(),
                   "elapsed_s": round(time.time() - t0, 3), "notes": notes, "stopped_early": stopped_early,
                   "watch_after_s": opts.watch_after_s if target.provider_stats_url else None}

@@ -120,11 +120,17 @@ class Scenario:
     max_lateness_p99_ms: float = 25.0
     delivery_tolerance_ms: float = 1000.0
     feed_map: str | None = None  # [feed] map / --feed-map: field mapping of a foreign feed schema
+    # [[stages]] (k6's stages, Locust's LoadTestShape): (duration s, users at its end); the users ramp
+    # linearly from the previous stage's count (0 before the first). Empty: [load] users for duration.
+    stages: list[tuple[float, int]] = field(default_factory=list)
     path: str | None = None
 
     def with_overrides(self, *, users: int | None = None, spawn_rate: float | None = None,
                        duration: str | None = None, processes: int | None = None) -> "Scenario":
         s = replace(self)
+        if self.stages and (users is not None or duration is not None):
+            raise RtaaError(f"scenario {self.name!r} sets its load in [[stages]]: --users / --duration cannot "
+                            "override them (edit the stages, or use a scenario without them)")
         if users is not None:
             if users < 1:
                 raise RtaaError("--users must be >= 1")
@@ -152,6 +158,7 @@ class Scenario:
         faults = Faults(**d.pop("faults"))
         for key in ("pause_s", "disconnect_at_s"):
             d[key] = tuple(d[key])
+        d["stages"] = [(float(a), int(b)) for a, b in d.get("stages", [])]
         faults.handshake_delay_ms = tuple(faults.handshake_delay_ms)
         return cls(faults=faults, **d)
 
@@ -174,6 +181,57 @@ _SECTIONS = {
 }
 
 
+def stage_boundaries(stages: list[tuple[float, int]]) -> list[float]:
+    """The seconds into the run at which each stage ends."""
+    out, t = [], 0.0
+    for duration, _ in stages:
+        t += duration
+        out.append(t)
+    return out
+
+
+def stage_at(stages: list[tuple[float, int]], t: float) -> tuple[int, float]:
+    """(users, spawn rate) for Locust at ``t`` s into the run: the current stage's target, reached at
+    the rate that spreads the change over the stage (a hold: no change; after the last: its users)."""
+    prev, start = 0, 0.0
+    for duration, users in stages:
+        if t < start + duration:
+            rate = abs(users - prev) / duration if users != prev else 1.0
+            return users, max(rate, 0.01)
+        prev, start = users, start + duration
+    return prev, 1.0
+
+
+def planned_users(stages: list[tuple[float, int]], t: float) -> float:
+    """The stages' user count at ``t`` (linear within a ramp): what the report draws as the plan."""
+    prev, start = 0, 0.0
+    for duration, users in stages:
+        if t <= start + duration:
+            return prev + (users - prev) * (t - start) / duration if duration > 0 else users
+        prev, start = users, start + duration
+    return prev
+
+
+def _parse_stages(value: Any, load: dict[str, Any], where: str) -> list[tuple[float, int]]:
+    if not isinstance(value, list) or not value or not all(isinstance(st, dict) for st in value):
+        raise RtaaError(f"{where}: [[stages]] must be one or more tables with duration and users")
+    clash = sorted({"users", "duration"} & set(load))
+    if clash:
+        raise RtaaError(f"{where}: [[stages]] set the load; remove load.{' and load.'.join(clash)}")
+    out = []
+    for i, st in enumerate(value, 1):
+        _check_keys(st, {"duration", "users"}, f"{where} [[stages]] #{i}")
+        if "duration" not in st or "users" not in st:
+            raise RtaaError(f"{where} [[stages]] #{i}: needs duration and users")
+        duration = parse_duration(st["duration"], f"stages #{i}.duration")
+        if duration <= 0:
+            raise RtaaError(f"{where} [[stages]] #{i}: duration must be > 0")
+        out.append((duration, int(_number(st["users"], f"stages #{i}.users", 0))))
+    if max(u for _, u in out) < 1:
+        raise RtaaError(f"{where}: [[stages]] never have a user")
+    return out
+
+
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
@@ -189,7 +247,7 @@ def _number(value: Any, what: str, lo: float | None = None) -> float:
 
 
 def parse_scenario(doc: dict[str, Any], where: str = "scenario") -> Scenario:
-    _check_keys(doc, {"name", "description", *_SECTIONS}, where)
+    _check_keys(doc, {"name", "description", "stages", *_SECTIONS}, where)
     s = Scenario()
     s.name = str(doc.get("name", s.name))
     s.description = str(doc.get("description", ""))
@@ -208,6 +266,9 @@ def parse_scenario(doc: dict[str, Any], where: str = "scenario") -> Scenario:
         s.duration_s = parse_duration(load["duration"], "load.duration")
     if "processes" in load:
         s.processes = int(_number(load["processes"], "load.processes", 1))
+    if "stages" in doc:
+        s.stages = _parse_stages(doc["stages"], load, where)
+        s.users, s.duration_s = max(u for _, u in s.stages), stage_boundaries(s.stages)[-1]
 
     call = sec["call"]
     if "audio" in call:
@@ -262,6 +323,8 @@ def parse_scenario(doc: dict[str, Any], where: str = "scenario") -> Scenario:
         s.oversize_bytes = int(_number(sec["bad_input"]["oversize_bytes"], "bad_input.oversize_bytes", 1))
     if "enabled" in sec["burst"]:
         s.burst = bool(sec["burst"]["enabled"])
+        if s.burst and s.stages:
+            raise RtaaError(f"{where}: burst and [[stages]] do not mix (a burst starts every user at once)")
 
     f = sec["faults"]
     if "handshake_delay_ms" in f:

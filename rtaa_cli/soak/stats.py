@@ -568,6 +568,7 @@ class Timeline:
         self.latency: list[Histogram | None] = [None] * max_points
         self.first_partial: list[Histogram | None] = [None] * max_points
         self.provider: dict[str, list[int]] = {}  # provider events per bucket (from the emulator)
+        self.users: list[int | None] = [None] * max_points  # Locust's user count (max seen in the bucket)
         self.last = 0
 
     def _idx(self, t: float) -> int:
@@ -592,6 +593,11 @@ class Timeline:
                     h = series[i] = Histogram(LATENCY_RESOLUTION_MS)
                 h.add(ms)
 
+    def set_users(self, t: float, users: int) -> None:
+        i = self._idx(t)
+        seen = self.users[i]
+        self.users[i] = users if seen is None else max(seen, users)
+
     def set_provider_events(self, event_times: dict[str, list[float]]) -> None:
         """The provider's events (replacing any earlier snapshot's): counts per bucket."""
         self.provider = {}
@@ -615,7 +621,7 @@ class Timeline:
             "bucket_s": self.bucket_s,
             "t": [i * self.bucket_s for i in range(n)],
             "started": self.started[:n], "ended": self.ended[:n], "failed": self.failed[:n],
-            "errors": self.errors[:n], "active": active,
+            "errors": self.errors[:n], "active": active, "users": self.users[:n],
             "final_p50": pct(self.latency, 50), "final_p95": pct(self.latency, 95),
             "final_max": [None if h is None else h.max for h in self.latency[:n]],
             "first_partial_p50": pct(self.first_partial, 50),
