@@ -81,6 +81,14 @@ class LatenessHistogram:
         self.total_ms += other.total_ms
         self.max_ms = max(self.max_ms, other.max_ms)
 
+    def count_le(self, edge_ms: float) -> int:
+        """Samples in the bins whose upper edge is at or below ``edge_ms`` (a Prometheus bucket)."""
+        if edge_ms < _FINE_END:
+            n_bins = int(edge_ms / _FINE_MS + 1e-9)
+        else:
+            n_bins = min(_FINE_BINS + int((edge_ms - _FINE_END) / _COARSE_MS + 1e-9), _NBINS - 1)
+        return sum(self.counts[:n_bins])
+
     def percentile(self, q: float) -> float:
         """Upper edge of the bin holding the q-th percentile (capped at the exact max)."""
         if not self.count:

@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
         master_port: int = typer.Option(5557, help="With --master/--worker: the master's port (--master: 0 = any free port, printed)."),
         worker: bool = typer.Option(False, "--worker", help="Distributed: be a Locust worker of --master-host."),
         master_host: str = typer.Option("127.0.0.1", help="With --worker: the master's address."),
+        metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Serve this run's own figures in Prometheus text at http://HOST:PORT/metrics while it runs (0: any free port, printed): calls, latency histograms, 1011s, duplicates, pacing (docs/soak.md)."),
+        metrics_host: str = typer.Option("127.0.0.1", help="With --metrics-port: the address to listen on."),
         watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
@@ -64,6 +66,8 @@ def register(app: typer.Typer) -> None:
           rtaa soak steady --processes 4 --users 1000 --duration 1h --junit soak.xml
 
           rtaa soak memory --duration 2h --html memory.html    (the target's RSS growth over time)
+
+          rtaa soak steady --duration 1h --metrics-port 9646    (watch it in Grafana: http://127.0.0.1:9646/metrics)
 
           rtaa soak steady --master --expect-workers 3 --master-bind 0.0.0.0
 
@@ -120,7 +124,7 @@ def register(app: typer.Typer) -> None:
             expect_workers=(expect_workers if master else (sc.processes if sc.processes > 1 else 0)),
             spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",
             master_port=master_port if master else 0, watch_after_s=parse_duration(watch_after),
-            watermark=watermark,
+            watermark=watermark, metrics_port=metrics_port, metrics_host=metrics_host,
         )
         code, doc = runner.run_soak(opts)
         print_summary(doc, "soak")

@@ -86,6 +86,8 @@ class SoakOptions:
     serve_args: list[str] = field(default_factory=list)
     watch_after_s: float = 3.0  # post-run watch of the provider (leaked streams, reconnect loops)
     progress_every_s: float = 5.0  # without a terminal: one progress line this often
+    metrics_port: int | None = None  # serve the run's own figures in Prometheus text (0: any free port)
+    metrics_host: str = "127.0.0.1"
     watermark: bool = True  # callers mark their audio (rtaa_cli.watermark): attribution of untagged connections
 
 
@@ -301,6 +303,18 @@ def _provider_totals(target: Target) -> dict[str, Any] | None:
         return None
 
 
+def _serve_soak_metrics(opts: SoakOptions, stats: SoakStats, view: Any, runner: Any, sc: Scenario,
+                        target: Target) -> tuple[str, Any]:
+    from rtaa_cli.soak.live_metrics import SoakCollector, serve
+
+    collector = SoakCollector(stats, lambda: view.provider, lambda: runner.user_count, sc.name, target.url)
+    try:
+        return serve(collector, opts.metrics_host, opts.metrics_port or 0)
+    except OSError as exc:
+        raise RtaaError(f"--metrics-port {opts.metrics_port}: cannot listen on {opts.metrics_host}: "
+                        f"{exc.strerror or exc}") from None
+
+
 def progress_line(stats: SoakStats, provider: ProviderCounts | None, elapsed_s: float, duration_s: float) -> str:
     """The line printed every few seconds without a terminal (CI logs), like Locust headless / k6."""
     fp = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
@@ -367,6 +381,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     interrupted = gevent.event.Event()
     handlers = [gevent.signal_handler(sig, interrupted.set) for sig in (signal.SIGINT, signal.SIGTERM)]
     calls_csv: CallCsv | None = None
+    metrics_url: str | None = None
+    stop_metrics: Any = None
     try:
         if distributed:  # the clock starts once every worker is there (a slow start must not eat the run)
             if opts.spawn_local_workers:
@@ -424,6 +440,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         else:
             runner.start(sc.users, spawn_rate=sc.spawn_rate)
         view = LiveView(stats, sc, t0)
+        if opts.metrics_port is not None:
+            metrics_url, stop_metrics = _serve_soak_metrics(opts, stats, view, runner, sc, target)
+            console.print(f"soak metrics (Prometheus): {metrics_url}", highlight=False, soft_wrap=True)
         end_at = config["stop_new_calls_at"]
         max_call_s = _max_call_seconds(sc)
         if target.metrics_url:
@@ -507,6 +526,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     finally:
         for h in handlers:
             h.cancel()
+        if stop_metrics is not None:
+            stop_metrics()
         if calls_csv is not None:
             calls_csv.close()
         for w in workers:
@@ -532,7 +553,8 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
                              zip(stage_boundaries(sc.stages), sc.stages)],
                   "call_prefix": prefix, "started": datetime.fromtimestamp(t0, timezone.utc).isoformat(),
                   "elapsed_s": round(time.time() - t0, 3), "notes": notes, "stopped_early": stopped_early,
-                  "watch_after_s": opts.watch_after_s if target.provider_stats_url else None}
+                  "watch_after_s": opts.watch_after_s if target.provider_stats_url else None,
+                  "metrics_url": metrics_url}
     doc["latency_histograms"] = {"final": histogram_bins(stats.final), "first_partial": histogram_bins(stats.first_partial)}
     write_reports(doc, opts.json_path, opts.junit_path, opts.html_path, "soak")
     if opts.csv_prefix:

@@ -62,6 +62,15 @@ class Histogram:
         for v in values:
             self.add(v)
 
+    @property
+    def sum_ms(self) -> float:
+        return self._sum
+
+    def count_le(self, edge_ms: float) -> int:
+        """Values at or below ``edge_ms`` (to the resolution): a Prometheus histogram bucket."""
+        top = math.floor(edge_ms / self.resolution_ms + 1e-9)
+        return sum(n for bucket, n in self.counts.items() if bucket <= top)
+
     def merge(self, other: "Histogram") -> None:
         if other.resolution_ms != self.resolution_ms:
             raise ValueError("cannot merge histograms of different resolutions")
