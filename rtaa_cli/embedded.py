@@ -67,8 +67,8 @@ def pipeline_config(provider: str, sample_rate: int) -> PipelineConfig:
         provider=ProviderConfig(name=provider, fake_engine="sphinx", api_key=os.environ.get("DEEPGRAM_API_KEY")),
         # pocketsphinx finals can trail real time by a few seconds on a busy machine.
         worker=WorkerConfig(finalize_timeout_s=20.0 if provider != "deepgram" else 10.0),
-        # One local caller, possibly replaying faster than real time: no per-connection rate limit.
-        ingest=IngestConfig(max_messages_per_s=1e9, rate_burst=1e9, sample_rates=(sample_rate,)),
+        # One local caller, possibly replaying faster than real time: no per-connection rate limits.
+        ingest=IngestConfig(max_messages_per_s=1e9, rate_burst=1e9, max_audio_speed=0.0, sample_rates=(sample_rate,)),
     )
 
 

@@ -55,12 +55,13 @@ async def _stalled_subscriber(server: PipelineServer, interaction_id: str) -> Cl
 
 def test_a_subscriber_that_never_reads_is_closed_1008_and_nothing_else_is_affected() -> None:
     # Continuous speech: a 5 s window is finalised every 5 s with interims every 1 s in between, one word per
-    # 300 ms: ~1 KB of feed per audio second. 240 s of it in 1 s frames, sent 100x real time.
+    # 300 ms: ~1 KB of feed per audio second. 240 s of it in 1 s frames, sent 100x real time (so with the
+    # audio rate limit off: this test is about the feed, not the caller).
     pcm = speech_like(60, on_s=4.0, off_s=0.0)
     frames = frames_of(pcm, RATE * 2)
 
     async def main() -> dict[str, Any]:
-        async with pipeline(subscriber_queue=8) as (server, emu):
+        async with pipeline(subscriber_queue=8, ingest=IngestConfig(max_audio_speed=0)) as (server, emu):
             iid = "CA-slow-feed"
             slow = await _stalled_subscriber(server, iid)
             reader = await Feed.open(server, iid)

@@ -25,7 +25,9 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                  jwt_issuer: Optional[str] = None, jwt_max_lifetime_s: Optional[float] = None,
                  max_calls_per_principal: int = 0, admin_auth: bool = False,
                  bus: BusConfig | None = None,
-                 reconnect_window_s: float = 15.0) -> PipelineConfig:
+                 reconnect_window_s: float = 15.0, max_audio_speed: float = 4.0,
+                 audio_burst_s: float = 10.0, start_timeout_s: float = 5.0, max_hold_s: float = 600.0,
+                 feed_wait_s: float = 60.0, max_connections: int = 0) -> PipelineConfig:
     bus = bus or BusConfig()
     check_bus(bus)
     if not 0 <= port <= 65535:
@@ -50,9 +52,15 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
         except OSError as exc:
             raise RtaaError(f"--jwt-public-key {jwt_public_key}: {exc.strerror or exc}") from None
     for name, value in (("--keepalive-s", keepalive_s), ("--finalize-timeout-s", finalize_timeout_s),
-                        ("--max-rate", max_rate), ("--reconnect-window-s", reconnect_window_s)):
-        if not value > 0:
-            raise RtaaError(f"{name} must be > 0")
+                        ("--max-rate", max_rate), ("--reconnect-window-s", reconnect_window_s),
+                        ("--audio-burst-s", audio_burst_s), ("--start-timeout-s", start_timeout_s),
+                        ("--max-hold-s", max_hold_s), ("--feed-wait-s", feed_wait_s)):
+        if not value > 0 or value == float("inf"):
+            raise RtaaError(f"{name} must be a number > 0, not {value}")
+    if not 0 <= max_audio_speed < float("inf"):
+        raise RtaaError(f"--max-audio-speed must be >= 0 (0 = no limit), not {max_audio_speed}")
+    if max_connections < 0:
+        raise RtaaError("--max-connections must be >= 0 (0 = auto, below the open-files limit)")
     return PipelineConfig(
         host=host, port=port, jsonl_path=str(jsonl) if jsonl else None,
         provider=ProviderConfig(name=provider, deepgram_url=deepgram_url, model=model, fake_engine=fake_engine,
@@ -65,8 +73,9 @@ def build_config(host: str, port: int, provider: str, deepgram_url: Optional[str
                             max_messages_per_s=max_rate, rate_burst=max(2 * max_rate, 10.0),
                             reconnect_grace_s=reconnect_grace_s, jwt_audience=jwt_audience, jwt_issuer=jwt_issuer,
                             jwt_max_lifetime_s=jwt_max_lifetime_s, max_calls_per_principal=max_calls_per_principal,
-                            admin_auth=admin_auth),
-        bus=bus,
+                            admin_auth=admin_auth, max_audio_speed=max_audio_speed, audio_burst_s=audio_burst_s,
+                            start_timeout_s=start_timeout_s, max_hold_s=max_hold_s),
+        bus=bus, feed_wait_s=feed_wait_s, max_connections=max_connections,
     )
 
 
@@ -165,6 +174,16 @@ def register(app: typer.Typer) -> None:
             0, help="Concurrent calls of one principal (JWT sub / Basic user); beyond -> close 1013. 0 = off."),
         max_message_bytes: int = typer.Option(256 * 1024, help="Largest ingest message; beyond -> close 1009."),
         max_rate: float = typer.Option(200.0, help="Messages/s per caller connection; beyond -> close 1008."),
+        max_audio_speed: float = typer.Option(
+            4.0, help="Audio per stream, in x real time (sustained); beyond the burst -> call ended, close 1008. 0 = off."),
+        audio_burst_s: float = typer.Option(10.0, help="Seconds of audio a stream may send ahead of --max-audio-speed."),
+        start_timeout_s: float = typer.Option(5.0, help="Close an ingest connection 1008 that sends no start this long."),
+        max_hold_s: float = typer.Option(
+            600.0, help="End a call (close 1008) whose stream sends no audio this long (holds are shorter)."),
+        feed_wait_s: float = typer.Option(
+            60.0, help="Close a feed 1008 whose call_sid does not become a live call within this long."),
+        max_connections: int = typer.Option(
+            0, help="Open WebSocket connections (ingest + feeds); beyond -> HTTP 503. 0 = auto (below the open-files limit)."),
         keepalive_s: float = typer.Option(4.0, help="Send KeepAlive after this long without audio."),
         finalize_timeout_s: float = typer.Option(5.0, help="Wait at most this long for a call's final results."),
         reconnect_grace_s: float = typer.Option(5.0, help="Keep a dropped stream's call this long for a resume."),
@@ -202,6 +221,8 @@ def register(app: typer.Typer) -> None:
           rtaa serve --bus redis://127.0.0.1:6379/0 --role ingest --port 8080   (scale-out: docs/scale-out.md)
 
           rtaa serve --bus redis://127.0.0.1:6379/0 --role worker   (as many as needed; /health on a free port)
+
+          rtaa replay fixtures/audio/call.wav --url ws://127.0.0.1:8080/v1/ingest --speed 4   (within --max-audio-speed)
         """
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise RtaaError(f"--log-level must be debug, info, warning or error, not {log_level!r}")
@@ -213,7 +234,9 @@ def register(app: typer.Typer) -> None:
                            jwt_max_lifetime, max_calls_per_principal, admin_auth,
                            BusConfig(url=bus, prefix=bus_prefix, role=role, maxlen=bus_maxlen, lease_ms=lease_ms,
                                      idle_end_s=bus_idle_end_s),
-                           reconnect_window_s=reconnect_window_s)
+                           reconnect_window_s=reconnect_window_s, max_audio_speed=max_audio_speed,
+                           audio_burst_s=audio_burst_s, start_timeout_s=start_timeout_s, max_hold_s=max_hold_s,
+                           feed_wait_s=feed_wait_s, max_connections=max_connections)
         from rtaa_cli.pipeline.auth import make_check
         from rtaa_cli.pipeline.providers import make_provider
 

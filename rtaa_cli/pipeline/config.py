@@ -40,6 +40,10 @@ class IngestConfig:
     max_calls_per_principal: int = 0  # concurrent calls of one principal (0 = only max_calls); beyond -> 1013
     max_messages_per_s: float = 200.0  # per connection, token bucket (36 ms frames are ~28/s)
     rate_burst: float = 400.0
+    max_audio_speed: float = 4.0  # audio seconds per wall second, sustained, per stream (0 = no limit) -> 1008
+    audio_burst_s: float = 10.0  # audio a stream may send ahead of that pace (a network stall's catch-up)
+    start_timeout_s: float = 5.0  # a connection that sends no `start` this long -> 1008
+    max_hold_s: float = 600.0  # a started stream that sends no audio this long (a hold) -> call ended, 1008
     reconnect_grace_s: float = 5.0  # a stream that drops without `stop` may be resumed this long
     auth: str = "none"  # none | basic | jwt
     basic_user: str | None = None
@@ -79,5 +83,7 @@ class PipelineConfig:
     bus_queue_frames: int = 256  # per call (~9 s of 36 ms frames)
     bus_publish_timeout_s: float = 2.0  # ingest waits this long on a full queue, then closes 1011
     subscriber_queue: int = 1000  # transcript feed messages per subscriber before 1008
+    feed_wait_s: float = 60.0  # a feed of an id that is not a live call waits this long for it, then 1008
+    max_connections: int = 0  # WebSocket connections (ingest + feeds); beyond -> HTTP 503. 0 = auto (below RLIMIT_NOFILE)
     jsonl_path: str | None = None
     shutdown_timeout_s: float = 10.0

@@ -15,6 +15,9 @@ with the interaction id when known; no bad input affects another call):
 | binary frame | close 1003 "binary frames are not Exotel messages" |
 | frame over ``max_message_bytes`` | close 1009 (websockets' max_size) |
 | more than ``max_messages_per_s`` (token bucket) | close 1008 "message rate limit exceeded" |
+| audio faster than ``max_audio_speed`` x real time, beyond ``audio_burst_s`` ahead | call ended, close 1008 "audio faster than 4 x real time" |
+| no ``start`` within ``start_timeout_s`` | close 1008 "no start within 5 s" (``rtaa_idle_closes_total{limit="start"}``) |
+| a started stream with no audio for ``max_hold_s`` | call ended, close 1008 "no audio for 600 s" (``{limit="hold"}``) |
 | a new call beyond ``max_calls`` | close 1013 "at capacity, try again later" |
 | bus full for ``bus_publish_timeout_s`` | close 1011 "pipeline overloaded" |
 | Redis bus unreachable | close 1011 "pipeline unavailable (bus down)" |
@@ -48,7 +51,7 @@ from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.auth import ANONYMOUS, Principal
 from rtaa_cli.pipeline.config import IngestConfig
 from rtaa_cli.pipeline.metrics import PipelineMetrics
-from rtaa_cli.pipeline.ratelimit import TokenBucket
+from rtaa_cli.pipeline.ratelimit import TokenBucket, audio_bucket
 
 log = logs.get("rtaa.ingest")
 sampled = logs.Sampled(log)  # per-message warnings: a bounded sample, the metrics count every one
@@ -79,8 +82,8 @@ class StreamConn:
     """One caller connection (one Exotel stream)."""
 
     __slots__ = ("ws", "principal", "interaction_id", "stream_sid", "sample_rate", "channel", "stopped", "superseded",
-                 "closing", "unknown_events",
-                 "close_task", "_unsubscribe")
+                 "closing", "unknown_events", "close_task", "_unsubscribe", "audio", "bytes_per_s", "last_audio",
+                 "timer")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
@@ -95,6 +98,10 @@ class StreamConn:
         self.unknown_events = 0
         self.close_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self.audio: TokenBucket | None = None  # audio seconds (set at start; None: no limit)
+        self.bytes_per_s = 16000.0  # of its start's rate (16-bit mono)
+        self.last_audio = 0.0  # perf_counter of the last media frame (or of the start)
+        self.timer: asyncio.TimerHandle | None = None  # the start timeout, then the hold limit
 
 
 class Ingest:
@@ -112,6 +119,37 @@ class Ingest:
             raise ValueError(f"interaction key must be call_sid, stream_sid or custom:<name>, not {key!r}")
 
     # -- closing helpers ---------------------------------------------------------------------------
+    async def _end_and_close(self, s: StreamConn, reason: str) -> None:
+        """End the stream's call now (no resume grace: the limit was the caller's doing), close 1008."""
+        await self._stop(s, reason, quiet=True)
+        await self._close(s, Close.POLICY_VIOLATION, reason)
+
+    async def _idle_close(self, s: StreamConn, limit: str, reason: str) -> None:
+        if s.closing:
+            return
+        self.metrics.idle_closes.labels(limit=limit).inc()
+        log.warning("idle_close", interaction_id=s.interaction_id, stream_sid=s.stream_sid, limit=limit,
+                    close_code=int(Close.POLICY_VIOLATION), reason=reason)
+        await self._end_and_close(s, reason)
+
+    def _start_expired(self, s: StreamConn) -> None:
+        s.timer = None
+        if s.channel is None and not s.closing:
+            asyncio.get_running_loop().create_task(
+                self._idle_close(s, "start", f"no start within {self.cfg.start_timeout_s:g} s"))
+
+    def _hold_check(self, s: StreamConn) -> None:
+        """Lazy timer: re-armed for the rest of the allowance, so the media path only stores a time."""
+        s.timer = None
+        if s.closing or s.superseded:
+            return
+        left = self.cfg.max_hold_s - (time.perf_counter() - s.last_audio)
+        loop = asyncio.get_running_loop()
+        if left > 0.001:
+            s.timer = loop.call_later(left, self._hold_check, s)
+        else:
+            loop.create_task(self._idle_close(s, "hold", f"no audio for {self.cfg.max_hold_s:g} s"))
+
     async def _close(self, s: StreamConn, code: int, reason: str) -> None:
         """Start the closing handshake without waiting for it: the handler keeps reading (and discarding)
         so the caller's queued frames cannot stall the handshake (websockets pauses reading while its
@@ -141,6 +179,8 @@ class Ingest:
         s = StreamConn(ws)
         self.connections.add(s)
         bucket = TokenBucket(self.cfg.max_messages_per_s, self.cfg.rate_burst, time.perf_counter())
+        if self.cfg.start_timeout_s > 0:
+            s.timer = asyncio.get_running_loop().call_later(self.cfg.start_timeout_s, self._start_expired, s)
         frames_in = self.metrics.frames_in
         try:
             async for message in ws:
@@ -177,6 +217,16 @@ class Ingest:
                             await self._bad(s, "media_before_start", Close.POLICY_VIOLATION, "media before start")
                         continue
                     frames_in.inc()
+                    audio = s.audio
+                    if audio is not None and not audio.take(now, len(ev.payload) / s.bytes_per_s):
+                        self.metrics.bad_input.labels(kind="audio_rate").inc()
+                        reason = f"audio faster than {self.cfg.max_audio_speed:g} x real time"
+                        log.warning("bad_input", interaction_id=s.interaction_id, stream_sid=s.stream_sid,
+                                    kind="audio_rate", close_code=int(Close.POLICY_VIOLATION), reason=reason,
+                                    burst_s=self.cfg.audio_burst_s)
+                        await self._end_and_close(s, reason)
+                        continue
+                    s.last_audio = now
                     if s.superseded:
                         continue
                     if channel.sample_rate is None:
@@ -199,6 +249,8 @@ class Ingest:
         except ConnectionClosed:
             self._library_close(s)
         finally:
+            if s.timer is not None:
+                s.timer.cancel()
             self.connections.discard(s)
             if s._unsubscribe is not None:
                 s._unsubscribe()
@@ -271,6 +323,7 @@ class Ingest:
             self._own(iid, s.principal.name)
         s.sample_rate = ev.sample_rate
         s.channel = channel
+        self._arm_limits(s, ev.sample_rate)
         timer = self._grace.pop(iid, None)
         if timer is not None:
             timer.cancel()
@@ -299,6 +352,18 @@ class Ingest:
         log.error("bus_overloaded", interaction_id=s.interaction_id, reason=exc.reason)
         await self._close(s, Close.INTERNAL_ERROR, exc.reason)
 
+    def _arm_limits(self, s: StreamConn, sample_rate: int) -> None:
+        """At a successful start: the start timeout is met; the audio budget and the hold limit begin."""
+        now = time.perf_counter()
+        s.bytes_per_s = 2.0 * sample_rate
+        s.audio = audio_bucket(self.cfg.max_audio_speed, self.cfg.audio_burst_s, now)
+        s.last_audio = now
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if self.cfg.max_hold_s > 0:
+            s.timer = asyncio.get_running_loop().call_later(self.cfg.max_hold_s, self._hold_check, s)
+
     def owner_of(self, iid: str) -> str | None:
         """The principal that opened the live call ``iid`` (None: no such call now)."""
         return self.owners.get(iid) if iid in self.bus.channels else None
@@ -311,7 +376,7 @@ class Ingest:
         if len(self.owners) > 2 * len(self.bus.channels) + 64:  # amortised: forget calls that ended
             self.owners = {k: v for k, v in self.owners.items() if k in self.bus.channels}
 
-    async def _stop(self, s: StreamConn, reason: str) -> None:
+    async def _stop(self, s: StreamConn, reason: str, quiet: bool = False) -> None:
         if s.channel is None or s.stopped or s.superseded:
             return
         s.stopped = True
@@ -321,7 +386,8 @@ class Ingest:
             await s.channel.publish((busmod.END, reason))
         except (busmod.BusOverloaded, busmod.ChannelClosed):
             pass
-        log.info("stream_stopped", interaction_id=s.interaction_id, stream_sid=s.stream_sid, reason=reason)
+        if not quiet:
+            log.info("stream_stopped", interaction_id=s.interaction_id, stream_sid=s.stream_sid, reason=reason)
 
     def _disconnected(self, s: StreamConn) -> None:
         """A stream closed. If it was the call's current one and never sent stop, start the resume grace."""

@@ -28,6 +28,12 @@ class PipelineMetrics:
         self.bad_input = Counter("rtaa_bad_input", "Bad caller input by kind", ["kind"], registry=r)
         self.caller_closes = Counter("rtaa_caller_closes", "Caller connections closed by us, by code", ["code"],
                                      registry=r)
+        self.idle_closes = Counter("rtaa_idle_closes", "Connections closed by an idle limit (start, hold, feed)",
+                                   ["limit"], registry=r)
+        self.connections_refused = Counter(
+            "rtaa_connections_refused", "WebSocket handshakes refused with HTTP 503 at --max-connections", registry=r)
+        self.accept_errors = Counter("rtaa_accept_errors", "accept() failures for lack of descriptors or memory",
+                                     ["errno"], registry=r)
         self.bus_overloaded = Counter("rtaa_bus_overloaded", "Calls closed 1011 because the bus stayed full",
                                       registry=r)
         # Redis bus (docs/scale-out.md); 0 on the memory bus.

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import http
+import resource
 from typing import IO, Any
 
 import orjson
@@ -23,6 +25,7 @@ from rtaa_cli.pipeline.ingest import Ingest
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers import make_provider
 from rtaa_cli.pipeline.providers.base import Provider
+from rtaa_cli.pipeline.ratelimit import auto_max_connections
 from rtaa_cli.pipeline.transcripts import TranscriptHub
 from rtaa_cli.pipeline.worker import Worker
 from rtaa_cli.readsize import SmallReadConnection
@@ -30,6 +33,16 @@ from rtaa_cli.readsize import SmallReadConnection
 log = logs.get("rtaa.server")
 
 TRANSCRIPTS = "/v1/transcripts"
+ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's exception-handler message
+ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def max_connections(configured: int) -> int:
+    """``configured``, or (0) a cap below the soft RLIMIT_NOFILE that leaves room for provider sockets."""
+    if configured > 0:
+        return configured
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return auto_max_connections(soft if soft != resource.RLIM_INFINITY else 1 << 20)
 
 
 def make_bus(cfg: PipelineConfig, metrics: PipelineMetrics) -> busmod.Bus:
@@ -66,6 +79,10 @@ class PipelineServer:
         self.shutting_down = False
         self.port = 0
         self.metrics.queue_depth.labels(queue="bus").set_function(self.bus.depth)
+        self.max_connections = max_connections(cfg.max_connections)
+        self.ws_open = 0  # WebSocket handshakes accepted and not yet closed (ingest + feeds)
+        self._sampled = logs.Sampled(log, burst=1, window_s=10.0)  # one line per 10 s, then a count
+        self._prev_exception_handler: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,7 +91,8 @@ class PipelineServer:
             if self.cfg.jsonl_path:
                 self._jsonl = open(self.cfg.jsonl_path, "ab")
             self.ingest = Ingest(self.cfg.ingest, self.bus, self.metrics)
-            hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl, self.ingest.owner_of)
+            hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl, self.ingest.owner_of,
+                                           self.cfg.feed_wait_s)
             self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
         if self.has_worker:
             assert self.provider is not None
@@ -91,6 +109,9 @@ class PipelineServer:
         elif self.hub is not None:
             self.bus.sinks(self.hub)  # type: ignore[attr-defined]
         started_parts: list[Any] = []
+        loop = asyncio.get_running_loop()
+        self._prev_exception_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
         try:
             if self.provider is not None:
                 await self.provider.start()
@@ -105,6 +126,7 @@ class PipelineServer:
                 create_connection=SmallReadConnection,  # 64 KiB reads: see readsize.py
             )
         except BaseException:
+            self._restore_exception_handler()
             if self.bus in started_parts:
                 await self.bus.close()
             if self.provider in started_parts:
@@ -115,7 +137,8 @@ class PipelineServer:
         self.port = self._server.sockets[0].getsockname()[1] if self.cfg.port == 0 else self.cfg.port
         log.info("serving", host=self.cfg.host, port=self.port, role=self.cfg.bus.role,
                  bus="redis" if redis_bus else "memory",
-                 provider=self.provider.name if self.provider else None, ingest_path=self.cfg.ingest.path)
+                 provider=self.provider.name if self.provider else None, ingest_path=self.cfg.ingest.path,
+                 max_connections=self.max_connections)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, close callers 1001, finish in-flight finals (bounded), flush, close."""
@@ -139,7 +162,30 @@ class PipelineServer:
             await self.provider.stop()
         if self._jsonl is not None:
             self._jsonl.close()
+        self._restore_exception_handler()
         log.info("stopped")
+
+    # -- the event loop's errors -----------------------------------------------------------------
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """accept() without a free descriptor: asyncio retries each second, but calls this for every
+        connection in the backlog, each time (with the default handler, thousands of tracebacks a
+        second). Count each; log one line per 10 s, no traceback. Anything else: the usual handler."""
+        exc = context.get("exception")
+        if context.get("message") == ACCEPT_FAILED and isinstance(exc, OSError) and exc.errno in ACCEPT_ERRNOS:
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            self.metrics.accept_errors.labels(errno=name).inc()
+            self._sampled.warning("accept_failed", errno=name, reason=exc.strerror, retry_s=1.0,
+                                      max_connections=self.max_connections)
+            return
+        if self._prev_exception_handler is not None:
+            self._prev_exception_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _restore_exception_handler(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() == self._loop_exception:
+            loop.set_exception_handler(self._prev_exception_handler)
 
     async def __aenter__(self) -> "PipelineServer":
         await self.start()
@@ -205,18 +251,34 @@ class PipelineServer:
         return _response(http.HTTPStatus.FORBIDDEN, orjson.dumps({"error": f"{what} needs the reader role"}),
                          "application/json")
 
+    def _admit(self, conn: ServerConnection) -> Response | None:
+        """The connection cap: 503 at the handshake beyond ``max_connections`` open WebSockets."""
+        if self.ws_open >= self.max_connections:
+            self.metrics.connections_refused.inc()
+            self._sampled.warning("connection_refused", reason="at max_connections",
+                                      max_connections=self.max_connections, remote=str(conn.remote_address))
+            return _response(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                             orjson.dumps({"error": f"at capacity ({self.max_connections} connections), try again later"}),
+                             "application/json", {"Retry-After": "1"})
+        self.ws_open += 1
+        conn.connection_lost_waiter.add_done_callback(self._ws_closed)
+        return None
+
+    def _ws_closed(self, _: Any) -> None:
+        self.ws_open -= 1
+
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if self.ingest is None and path not in ("/health", "/metrics"):  # a worker serves only these
             return _response(http.HTTPStatus.NOT_FOUND, b'{"error":"not found (worker role)"}', "application/json")
         if path == self.cfg.ingest.path:
-            return self._authenticate(conn, request)
+            return self._authenticate(conn, request) or self._admit(conn)
         if path == TRANSCRIPTS or path.startswith(TRANSCRIPTS + "/"):
             # Feeds need credentials whenever ingest does; per-call entitlement is checked by the hub.
             denied = self._authenticate(conn, request)
             if denied is None and path == TRANSCRIPTS and not conn.principal.reader:  # type: ignore[attr-defined]
                 return self._forbidden(conn, "the firehose")
-            return denied
+            return denied or self._admit(conn)
         if path in ("/health", "/metrics") and self.cfg.ingest.admin_auth:
             denied = self._authenticate(conn, request)
             if denied is None and not conn.principal.reader:  # type: ignore[attr-defined]

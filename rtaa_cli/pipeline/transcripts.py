@@ -9,6 +9,10 @@ Entitlement (auth.may_read): a per-call subscriber whose principal did not strea
 reader) is closed 1008 "not entitled to this call" when it subscribes to a live call, or when the call it
 waits for starts; it never receives a message of that call. The firehose is refused (403) at the
 handshake to non-readers (server.py).
+
+Feed wait: a per-call subscriber whose id is not a live call waits at most ``feed_wait_s`` for that call to
+start, then is closed 1008 "no such call within 60 s" (``rtaa_idle_closes_total{limit="feed"}``), so
+subscriptions to ids that never exist do not stay open forever.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ def call_ended_msg(interaction_id: str, reason: str) -> dict[str, Any]:
 
 
 class Subscriber:
-    __slots__ = ("ws", "queue", "interaction_id", "too_slow", "principal")
+    __slots__ = ("ws", "queue", "interaction_id", "too_slow", "principal", "wait_timer")
 
     def __init__(self, ws: ServerConnection, maxsize: int, interaction_id: str | None,
                  principal: Principal = ANONYMOUS) -> None:
@@ -49,12 +53,14 @@ class Subscriber:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.interaction_id = interaction_id
         self.too_slow = False
+        self.wait_timer: asyncio.TimerHandle | None = None  # feed wait for a call that is not live yet
 
 
 class TranscriptHub:
     def __init__(self, metrics: PipelineMetrics, maxsize: int = 1000, jsonl: IO[bytes] | None = None,
-                 owner_of: Callable[[str], str | None] = lambda _: None) -> None:
+                 owner_of: Callable[[str], str | None] = lambda _: None, feed_wait_s: float = 60.0) -> None:
         self.metrics = metrics
+        self.feed_wait_s = feed_wait_s
         self._owner_of = owner_of  # interaction -> principal that streams it (None: not live)
         self.maxsize = maxsize
         self._jsonl = jsonl
@@ -96,6 +102,9 @@ class TranscriptHub:
                 self._jsonl.flush()
 
     def _offer(self, sub: Subscriber, data: Any) -> None:
+        if sub.wait_timer is not None:  # a message of its call: the call exists (also on another ingest)
+            sub.wait_timer.cancel()
+            sub.wait_timer = None
         if sub.too_slow:
             return
         try:
@@ -111,6 +120,17 @@ class TranscriptHub:
         self.metrics.bad_input.labels(kind="not_entitled").inc()
         log.warning("not_entitled", interaction_id=sub.interaction_id, principal=sub.principal.name)
         asyncio.get_running_loop().create_task(sub.ws.close(Close.POLICY_VIOLATION, NOT_ENTITLED_REASON))
+
+    def _wait_expired(self, sub: Subscriber) -> None:
+        sub.wait_timer = None
+        if sub.too_slow or self._owner_of(sub.interaction_id or "") is not None:
+            return  # closing already, or the call went live (its call_started is on the way)
+        sub.too_slow = True  # receives nothing more
+        reason = f"no such call within {self.feed_wait_s:g} s"
+        self.metrics.idle_closes.labels(limit="feed").inc()
+        log.warning("idle_close", interaction_id=sub.interaction_id, limit="feed", close_code=int(Close.POLICY_VIOLATION),
+                    reason=reason)
+        asyncio.get_running_loop().create_task(sub.ws.close(Close.POLICY_VIOLATION, reason))
 
     def depth(self) -> int:
         total = sum(s.queue.qsize() for s in self._firehose)
@@ -132,12 +152,16 @@ class TranscriptHub:
         group.add(sub)
         self.metrics.subscribers.inc()
         loop = asyncio.get_running_loop()
+        if interaction_id is not None and self._owner_of(interaction_id) is None and self.feed_wait_s > 0:
+            sub.wait_timer = loop.call_later(self.feed_wait_s, self._wait_expired, sub)
         sender = loop.create_task(self._send_loop(sub))
         reader = loop.create_task(self._discard_input(ws))
         try:
             # Whichever ends first: the feed closed by us (call ended, too slow) or by the subscriber.
             await asyncio.wait((sender, reader), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if sub.wait_timer is not None:
+                sub.wait_timer.cancel()
             sender.cancel()
             reader.cancel()
             group.discard(sub)
