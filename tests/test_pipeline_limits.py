@@ -299,3 +299,44 @@ def test_the_limits_come_from_env_and_toml_and_bad_values_are_usage_errors(tmp_p
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (bad, r.returncode, r.stderr)
         assert "Traceback" not in r.stderr and bad[0] in r.stderr, (bad, r.stderr)
+
+
+def test_with_the_redis_bus_a_feed_of_a_call_on_another_ingest_outlives_the_feed_wait() -> None:
+    """Scale-out: ingest B does not stream the call (it is not live *there*), so only the call's messages tell B
+    it exists. A subscriber on B that joins mid-call must get the call to its end, not the feed-wait close."""
+    from redis_support import delete, new_prefix, redis_url
+    from scaleout_support import emulator, ingest, worker
+
+    url, prefix = redis_url(), new_prefix()
+    procs = []
+
+    async def main() -> None:
+        emu = emulator()
+        procs.append(emu)
+        await emu.ready()
+        ing_a, ing_b = ingest(url, prefix), ingest(url, prefix, "--feed-wait-s", "3")
+        w = worker(url, prefix, emu.info["url"])
+        procs.extend([ing_a, ing_b, w])
+        await asyncio.gather(ing_a.ready(), ing_b.ready(), w.ready())
+        caller = Caller(await connect(ing_a.info["ingest"], proxy=None, compression=None), "CA-remote", "ST-remote")
+        await caller.start()
+        frames = frames_of(speech_like(7))  # 8.4 s in real time: the call outlives B's 3 s feed wait
+        pacing = asyncio.get_running_loop().create_task(caller.paced(frames))
+        await until(lambda: ing_a.metric("rtaa_frames_in_total") > 20, 10, "the call to be under way on A")
+        feed = Feed(await connect(ing_b.info["transcripts"] + "/CA-remote", proxy=None))
+        await pacing
+        await caller.stop()
+        await feed.wait_ended(20)
+        await caller.ws.close()
+        assert feed.transcripts(final=True), feed.messages
+        assert feed.messages[-1]["type"] == "call_ended", feed.messages[-3:]
+        await asyncio.gather(feed._task, return_exceptions=True)
+        assert (feed.ws.close_code, feed.ws.close_reason) == (1000, "call ended")
+        assert ing_b.metric("rtaa_idle_closes_total") == 0
+
+    try:
+        run(main(), 90)
+    finally:
+        for p in procs:
+            p.stop()
+        delete(prefix)
