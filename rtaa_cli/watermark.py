@@ -173,7 +173,9 @@ class CallSeen:
         first, last = (self.starts[0], self.ends[-1] - 1) if self.starts else (None, None)
         return {"call": f"{cid:08x}", "packets": self.packets, "first": first, "last": last,
                 "missing": 0 if first is None else (last - first + 1) - unique,
-                "repeated": self.packets - unique}
+                "repeated": self.packets - unique,
+                # the sequence runs themselves (bounded by MAX_RUNS): a soak unions a call's connections
+                "runs": [[a, b] for a, b in zip(self.starts, self.ends)], "overflow": self.overflow}
 
 
 def _decode(bits: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

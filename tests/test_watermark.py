@@ -50,7 +50,7 @@ def test_any_chunking_decodes_every_packet(sizes) -> None:
     _feed(dec, data, sizes)
     packets = len(pcm) // 2 // PACKET_BITS
     assert dec.report() == {"call": call_hex("CAchunks"), "packets": packets, "first": 0, "last": packets - 1,
-                            "missing": 0, "repeated": 0}
+                            "missing": 0, "repeated": 0, "runs": [[0, packets]], "overflow": False}
 
 
 def test_drops_and_replays_are_counted_exactly() -> None:

@@ -21,7 +21,7 @@ from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli import textmark, verdict
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory
-from rtaa_cli.watermark import call_hex
+from rtaa_cli.watermark import PACKET_BITS, CallSeen, call_hex
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -255,7 +255,7 @@ METRICS: dict[str, tuple[str, float | None, str]] = {
     "latency_first_partial_p95_ms": ("max", None, "p95 latency of first partial results (ms)"),
     "delivery_rate": ("min", 0.80, "share of calls whose final results covered their audio"),
     "audio_loss": ("max", 0.01, "share of the sent audio that never reached the provider (calls with one provider "
-                   "connection; reconnecting calls are reported apart)"),
+                   "connection, and reconnecting calls by their audio watermark)"),
     "unattributed_connections": ("max", 0, "provider connections during the run that no call of the run can be "
                                  "matched to (no tag / extra=interaction_id)"),
     "calls_unreached_rate": ("max", 0, "share of the run's audio-sending calls for which the provider saw no connection"),
@@ -376,6 +376,10 @@ class ProviderCounts:
     attributed_by_tag: int = 0  # of ``connections``: by tag= / extra=interaction_id:
     attributed_by_watermark: int = 0  # by the audio watermark alone (rtaa_cli.watermark)
     marked_connections: int = 0  # connections of the run whose audio carried one of its calls' marks
+    # per call, the watermark packets its connections carried (union of their sequence runs) and how
+    # many arrived more than once: exact loss and replay of calls that reconnected
+    marked_seen: dict[str, CallSeen] = field(default_factory=dict)
+    marked_repeated: dict[str, int] = field(default_factory=dict)
 
     @property
     def reconnects(self) -> int:
@@ -444,6 +448,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
         iid = str(conn.get("interaction") or conn.get("interaction_id") or "")
         mine = iid.startswith(interaction_prefix)
         opened = float(conn.get("opened_at") or 0.0)
+        wm = None
         if since is not None and opened < since:
             marked = None  # older than the run: cannot carry its calls' marks
         else:
@@ -465,6 +470,8 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             opened_by_call.setdefault(iid, []).append(opened)
             if conn.get("id") is not None:
                 out.connection_calls[int(conn["id"]) % (1 << textmark.CONN_BITS)] = iid
+            if marked == iid and isinstance(wm, dict):
+                _add_marked(out, iid, wm)
             closed = conn.get("closed_at")
             spans.setdefault(iid, []).append((opened, math.inf if closed is None else float(closed), by_watermark))
             b = conn.get("audio_bytes", conn.get("bytes_received"))
@@ -497,6 +504,33 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
     out.event_times = events
     out.text_mark = bool(stats.get("text_mark"))
     return out
+
+
+PACKET_BYTES = PACKET_BITS * 2  # one watermark packet: 96 samples of s16le
+
+
+def _watermark_loss(p: ProviderCounts, call: str, sent_bytes: int) -> tuple[int, int] | None:
+    """(packets lost, packets that arrived more than once) of a call from the watermark its provider
+    connections carried; None when that cannot be judged (unmarked, overflow, several calls mixed).
+    Every whole packet the caller sent counts (its audio is marked from the first sample); a packet
+    cut by a connection boundary cannot be decoded, so each reconnect can add up to two packets
+    (24 ms at 8 kHz) of loss that was really delivered."""
+    seen = p.marked_seen.get(call)
+    if seen is None or seen.overflow:
+        return None
+    sent_packets = sent_bytes // PACKET_BYTES
+    return max(0, sent_packets - seen.unique), seen.packets - seen.unique + p.marked_repeated.get(call, 0)
+
+
+def _add_marked(out: ProviderCounts, call: str, wm: dict[str, Any]) -> None:
+    runs = wm.get("runs")
+    if not isinstance(runs, list) or wm.get("overflow") or wm.get("calls"):
+        out.marked_seen.setdefault(call, CallSeen()).overflow = True  # cannot be judged packet by packet
+        return
+    seen = out.marked_seen.setdefault(call, CallSeen())
+    for a, b in runs:
+        seen.add(int(a), int(b))
+    out.marked_repeated[call] = out.marked_repeated.get(call, 0) + int(wm.get("repeated") or 0)
 
 
 def watermark_note(counts: ProviderCounts | None, watermark: bool, sent_audio: bool) -> str | None:
@@ -804,7 +838,8 @@ class SoakStats:
                                "bytes_received_by_provider": None if p is None else p.audio_bytes,
                                "loss": None, "lost_bytes": None, "measured_calls": 0, "reconnecting_calls": 0,
                                "reconnecting_bytes_sent": 0, "reconnecting_bytes_received": 0,
-                               "received_more_than_sent_bytes": None, "unreached_calls": None}
+                               "received_more_than_sent_bytes": None, "unreached_calls": None,
+                               "watermark_measured_calls": 0, "replayed_bytes": 0}
         if p is None or not p.records:
             return out
         out["unreached_calls"] = sum(1 for call in self.audio_sent_by_call if call not in p.per_call)
@@ -824,6 +859,13 @@ class SoakStats:
                 lost += max(0, sent - got)
                 extra += max(0, got - sent)
                 sent_measured += sent
+            elif (wm_lost := _watermark_loss(p, call, sent)) is not None:
+                # reconnected, but its audio was marked: the packets that never arrived, and the replays
+                lost_packets, replayed_packets = wm_lost
+                lost += lost_packets * PACKET_BYTES
+                sent_measured += sent
+                out["watermark_measured_calls"] += 1
+                out["replayed_bytes"] += replayed_packets * PACKET_BYTES
             else:
                 out["reconnecting_calls"] += 1
                 out["reconnecting_bytes_sent"] += sent

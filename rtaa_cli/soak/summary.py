@@ -44,6 +44,9 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
     audio = doc.get("audio") or {}
     if audio:
         t.add_row("audio loss (provider bytes vs sent)", _f(audio.get("loss"), 4))
+        if audio.get("watermark_measured_calls") or audio.get("replayed_bytes"):
+            t.add_row("reconnected calls by watermark; audio replayed bytes",
+                      f"{audio['watermark_measured_calls']}; {audio['replayed_bytes']}")
     prov = doc.get("provider") or {}
     if "unattributed_connections" in prov:
         t.add_row("provider: calls reached / with audio; unattributed conns",

@@ -16,7 +16,12 @@ confidence, timestamp_ms}`` (the type only in the event name), backlog first, th
 
 Broken variants (the ground truth stays exact): ``--publish-times N`` publishes every result N times;
 ``--cross-talk`` publishes each call's results on another open call's stream when there is one
-(``--tag`` makes its Deepgram connections attributable, so rtaa can tell whose results they are).
+(``--tag`` makes its Deepgram connections attributable, so rtaa can tell whose results they are);
+``--reconnect-every-s S`` closes and reopens a call's Deepgram connection every S s, dropping the audio
+that arrives while it reconnects and re-sending the last ``--replay-ms`` of audio on the new one;
+``--starve-after-s S`` stops forwarding a call's audio after S s (the connection stays open).
+With ``--sse``, ``/published`` also gives each call's ``audio``: bytes in (from the caller), forwarded
+(to Deepgram, replays included), dropped, replayed, and the Deepgram connections it opened.
 
 Prints one JSON line ``{"target": "ws://127.0.0.1:PORT/exotel"[, "sse": "http://..."]}`` once it listens; runs until stdin closes
 (or forever with --forever).
@@ -39,6 +44,7 @@ LISTEN = "model=nova-3&encoding=linear16&sample_rate=8000&channels=1&interim_res
 
 
 OPEN_CALLS: list[str] = []  # call SIDs in the order they started (--cross-talk picks another one)
+AUDIO: dict[str, dict[str, int]] = {}  # call SID -> audio ground truth (see the module docstring)
 
 
 class SseHub:
@@ -65,6 +71,8 @@ class SseHub:
             if len(request) >= 2 and request[1] == "/published":  # ground truth for tests: events per call
                 counts = {sid: {"events": len(evs), "finals": sum(e.startswith(b"event: final") for e in evs),
                                 "foreign": self.foreign.get(sid, 0)} for sid, evs in self.events.items()}
+                for sid, audio in AUDIO.items():
+                    counts.setdefault(sid, {"events": 0, "finals": 0, "foreign": 0})["audio"] = audio
                 body = json.dumps(counts).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
@@ -95,26 +103,69 @@ class Call:
         self.buf = b""
         self.seq = 0
         self.chunk = args.rechunk_ms * 16  # bytes of 8 kHz s16le per chunk (0: forward frames as they come)
+        self.dg = None  # None while reconnecting (--reconnect-every-s): audio arriving then is dropped
+        self.truth = AUDIO.setdefault(call_sid, {"in": 0, "forwarded": 0, "dropped": 0, "replayed": 0,
+                                                 "connections": 0})
+        self.history = bytearray()  # the last --replay-ms of forwarded audio
+        self.started = self.opened_at = time.monotonic()
+
+    async def _connect(self):
+        tag = f"&tag={self.call_sid}" if self.args.tag else ""
+        dg = await connect(f"{self.args.deepgram}/v1/listen?{LISTEN}{tag}",
+                           additional_headers={"Authorization": "Token thirdparty"}, proxy=None)
+        self.truth["connections"] += 1
+        self.opened_at = time.monotonic()
+        return dg
 
     async def open(self) -> None:
         OPEN_CALLS.append(self.call_sid)
-        tag = f"&tag={self.call_sid}" if self.args.tag else ""
-        self.dg = await connect(f"{self.args.deepgram}/v1/listen?{LISTEN}{tag}",
-                                additional_headers={"Authorization": "Token thirdparty"}, proxy=None)
-        self.reader = asyncio.ensure_future(self.read())
+        self.dg = await self._connect()
+        self.reader = asyncio.ensure_future(self.read(self.dg))
+
+    async def _reconnect(self, old) -> None:
+        """BROKEN variant: a new connection every few seconds; what arrives meanwhile is lost."""
+        await old.close()
+        dg = await self._connect()
+        replay = bytes(self.history[-self.args.replay_ms * 16:]) if self.args.replay_ms else b""
+        if replay:
+            await dg.send(replay)
+            self.truth["replayed"] += len(replay)
+            self.truth["forwarded"] += len(replay)
+        self.reader = asyncio.ensure_future(self.read(dg))
+        self.dg = dg
+
+    async def _send(self, piece: bytes) -> None:
+        await self.dg.send(piece)
+        self.truth["forwarded"] += len(piece)
+        if self.args.replay_ms:
+            self.history += piece
+            del self.history[:-self.args.replay_ms * 16]
 
     async def audio(self, pcm: bytes) -> None:
+        self.truth["in"] += len(pcm)
+        now = time.monotonic()
+        if self.dg is None or (self.args.starve_after_s and now - self.started > self.args.starve_after_s):
+            self.truth["dropped"] += len(pcm)
+            return
+        if self.args.reconnect_every_s and now - self.opened_at > self.args.reconnect_every_s:
+            old, self.dg = self.dg, None
+            self.truth["dropped"] += len(pcm) + len(self.buf)  # the unsent tail is lost too
+            self.buf = b""
+            asyncio.ensure_future(self._reconnect(old))
+            return
         if not self.chunk:
-            await self.dg.send(pcm)
+            await self._send(pcm)
             return
         self.buf += pcm
         while len(self.buf) >= self.chunk:
             piece, self.buf = self.buf[:self.chunk], self.buf[self.chunk:]
-            await self.dg.send(piece)
+            await self._send(piece)
 
     async def stop(self) -> None:
+        while self.dg is None:  # a reconnect in flight: let it finish
+            await asyncio.sleep(0.01)
         if self.buf:
-            await self.dg.send(self.buf)
+            await self._send(self.buf)
         await self.dg.send(json.dumps({"type": "CloseStream"}))
         try:
             await asyncio.wait_for(self.reader, 10.0)  # the provider closes after its last results
@@ -122,9 +173,9 @@ class Call:
             self.reader.cancel()
         await self.dg.close()
 
-    async def read(self) -> None:
+    async def read(self, dg) -> None:
         try:
-            async for raw in self.dg:
+            async for raw in dg:
                 msg = json.loads(raw)
                 if msg.get("type") != "Results":
                     continue
@@ -146,7 +197,7 @@ class Call:
         except ConnectionClosed:
             pass
         finally:
-            if self.call_sid in OPEN_CALLS:
+            if dg is self.dg and self.call_sid in OPEN_CALLS:
                 OPEN_CALLS.remove(self.call_sid)
 
 
@@ -171,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
         except ConnectionClosed:
             pass
         finally:
-            if call is not None:
+            if call is not None and call.dg is not None:
                 await call.dg.close()
 
     async with serve(handle, "127.0.0.1", args.port, compression=None) as server:
@@ -203,5 +254,10 @@ if __name__ == "__main__":
     p.add_argument("--publish-times", type=int, default=1, help="Publish every result N times (broken variant)")
     p.add_argument("--cross-talk", action="store_true", help="Publish results on another open call's stream")
     p.add_argument("--tag", action="store_true", help="Tag the Deepgram connections with the call SID")
+    p.add_argument("--reconnect-every-s", type=float, default=0.0,
+                   help="Reopen each call's Deepgram connection this often, dropping audio meanwhile (broken variant)")
+    p.add_argument("--replay-ms", type=int, default=0, help="With --reconnect-every-s: re-send this much audio")
+    p.add_argument("--starve-after-s", type=float, default=0.0,
+                   help="Stop forwarding a call's audio after this long (broken variant)")
     p.add_argument("--forever", action="store_true", help="Run until killed (default: until stdin closes)")
     asyncio.run(main(p.parse_args()))
