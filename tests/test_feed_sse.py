@@ -79,6 +79,56 @@ def test_event_names_become_a_field_a_mapping_can_use() -> None:
     assert event_message("final", "not json") == "not json"
 
 
+POLL_MAP = "text=text,is_final=type==final,seq=seq"  # the polled answer keeps the type in a field
+
+
+def _poll_url(target) -> str:
+    return target["sse"].replace("/events/", "/results/")
+
+
+def test_a_polled_json_feed_yields_each_message_once() -> None:
+    from rtaa_cli.feeds.poll import JsonPoll
+
+    p = JsonPoll()
+    assert p.update(b"[]") == []
+    assert p.update(b'[{"t": 1}]') == [{"t": 1}]
+    assert p.update(b'{"results": [{"t": 1}, {"t": 2}], "n": 2}') == [{"t": 2}]  # an object with one list
+    assert p.update(b'[{"t": 1}, {"t": 2}]') == []
+    assert p.update(b'[{"t": 9}]') == [{"t": 9}] and p.resets == 1  # shorter: the server restarted its list
+    assert p.update(b"not json") == [] and p.update(b'{"a": [], "b": []}') == [] and p.bad == 2
+
+
+def test_replay_reads_a_foreign_json_polling_feed(target, tmp_path) -> None:
+    out = tmp_path / "replay.json"
+    r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", _poll_url(target),
+                        "--feed-map", POLL_MAP, "--speed", "3", "--wait-final", "3", "--call-sid", "CA-poll-replay",
+                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
+    assert out.exists(), r.stdout + r.stderr
+    doc = orjson.loads(out.read_bytes())
+    truth = _published(target)["CA-poll-replay"]
+    assert truth["finals"] >= 3, truth
+    assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
+    finals = [t for t in doc["transcripts"] if t["is_final"]]
+    assert len(finals) == truth["finals"] and doc["repeated_finals"] == 0  # each polled message once
+    assert all(t["latency_ms"] is not None for t in finals), finals[:3]
+
+
+def test_soak_reads_a_foreign_json_polling_feed(target, tmp_path) -> None:
+    toml = tmp_path / "poll.toml"
+    toml.write_text(SCENARIO)
+    out = tmp_path / "poll.json"
+    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
+                        "--transcripts", _poll_url(target), "--feed-map", POLL_MAP, "--provider-stats", target["stats"]],
+                       capture_output=True, text=True, timeout=180)
+    assert out.exists(), r.stdout + r.stderr
+    doc = orjson.loads(out.read_bytes())
+    mine = {sid: c for sid, c in _published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
+    assert len(mine) == doc["calls"]["started"] >= 2 and doc["calls"]["failed"] == 0, (doc["calls"], r.stderr[-2000:])
+    assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0 and doc["feed"]["unrecognised"] == 0
+    assert doc["text_mark"]["repeated_finals"] == 0 and doc["delivery_rate"] == 1.0
+    assert doc["latency_ms"]["final"]["count"] == sum(c["finals"] for c in mine.values())
+
+
 @pytest.mark.skipif(not CALL.exists(), reason="fixtures/audio/call.wav missing")
 def test_replay_reads_a_foreign_sse_feed(target, tmp_path) -> None:
     out = tmp_path / "replay.json"
@@ -97,9 +147,9 @@ def test_replay_reads_a_foreign_sse_feed(target, tmp_path) -> None:
     assert all(t["audio_end_ms"] is not None and t["latency_ms"] is not None for t in finals), finals[:3]
 
 
-def test_a_wrong_sse_url_is_a_clear_error(target, tmp_path) -> None:
+def test_a_wrong_http_feed_url_is_a_clear_error(target, tmp_path) -> None:
     base = target["sse"].split("/events/")[0]
-    for url, why in ((base + "/nosuch/{call_sid}", "HTTP 404"), (base + "/published", "not text/event-stream")):
+    for url, why in ((base + "/nosuch/{call_sid}", "HTTP 404"), (base + "/published", "the JSON answer is not a list of messages")):
         r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", url,
                             "--speed", "0", "--quiet", "--json"], capture_output=True, text=True, timeout=120)
         assert why in r.stdout + r.stderr and "Traceback" not in r.stderr, (r.stdout[-1500:], r.stderr[-1500:])

@@ -1,4 +1,5 @@
-"""Server-sent-event transcript feeds: ``--transcripts 'http://HOST:PORT/PATH'`` (docs/transcript-feed.md).
+"""HTTP transcript feeds: ``--transcripts 'http://HOST:PORT/PATH'`` (docs/transcript-feed.md), server-sent
+events or, when the URL answers ``application/json``, JSON polling (:mod:`.poll`: every POLL_S).
 
 The URL is read with a GET that accepts ``text/event-stream`` (httpx + httpx-sse), with the ingest's
 headers (its Authorization). Each event's ``data`` is one message; when the event has a name other than
@@ -22,11 +23,14 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
+from rtaa_cli.feeds.poll import POLL_S, JsonPoll
 from rtaa_cli.feeds.url import PLACEHOLDERS, feed_url_for, redact_url
 
 SCHEMES = ("http", "https")
 CONNECT_TIMEOUT_S = 5.0
 EVENT_STREAM = "text/event-stream"
+JSON = "application/json"
+SSE, POLL = "sse", "poll"
 
 Sink = Callable[[Any, float, str | None], Any]  # FeedRecorder.message / CallRecorder.feed_message
 
@@ -53,13 +57,26 @@ def _timeout():
     return httpx.Timeout(CONNECT_TIMEOUT_S, read=None)  # an idle stream is not an error
 
 
-def _check(response: Any, url: str) -> None:
-    """OSError (one line) unless the subscription answered 200 with an event stream."""
+def _check(response: Any, url: str) -> str:
+    """SSE or POLL by the answer's content type; OSError (one line) unless it answered 200 with an
+    event stream or JSON."""
     if response.status_code != 200:
         raise OSError(f"sse feed {redact_url(url)}: HTTP {response.status_code}")
     kind = response.headers.get("content-type", "").partition(";")[0].strip()
-    if kind != EVENT_STREAM:
-        raise OSError(f"sse feed {redact_url(url)}: content type {kind or 'none'!r}, not {EVENT_STREAM}")
+    if kind == EVENT_STREAM:
+        return SSE
+    if kind == JSON or kind.endswith("+json"):
+        return POLL
+    raise OSError(f"sse feed {redact_url(url)}: content type {kind or 'none'!r}, not {EVENT_STREAM} or {JSON}")
+
+
+def _first_poll(poll: JsonPoll, body: bytes, url: str) -> list[Any]:
+    """A polled feed's first answer must be a list of messages: anything else is a wrong URL."""
+    msgs = poll.update(body)
+    if poll.bad:
+        raise OSError(f"http feed {redact_url(url)}: the JSON answer is not a list of messages (an array, or "
+                      "an object with one array field)")
+    return msgs
 
 
 @dataclass(frozen=True)
@@ -88,18 +105,39 @@ class SyncSseFeed:
         self.error: str | None = None
         self.client = httpx.Client(timeout=_timeout(), headers=dict(headers or {}), trust_env=False)
         self._cm = connect_sse(self.client, "GET", self.feed.url)
+        self.poll: JsonPoll | None = None
         try:
             self.source = self._cm.__enter__()
-            _check(self.source.response, self.feed.url)
+            if _check(self.source.response, self.feed.url) == POLL:
+                self.poll = JsonPoll()
+                first = _first_poll(self.poll, self.source.response.read(), self.feed.url)
+                now = time.time()
+                for msg in first:
+                    self.sink(msg, now, self.owner)
         except (httpx.HTTPError, OSError) as exc:
             self.client.close()
             raise OSError(str(exc) if isinstance(exc, OSError) else f"sse feed {redact_url(self.feed.url)}: {exc}") from None
         threading.Thread(target=self._read, daemon=True).start()
 
+    def _deliver(self, body: bytes) -> None:
+        assert self.poll is not None
+        now = time.time()
+        for msg in self.poll.update(body):
+            self.sink(msg, now, self.owner)
+
     def _read(self) -> None:
         import httpx  # noqa: PLC0415
 
         try:
+            if self.poll is not None:
+                while not (self.closed or self.ended()):
+                    time.sleep(POLL_S)  # the polling period (a greenlet switch under gevent)
+                    r = self.client.get(self.feed.url)
+                    if r.status_code == 200:
+                        self._deliver(r.content)
+                    else:
+                        self.poll.bad += 1
+                return
             for ev in self.source.iter_sse():
                 self.sink(event_message(ev.event, ev.data), time.time(), self.owner)
                 if self.closed or self.ended():
@@ -124,6 +162,8 @@ class _AsyncState:
     client: Any
     cm: Any
     source: Any
+    poll: JsonPoll | None = None
+    first: list[Any] | None = None  # a polled feed's messages in its first answer (read at subscription)
 
 
 async def open_async(url: str, call_sid: str, headers: Mapping[str, str] | None = None) -> _AsyncState:
@@ -143,7 +183,9 @@ async def open_async(url: str, call_sid: str, headers: Mapping[str, str] | None 
         await client.aclose()
         raise
     try:
-        _check(source.response, feed.url)
+        mode = _check(source.response, feed.url)
+        poll = JsonPoll() if mode == POLL else None
+        first = _first_poll(poll, await source.response.aread(), feed.url) if poll is not None else None
     except BaseException as exc:
         # Exit the entered aconnect_sse now: left to the garbage collector, its generator is closed at
         # some later loop step and asyncio prints "error occurred during closing of asynchronous generator".
@@ -152,12 +194,26 @@ async def open_async(url: str, call_sid: str, headers: Mapping[str, str] | None 
         finally:
             await client.aclose()
         raise
-    return _AsyncState(feed, call_sid if feed.per_call else None, client, cm, source)
+    return _AsyncState(feed, call_sid if feed.per_call else None, client, cm, source, poll, first)
 
 
 async def read_async(state: _AsyncState, sink: Sink, ended: Callable[[], bool]) -> None:
     """Read until ``ended()`` or the server ends the stream (the caller cancels the task otherwise)."""
+    import asyncio  # noqa: PLC0415
+
     try:
+        if state.poll is not None:
+            msgs = state.first or []
+            while True:
+                now = time.time()
+                for msg in msgs:
+                    sink(msg, now, state.owner)
+                if ended():
+                    return
+                await asyncio.sleep(POLL_S)  # the polling period
+                r = await state.client.get(state.feed.url)
+                msgs = state.poll.update(r.content) if r.status_code == 200 else []
+                state.poll.bad += r.status_code != 200
         async for ev in state.source.aiter_sse():
             sink(event_message(ev.event, ev.data), time.time(), state.owner)
             if ended():

@@ -8,7 +8,8 @@ Results with text to the Redis stream ``PREFIX<call_sid>`` in its own schema
     python tests/thirdparty/target.py --deepgram ws://127.0.0.1:8765 --redis redis://127.0.0.1:6379/0 \
         --prefix transcripts: [--rechunk-ms 72]
 
-With ``--sse``, transcripts go instead to a server-sent-event stream per call,
+With ``--sse``, transcripts go instead to a server-sent-event stream per call (and, for JSON polling,
+``GET /results/<call_sid>`` answers ``{"results": [{type, seq, text, confidence, timestamp_ms}, ...]}``),
 ``GET http://127.0.0.1:SSEPORT/events/<call_sid>``: ``event: partial|final`` and ``data: {seq, text,
 confidence, timestamp_ms}`` (the type only in the event name), backlog first, then live;
 ``GET /published`` is the ground truth: ``{call_sid: {events, finals, foreign}}`` published so far
@@ -52,12 +53,14 @@ class SseHub:
 
     def __init__(self) -> None:
         self.events: dict[str, list[bytes]] = {}
+        self.items: dict[str, list[dict]] = {}  # the same, for JSON polling: GET /results/<call_sid>
         self.foreign: dict[str, int] = {}
         self.subscribers: dict[str, list[asyncio.Queue]] = {}
 
     def publish(self, call_sid: str, kind: str, data: dict, source: str | None = None) -> None:
         event = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
         self.events.setdefault(call_sid, []).append(event)
+        self.items.setdefault(call_sid, []).append({"type": kind, **data})
         if source is not None and source != call_sid:
             self.foreign[call_sid] = self.foreign.get(call_sid, 0) + 1
         for q in self.subscribers.get(call_sid, []):
@@ -74,6 +77,11 @@ class SseHub:
                 for sid, audio in AUDIO.items():
                     counts.setdefault(sid, {"events": 0, "finals": 0, "foreign": 0})["audio"] = audio
                 body = json.dumps(counts).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                return
+            if len(request) >= 2 and request[1].startswith("/results/"):  # JSON polling: everything so far
+                body = json.dumps({"results": self.items.get(request[1][len("/results/"):], [])}).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
                 return
