@@ -504,3 +504,44 @@ def test_entries_trimmed_before_a_worker_read_them_are_counted(deployment) -> No
         reader.cancel()
 
     run(main(), 90)
+
+
+def test_sigterm_of_a_worker_hands_its_calls_over_at_once(deployment) -> None:
+    """A worker stopped gracefully (SIGTERM, a rolling restart) releases its leases: the others take its calls
+    on their next sweep instead of waiting for the leases to lapse; the worker exits 0."""
+    url, prefix, _ = deployment
+
+    async def main() -> None:
+        emu, ing, workers = await start_all(deployment, 2)
+        hose = Firehose()
+        reader = hose.start(ing.info["transcripts"])
+        await hose.open.wait()
+        frames = frames_of(speech_like(8))
+        iids = [f"CA-t{i}" for i in range(4)]
+        calls = asyncio.gather(*(call(ing.info["ingest"], iid, frames, 0.036) for iid in iids))
+        await asyncio.sleep(3.0)  # mid-call (pacing)
+        ids = {w.info["worker_id"]: w for w in workers}
+        owners = leases(prefix, iids)
+        victim_id = max(ids, key=lambda wid: list(owners.values()).count(wid))
+        victims = [iid for iid, wid in owners.items() if wid == victim_id]
+        stopped_at = time.time()
+        ids[victim_id].signal(signal.SIGTERM)
+        code = await asyncio.to_thread(ids[victim_id].proc.wait, 20)
+        assert code == 0, ids[victim_id].tail()
+        await calls
+        await all_ended(hose, iids, 40)
+        for iid in iids:
+            check_call(hose, iid, len(frames) * 36.0)
+        stats = emulator_stats(emu)
+        handover = []
+        for iid in victims:
+            conns = sorted((c for c in stats["connections"] if c["interaction"] == iid), key=lambda c: c["opened_at"])
+            assert len(conns) == 2 and conns[0]["closed_at"] <= conns[1]["opened_at"], conns  # never two open
+            handover.append(conns[1]["opened_at"] - stopped_at)
+        print(f"SIGTERM hand-over of {len(victims)} calls: successor streams open after "
+              f"{sorted(round(h, 3) for h in handover)} s (lease {LEASE_MS} ms)")
+        assert max(handover) < 0.5, handover  # announced again: no wait for a lease to lapse or a sweep
+        reader.cancel()
+        assert call_keys(prefix) == []
+
+    run(main(), 120)

@@ -215,16 +215,18 @@ class RedisBus:
         loop = asyncio.get_running_loop()
         if self.has_ingest:
             last = await self.w.xrevrange(self.feed, "+", "-", count=1)
-            self._loops.append(loop.create_task(self._feed_loop(last[0][0].decode() if last else "0-0")))
+            self._feed_last = last[0][0].decode() if last else "0-0"
+            self._loops.append(loop.create_task(self._supervised(self._feed_loop)))
         if self.has_worker:
             try:
                 await self.w.xgroup_create(self.announce, GROUP, id="0", mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-            for coro in (self._read_loop(), self._announce_loop(), self._renew_loop(), self._sweep_loop(),
-                         self._write_loop(), self._watchdog_loop()):
-                self._loops.append(loop.create_task(coro))
+            self._announcements = loop.create_task(self._supervised(self._announce_loop))
+            self._loops.append(self._announcements)
+            for fn in (self._read_loop, self._renew_loop, self._sweep_loop, self._write_loop, self._watchdog_loop):
+                self._loops.append(loop.create_task(self._supervised(fn)))
         log.info("bus_started", bus="redis", prefix=self.prefix, worker_id=self.worker_id if self.has_worker else None,
                  maxlen=self.maxlen, lease_ms=self.lease_ms)
 
@@ -238,9 +240,18 @@ class RedisBus:
             deadline = time.monotonic() + 2.0
             while self._feed_read < self._feed_written and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-        for o in list(self.owned.values()):
-            await self._drop(o, "handed over (shutdown)")
-            await self._release_quietly(o)
+        if self.owned:
+            # Hand the rest over now: stop taking announcements, release each lease and announce the call
+            # again, so another worker takes it at once instead of on its next sweep.
+            self._announcements.cancel()
+            await asyncio.gather(self._announcements, return_exceptions=True)
+            for o in list(self.owned.values()):
+                await self._drop(o, "handed over (shutdown)")
+                await self._release_quietly(o)
+                try:
+                    await self.w.xadd(self.announce, {"i": o.iid}, maxlen=10000, approximate=True)
+                except _ERRORS:
+                    pass  # the others' sweep finds it
 
     async def close(self) -> None:
         self.running = False
@@ -276,6 +287,19 @@ class RedisBus:
         if self._down_since is not None:
             log.info("bus_redis_recovered", down_s=round(time.monotonic() - self._down_since, 3))
             self._down_since = None
+
+    async def _supervised(self, fn: Callable[[], Any]) -> None:
+        """A loop that hits an unexpected error is logged and restarted (fresh connections), never lost."""
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis errors are handled inside; this is the rest
+                self.metrics.bus_errors.inc()
+                log.error("bus_loop_failed", loop=fn.__name__, error=repr(exc)[:300])
+                await asyncio.sleep(1.0)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -392,7 +416,7 @@ class RedisBus:
                 pipe = self.w.pipeline(transaction=False)
                 for script, keys, args, _ in batch:
                     await script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)  # one bad op must not block the queue
             except _ERRORS as exc:
                 self.outage(exc)
                 await asyncio.sleep(delay)
@@ -400,8 +424,12 @@ class RedisBus:
                 continue  # the batch is still queued: retried in order (the ingest drops repeated seqs)
             self.up()
             delay = 0.1
-            for (_, _, _, done), result in zip(batch, results):
+            for (_, keys, _, done), result in zip(batch, results):
                 self._writes.popleft()
+                if isinstance(result, Exception):
+                    self.metrics.bus_errors.inc()
+                    log.error("bus_write_failed", key=str(keys[0])[:200], error=str(result)[:200])
+                    result = None
                 done(result)
 
     async def _flush_writes(self, timeout_s: float) -> None:
@@ -410,7 +438,8 @@ class RedisBus:
             await asyncio.sleep(0.01)
 
     # -- ingest: the feed ----------------------------------------------------------------------
-    async def _feed_loop(self, last: str) -> None:
+    async def _feed_loop(self) -> None:
+        last = self._feed_last
         r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
         delay = 0.1
         try:
@@ -426,7 +455,7 @@ class RedisBus:
                 delay = 0.1
                 for _, entries in resp or ():
                     for entry_id, fields in entries:
-                        last = entry_id.decode()
+                        last = self._feed_last = entry_id.decode()
                         self._feed_read = parse_id(last)
                         try:
                             self._deliver(orjson.loads(fields[b"m"]))
@@ -526,7 +555,7 @@ class RedisBus:
 
         def done(result: Any) -> None:
             o.closing = False
-            if result == 0:  # a new stream's entries follow the END: keep owning, read on
+            if not isinstance(result, int) or result == 0:  # entries follow the END (or it failed): read on
                 self._wake()
                 return
             self._forget(o)
