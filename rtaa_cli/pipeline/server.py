@@ -17,7 +17,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from rtaa_cli import logs
+from rtaa_cli import logs, web
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.auth import ANONYMOUS, AuthFailed, Principal, make_check
 from rtaa_cli.pipeline.config import PipelineConfig
@@ -273,6 +273,11 @@ class PipelineServer:
             return _response(http.HTTPStatus.NOT_FOUND, b'{"error":"not found (worker role)"}', "application/json")
         if path == self.cfg.ingest.path:
             return self._authenticate(conn, request) or self._admit(conn)
+        if path == "/":  # the live page (rtaa_cli/web/serve.html) reads the firehose: a reader's page too
+            denied = self._authenticate(conn, request)
+            if denied is None and not conn.principal.reader:  # type: ignore[attr-defined]
+                return self._forbidden(conn, "the live page")
+            return denied or _response(http.HTTPStatus.OK, web.page("serve"), web.HTML, web.PAGE_HEADERS)
         if path == TRANSCRIPTS or path.startswith(TRANSCRIPTS + "/"):
             # Feeds need credentials whenever ingest does; per-call entitlement is checked by the hub.
             denied = self._authenticate(conn, request)
