@@ -1,6 +1,7 @@
 """Scenario files (the TOML loader and the shipped scenarios) and the report writers."""
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import orjson
 import pytest
 
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.soak.htmlreport import external_references
 from rtaa_cli.soak.report import histogram_bins, html_report, junit_xml, write_json
 from rtaa_cli.soak.scenario import (
     BAD_INPUTS, Scenario, SmoothWeighted, load_scenario, parse_duration, parse_scenario,
@@ -148,14 +150,16 @@ def test_junit_one_testcase_per_threshold_plus_validity() -> None:
     assert err is not None and "lateness" in err.get("message")
 
 
-def test_html_is_self_contained_with_svg_plots_and_escaped_text() -> None:
+def test_html_is_self_contained_with_plotly_charts_and_escaped_text() -> None:
     h = Histogram()
     h.extend([100, 120, 150, 400])
     page = html_report(_doc(), {"final": histogram_bins(h, 10)})
-    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 4  # latency, active, errors, histogram
-    assert "<script" not in page and "src=" not in page and "cdn" not in page.lower()
+    assert page.startswith("<!DOCTYPE html>")
+    ids = re.findall(r'<div id="(chart-[^"]+)" class="plotly-graph-div"', page)
+    assert ids == ["chart-latency", "chart-load", "chart-calls", "chart-hist-final"]
+    assert external_references(page) == [] and "cdn.plot.ly/plotly" not in page.split("<script>")[-1]
     assert "c&lt;1&gt;" in page and "<boom>" not in page  # user-controlled text is escaped
-    assert "FAIL" in page and "polyline" in page
+    assert "FAIL" in page and "Plotly.newPlot" in page
 
 
 def test_histogram_bins_preserve_counts() -> None:

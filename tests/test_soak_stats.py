@@ -415,7 +415,8 @@ def test_provider_reconnects_429s_and_1011s_are_plotted_over_time() -> None:
                                                 {"at": t0 + 6.5, "status": 401}]}
     counts = provider_counts_from_emulator(doc, "rtaaX-", since=t0)
     assert counts.reconnects == 1
-    assert counts.event_times == {"reconnect": [t0 + 4.5], "429": [t0 + 6.2], "1011": [t0 + 4]}
+    assert counts.event_times == {"connection": [t0 + 1, t0 + 4.5, t0 + 2], "unattributed": [], "reconnect": [t0 + 4.5],
+                                  "429": [t0 + 6.2], "1011": [t0 + 4], "1011 idle": [t0 + 4]}
     stats = SoakStats(t0=t0, duration_s=10.0)
     stats.add(CallRecord("rtaaX-1", started_at=t0 + 1, ended_at=t0 + 9, audio_bytes_sent=112000, audio_ms_sent=7000.0))
     stats.set_provider(counts)
@@ -426,7 +427,7 @@ def test_provider_reconnects_429s_and_1011s_are_plotted_over_time() -> None:
     assert tl["provider"]["429"][6] == 1 and sum(tl["provider"]["429"]) == 1
     assert tl["provider"]["1011"][4] == 1
     page = html_report(stats.summary(default_thresholds(), PacingLimits(25.0)))
-    assert "Provider: reconnects, 429 refusals, 1011 closes" in page
+    assert "Provider-side events, per 1 s bucket" in page and '"name":"1011: idle"' in page
 
 
 def test_untagged_connections_are_attributed_by_their_watermark() -> None:

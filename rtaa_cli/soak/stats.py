@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli import textmark, verdict
 from rtaa_cli.pacing import LatenessHistogram
+from rtaa_cli.soak.callsample import CallSampler
 from rtaa_cli.soak.memory import TargetMemory
 from rtaa_cli.watermark import PACKET_BITS, CallSeen, call_hex
 
@@ -369,8 +370,11 @@ class ProviderCounts:
     keepalives: int = 0
     causes_1011: dict[str, int] = field(default_factory=dict)
     rejected_429: int | None = None  # handshakes refused 429 during the run (totals delta)
-    # wall times of provider events during the run, for the report's plot over time
-    event_times: dict[str, list[float]] = field(default_factory=dict)  # "reconnect", "429", "1011"
+    # wall times of provider events during the run, for the report's plot over time: "connection"
+    # (this run's, opened), "unattributed" (opened), "reconnect", "429", "1011" and "1011 <cause>"
+    event_times: dict[str, list[float]] = field(default_factory=dict)
+    # this run's connections per call (compact emulator records), for the report's per-call drill-down
+    conn_records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     text_mark: bool = False  # the provider marks its results' text (rtaa fake-deepgram, segmenter engine)
     connection_calls: dict[int, str] = field(default_factory=dict)  # connection id (mod 2^20) -> this run's call
     attributed_by_tag: int = 0  # of ``connections``: by tag= / extra=interaction_id:
@@ -443,7 +447,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
     have_bytes = False
     opened_by_call: dict[str, list[float]] = {}
     spans: dict[str, list[tuple[float, float, bool]]] = {}  # call -> (opened, closed, by watermark)
-    events: dict[str, list[float]] = {"reconnect": [], "429": [], "1011": []}
+    events: dict[str, list[float]] = {"connection": [], "unattributed": [], "reconnect": [], "429": [], "1011": []}
     for conn in stats.get("connections") or []:
         iid = str(conn.get("interaction") or conn.get("interaction_id") or "")
         mine = iid.startswith(interaction_prefix)
@@ -463,11 +467,13 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
                 continue
             out.unattributed += 1
             out.unattributed_audio_bytes += int(conn.get("audio_bytes") or 0)
+            events["unattributed"].append(opened)
         else:
             out.connections += 1
             out.attributed_by_watermark += by_watermark
             out.attributed_by_tag += not by_watermark
             opened_by_call.setdefault(iid, []).append(opened)
+            events["connection"].append(opened)
             if conn.get("id") is not None:
                 out.connection_calls[int(conn["id"]) % (1 << textmark.CONN_BITS)] = iid
             if marked == iid and isinstance(wm, dict):
@@ -494,6 +500,11 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             cause = classify_1011(conn, expected)
             out.causes_1011[cause] = out.causes_1011.get(cause, 0) + 1
             events["1011"].append(float(conn.get("closed_at") or opened))
+            events.setdefault(f"1011 {cause}", []).append(float(conn.get("closed_at") or opened))
+        else:
+            cause = None
+        if mine:
+            out.conn_records.setdefault(iid, []).append(_conn_record(conn, cause, by_watermark))
     if not have_bytes:
         out.audio_bytes = None
     out.duplicates += _watermark_duplicates(spans)
@@ -531,6 +542,18 @@ def _add_marked(out: ProviderCounts, call: str, wm: dict[str, Any]) -> None:
     for a, b in runs:
         seen.add(int(a), int(b))
     out.marked_repeated[call] = out.marked_repeated.get(call, 0) + int(wm.get("repeated") or 0)
+
+
+def _conn_record(conn: dict[str, Any], cause_1011: str | None, by_watermark: bool) -> dict[str, Any]:
+    """The few fields of an emulator connection record the per-call drill-down shows."""
+    keep = ("id", "opened_at", "closed_at", "close_code", "close_reason", "audio_seconds", "audio_bytes",
+            "keepalives", "finalizes", "close_stream", "results_sent", "duplicate")
+    rec = {k: conn.get(k) for k in keep if conn.get(k) is not None}
+    if cause_1011:
+        rec["cause_1011"] = cause_1011
+    if by_watermark:
+        rec["by_watermark"] = True
+    return rec
 
 
 def watermark_note(counts: ProviderCounts | None, watermark: bool, sent_audio: bool) -> str | None:
@@ -667,6 +690,7 @@ class Timeline:
             "errors": self.errors[:n], "active": active, "users": self.users[:n],
             "final_p50": pct(self.latency, 50), "final_p95": pct(self.latency, 95),
             "final_max": [None if h is None else h.max for h in self.latency[:n]],
+            "final_count": [0 if h is None else h.n for h in self.latency[:n]],
             "first_partial_p50": pct(self.first_partial, 50),
             "provider": {name: counts[:n] for name, counts in self.provider.items()},
         }
@@ -722,6 +746,7 @@ class SoakStats:
         self.max_failure_samples = max_failure_samples
         self.delivery_tolerance_ms = delivery_tolerance_ms
         self.timeline = Timeline(t0, duration_s)
+        self.call_samples = CallSampler(t0, max_failed=max_failure_samples)  # the report's drill-down
         self.provider: ProviderCounts | None = None
         self.provider_hint = ""  # how to get provider evidence when there is none
         self.memory: TargetMemory | None = None  # the target's RSS, when its /metrics has it
@@ -735,6 +760,7 @@ class SoakStats:
         self.calls_started += 1
 
     def add(self, rec: CallRecord) -> None:
+        failed_before = self.failed
         self.records += 1
         self.last_call_ended = max(self.last_call_ended, rec.ended_at)
         kind = self.by_kind.setdefault(rec.kind, {"calls": 0, "failed": 0})
@@ -800,6 +826,7 @@ class SoakStats:
                 self.completed += 1
                 self.server_hangups += int(rec.server_hangup)
         self.timeline.add_call(rec)
+        self.call_samples.add(rec, failed=self.failed > failed_before)
 
     def is_delivered(self, rec: CallRecord) -> bool:
         """A call is delivered when its final results cover the audio it sent, within tolerance
@@ -1094,5 +1121,6 @@ class SoakStats:
             "failures": {"by_reason": self.failure_reasons, "examples": self.failure_examples,
                          "samples": self.failure_samples},
             "timeline": self.timeline.series(),
+            "call_samples": self.call_samples.report(p.conn_records if p is not None and p.records else None),
             "target_memory": None if self.memory is None else self.memory.summary(*self.memory_window_s),
         }
