@@ -56,7 +56,7 @@ class RedisPublisher:
     """The ingest's handle on one call (what :class:`busmod.Publisher` asks for)."""
 
     __slots__ = ("interaction_id", "sample_rate", "closed", "failure", "_fail_callbacks", "_bus", "_key", "_n",
-                 "pending_end", "ended_seen")
+                 "pending_end", "ended_seen", "error")
 
     def __init__(self, bus: "RedisBus", iid: str) -> None:
         self.interaction_id = iid
@@ -69,40 +69,57 @@ class RedisPublisher:
         self._n = 0  # entry sequence number: a worker that sees a gap knows entries were trimmed
         self.pending_end = False  # END published, its call_ended not seen yet
         self.ended_seen = False  # call_ended seen before any END (the call failed)
+        self.error: busmod.BusOverloaded | None = None  # an earlier item failed: raised on the next publish
 
     async def publish(self, item: busmod.Item) -> None:
+        """Queue the item for the next pipelined batch and return: the caller's next frame is read without
+        waiting for Redis. A failure of an earlier item of this call (Redis down, or the call lost) is
+        raised here, on the next publish, so the ingest closes that caller 1011 one frame later."""
         if self.closed:
             raise busmod.ChannelClosed(self.interaction_id)
+        kind = item[0]
+        if self.error is not None:
+            if kind is busmod.AUDIO:
+                raise self.error
+            self.error = None  # an END (or a new stream's START) is still tried: Redis may be back
         bus = self._bus
         self._n += 1
-        kind = item[0]
-        try:
-            # AUDIO and END never create a stream (NOMKSTREAM): only a START does, with the call's
-            # registration, so no entry can land in a stream no worker will ever be told about.
-            if kind is busmod.AUDIO:
-                wall = time.time() - (time.perf_counter() - item[2])  # workers convert to their own clock
-                added = await bus.w.xadd(self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n},
-                                         maxlen=bus.maxlen, approximate=True, nomkstream=True)
-            elif kind is busmod.START:
-                self.pending_end = self.ended_seen = False
-                added = await bus.start_script(keys=[self._key, bus.registry, bus.announce],
-                                               args=[bus.maxlen, self.interaction_id, int(time.time() * 1000),
-                                                     "k", 0, "p", item[1], "r", item[2], "n", self._n])
-            else:
-                self.pending_end = True
-                added = await bus.w.xadd(self._key, {"k": 2, "p": item[1], "n": self._n}, maxlen=bus.maxlen,
-                                         approximate=True, nomkstream=True)
-                if self.ended_seen or added is None:
-                    bus.forget_publisher(self)  # its call_ended came already, or the bus has no such call
-        except _ERRORS as exc:
-            bus.outage(exc)
-            if kind is busmod.END:
-                bus.forget_publisher(self)  # the call is over for this ingest either way
-            raise busmod.BusUnavailable(self.interaction_id) from None
-        bus.up()
-        if added is None and kind is busmod.AUDIO:  # Redis lost the call (restarted empty)
-            bus.metrics.bus_calls_lost.inc()
-            raise busmod.BusLost(self.interaction_id)
+        # AUDIO and END never create a stream (NOMKSTREAM): only a START does, with the call's
+        # registration, so no entry can land in a stream no worker will ever be told about.
+        if kind is busmod.AUDIO:
+            wall = time.time() - (time.perf_counter() - item[2])  # workers convert to their own clock
+            bus.send(None, self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n}, self._sent_audio)
+        elif kind is busmod.START:
+            self.pending_end = self.ended_seen = False
+            bus.send(bus.start_script, [self._key, bus.registry, bus.announce],
+                     [bus.maxlen, self.interaction_id, int(time.time() * 1000),
+                      "k", 0, "p", item[1], "r", item[2], "n", self._n], self._sent_start)
+        else:
+            self.pending_end = True
+            bus.send(None, self._key, {"k": 2, "p": item[1], "n": self._n}, self._sent_end)
+        if len(bus._sends) > bus.max_pending:
+            await bus.room(self.interaction_id)
+
+    def _failed(self, result: Any) -> bool:
+        if isinstance(result, Exception):
+            self._bus.outage(result)
+            self.error = busmod.BusUnavailable(self.interaction_id)
+            return True
+        return False
+
+    def _sent_audio(self, result: Any) -> None:
+        if not self._failed(result) and result is None and self.error is None:  # Redis lost the call
+            self._bus.metrics.bus_calls_lost.inc()
+            self.error = busmod.BusLost(self.interaction_id)
+
+    def _sent_start(self, result: Any) -> None:
+        self._failed(result)
+
+    def _sent_end(self, result: Any) -> None:
+        # The call is over for this ingest if its call_ended came already, the bus has no such call, or
+        # the END could not be written at all.
+        if self._failed(result) or self.ended_seen or result is None:
+            self._bus.forget_publisher(self)
 
     def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:
         self._fail_callbacks.append(callback)
@@ -157,6 +174,7 @@ class Owned:
 class RedisBus:
     def __init__(self, url: str, prefix: str, metrics: PipelineMetrics, *, maxlen: int = 2048,
                  feed_maxlen: int = 10000, lease_ms: int = 2000, queue_frames: int = 256, idle_end_s: float = 60.0,
+                 publish_timeout_s: float = 2.0,
                  has_ingest: bool = True, has_worker: bool = True) -> None:
         self.url = url
         self.prefix = prefix
@@ -185,6 +203,13 @@ class RedisBus:
         self._loops: list[asyncio.Task[None]] = []
         self._writes: deque[tuple[Any, list[Any], list[Any], Callable[[Any], None]]] = deque()
         self._write_ready = asyncio.Event()
+        self._sends: list[tuple[Any, Any, Any, Callable[[Any], None]]] = []
+        self._send_ready = asyncio.Event()
+        self._sent = asyncio.Event()  # a batch completed
+        self._inflight = 0
+        self.max_pending = 20000  # queued ingest writes (~7 s of 100 calls' frames) before publish waits
+        self.publish_timeout_s = publish_timeout_s
+        self._sender: asyncio.Task[None] | None = None
         self._down_since: float | None = None
         self._backlog = 0
         self._wake_last = "$"
@@ -232,6 +257,7 @@ class RedisBus:
 
     async def drain(self, timeout_s: float) -> None:
         """Shutdown: calls this process's ingest ended finish (bounded); the rest are handed over."""
+        await self._flush_sends(2.0)  # the ENDs the ingest just queued
         tasks = [o.task for o in self.owned.values() if o.task is not None]
         if self.has_ingest and tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
@@ -347,6 +373,60 @@ class RedisBus:
         if hub is not None:
             self._sink = hub.deliver
         return self._publish_result, self._call_started, self._call_ended
+
+    # -- ingest -> call streams (batched) ----------------------------------------------------------
+    def send(self, script: Any, key: Any, fields: Any, done: Callable[[Any], None]) -> None:
+        """Queue one ingest write (``XADD ... NOMKSTREAM`` when ``script`` is None, else the script with keys
+        and args); ``done`` gets its result or exception. Everything queued while the previous batch is in
+        flight goes out as one pipeline, in order, so a call's entries keep their order."""
+        self._sends.append((script, key, fields, done))
+        self._send_ready.set()
+        if self._sender is None or self._sender.done():
+            self._sender = self._spawn(self._send_loop())
+
+    async def room(self, iid: str) -> None:
+        """Backpressure: Redis is slower than the callers; wait (bounded) for the queue to drain."""
+        try:
+            async with asyncio.timeout(self.publish_timeout_s):
+                while len(self._sends) > self.max_pending:
+                    self._sent.clear()
+                    await self._sent.wait()
+        except TimeoutError:
+            raise busmod.BusOverloaded(iid) from None
+
+    async def _send_loop(self) -> None:
+        while True:
+            if not self._sends:
+                self._send_ready.clear()
+                await self._send_ready.wait()
+                continue
+            batch, self._sends = self._sends, []
+            self._inflight = len(batch)
+            try:
+                pipe = self.w.pipeline(transaction=False)
+                for script, key, fields, _ in batch:
+                    if script is None:
+                        pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True, nomkstream=True)
+                    else:
+                        await script(keys=key, args=fields, client=pipe)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+                self.up()
+            except _ERRORS as exc:
+                results = [exc] * len(batch)
+            self._inflight = 0
+            self._sent.set()
+            for (*_, done), result in zip(batch, results):
+                done(result)
+
+    async def _flush_sends(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (self._sends or self._inflight) and time.monotonic() < deadline:
+            self._sent.clear()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._sent.wait()
+            except TimeoutError:
+                return
 
     # -- worker -> feeds (fenced, in order) --------------------------------------------------------
     def _publish_result(self, msg: dict[str, Any]) -> None:

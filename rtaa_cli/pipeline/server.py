@@ -56,7 +56,8 @@ def make_bus(cfg: PipelineConfig, metrics: PipelineMetrics) -> busmod.Bus:
     from rtaa_cli.pipeline.redisbus import RedisBus
 
     return RedisBus(b.url, b.prefix, metrics, maxlen=b.maxlen, feed_maxlen=b.feed_maxlen, lease_ms=b.lease_ms,
-                    queue_frames=cfg.bus_queue_frames, idle_end_s=b.idle_end_s, has_ingest=b.role != "worker", has_worker=b.role != "ingest")
+                    queue_frames=cfg.bus_queue_frames, idle_end_s=b.idle_end_s,
+                    publish_timeout_s=cfg.bus_publish_timeout_s, has_ingest=b.role != "worker", has_worker=b.role != "ingest")
 
 
 class PipelineServer:
