@@ -35,6 +35,7 @@ from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds import redis_feed, sse_feed
 from rtaa_cli.feeds.redis_feed import is_redis
 from rtaa_cli.feeds.sse_feed import is_sse
+from rtaa_cli.feeds import webhook
 from rtaa_cli.feeds.recorder import FeedRecorder, Transcript
 from rtaa_cli.feeds.url import feed_url_for, redact_url
 from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
@@ -353,6 +354,13 @@ async def run_call(
                 recorder.error(f"transcript feed: {exc or 'timed out connecting to Redis'}")
                 return result
             feed_task = asyncio.create_task(_read_redis_feed(state, recorder, feed_done))
+        elif feed is not None and webhook.is_webhook(feed):  # rtaa listens, the target POSTs
+            try:
+                unsubscribe = webhook.subscribe_async(transcripts_url, script.options.call_sid, recorder.feed_message)
+            except (OSError, ValueError) as exc:
+                recorder.error(f"transcript feed: {exc}")
+                return result
+            feed_task = asyncio.create_task(_webhook_subscription(unsubscribe))
         elif feed is not None and is_sse(feed):
             try:
                 sse = await asyncio.wait_for(sse_feed.open_async(transcripts_url, script.options.call_sid,
@@ -455,6 +463,14 @@ async def _read_redis_feed(state: Any, recorder: CallRecorder, done: asyncio.Eve
         recorder.error(f"transcript feed: redis: {type(exc).__name__}: {exc}")
     finally:
         done.set()
+
+
+async def _webhook_subscription(unsubscribe: Callable[[], None]) -> None:
+    """Holds the call's webhook subscription (messages arrive by themselves) until cancelled."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        unsubscribe()
 
 
 async def _read_sse_feed(state: Any, recorder: CallRecorder, done: asyncio.Event) -> None:

@@ -226,7 +226,7 @@ def test_run_call_reads_a_foreign_redis_feed(rds) -> None:
       "--feed-map", "txt=a"), "--feed-map: feed mapping: unknown field(s) txt"),
     (("soak", str(BAD_MAP_TOML), "--target", "ws://127.0.0.1:9/x"), "feed.map: feed mapping: unknown field(s) txt"),
     (("replay", "fixtures/audio/call.wav", "--url", "ws://127.0.0.1:9/x", "--transcripts", "ftp://127.0.0.1:9/feed"),
-     "use ws://, wss://, redis://, rediss://, http:// or https:// (SSE)"),
+     "use ws://, wss://, redis://, rediss://, http(s):// (SSE or JSON polling) or webhook://HOST:PORT/PATH"),
 ])
 def test_cli_rejects_bad_feed_options(args: tuple[str, ...], message: str) -> None:
     import subprocess

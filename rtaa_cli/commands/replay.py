@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
         dtmf: list[str] = typer.Option([], "--dtmf", metavar="DIGIT@SECONDS", help="Send a DTMF key at this audio offset (repeatable)."),
         hold: list[str] = typer.Option([], "--hold", metavar="SECONDS@OFFSET", help="Pause media for SECONDS at audio OFFSET (repeatable)."),
         speed: float = typer.Option(1.0, "--speed", help="Pacing: 1.0 = real time, 2 = twice as fast, 0 = as fast as possible."),
-        transcripts: Optional[str] = typer.Option(None, "--transcripts", metavar="URL", help="Transcript feed to subscribe to: ws://host:port, a full feed URL, redis://HOST:PORT/DB?stream=KEY, or http(s)://... (server-sent events, or JSON polled every 0.2 s; see docs/transcript-feed.md)."),
+        transcripts: Optional[str] = typer.Option(None, "--transcripts", metavar="URL", help="Transcript feed to subscribe to: ws://host:port, a full feed URL, redis://HOST:PORT/DB?stream=KEY, or http(s)://... (server-sent events, or JSON polled every 0.2 s), or webhook://HOST:PORT/PATH (rtaa listens, the target POSTs; see docs/transcript-feed.md)."),
         feed_map: Optional[str] = typer.Option(None, "--feed-map", metavar="FIELD=PATH,...", help="Where a foreign feed schema keeps each field, e.g. 'text=text,is_final=type==final,seq=seq' (docs/transcript-feed.md)."),
         wait_final: Optional[float] = typer.Option(None, "--wait-final", metavar="SECONDS", help="After stop, wait this long at most for the call's final transcripts (default 10; 30 for the embedded pipeline, whose pocketsphinx can trail real time)."),
         json_out: Optional[str] = typer.Option(None, "--json", metavar="[FILE]", help="Write the result as JSON to FILE, or to stdout (then stdout has JSON only)."),

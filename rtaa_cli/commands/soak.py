@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         duration: Optional[str] = typer.Option(None, help="How long new calls start: 30s, 2m, 1h (overrides the file)."),
         processes: Optional[int] = typer.Option(None, help="Locust processes on this host (master + N workers)."),
         target: Optional[str] = typer.Option(None, help="Ingest URL ws://host/v1/ingest; default: start a local rtaa serve + emulator."),
-        transcripts: Optional[str] = typer.Option(None, help="Transcript feed (with --target): ws://host:port or ws://host/v1/transcripts mean the per-call feed /v1/transcripts/CALL_SID; also redis://HOST:PORT/DB?stream=KEY and http(s)://... (SSE or polled JSON; {call_sid} for a feed per call); see docs/transcript-feed.md."),
+        transcripts: Optional[str] = typer.Option(None, help="Transcript feed (with --target): ws://host:port or ws://host/v1/transcripts mean the per-call feed /v1/transcripts/CALL_SID; also redis://HOST:PORT/DB?stream=KEY, http(s)://... (SSE or polled JSON) and webhook://HOST:PORT/PATH (rtaa listens; {call_sid} for a feed per call); see docs/transcript-feed.md."),
         feed_map: Optional[str] = typer.Option(None, "--feed-map", metavar="FIELD=PATH,...", help="Where a foreign feed schema keeps each field, e.g. 'text=text,is_final=type==final' (overrides the scenario's [feed] map; docs/transcript-feed.md)."),
         metrics: Optional[str] = typer.Option(None, help="Target's Prometheus /metrics: its resident memory over the run, and provider 1011s (and duplicates, if it counts them) without --provider-stats."),
         provider_stats: Optional[str] = typer.Option(None, help="Emulator /stats URL: duplicates, provider 1011s, audio loss."),

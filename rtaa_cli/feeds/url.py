@@ -44,14 +44,20 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-FEED_SCHEMES = ("ws", "wss", "redis", "rediss", "http", "https")
+FEED_SCHEMES = ("ws", "wss", "redis", "rediss", "http", "https", "webhook")
 
 
 def check_feed_url(url: str, option: str = "--transcripts") -> None:
     """ValueError (one line) unless ``url`` is a feed rtaa can read (docs/transcript-feed.md)."""
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in FEED_SCHEMES:
-        raise ValueError(f"{option} {redact_url(url)!r}: use ws://, wss://, redis://, rediss://, http:// or https:// (SSE)")
+        raise ValueError(f"{option} {redact_url(url)!r}: use ws://, wss://, redis://, rediss://, http(s):// (SSE or "
+                         "JSON polling) or webhook://HOST:PORT/PATH (rtaa listens, the target POSTs)")
+    if scheme == "webhook":
+        try:
+            parse_webhook_url(url)
+        except ValueError as exc:
+            raise ValueError(f"{option} {url!r}: {exc}") from None
     if scheme in ("redis", "rediss"):
         from rtaa_cli.feeds.redis_feed import parse_redis_url  # noqa: PLC0415 - avoids an import cycle
 
@@ -59,6 +65,15 @@ def check_feed_url(url: str, option: str = "--transcripts") -> None:
             parse_redis_url(url)
         except ValueError as exc:
             raise ValueError(f"{option} {redact_url(url)!r}: {exc}") from None
+
+
+def parse_webhook_url(url: str) -> tuple[str, int, str]:
+    """``webhook://HOST:PORT/PATH`` -> (host, port, path template); ValueError naming what is wrong."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "webhook" or not parts.hostname or parts.port is None:
+        raise ValueError("a webhook feed is webhook://HOST:PORT/PATH (rtaa listens there; the target POSTs to "
+                         "http://HOST:PORT/PATH)")
+    return parts.hostname, parts.port, parts.path or "/"
 
 
 @functools.lru_cache(maxsize=8)  # soak parses the run's one spec once, not per call

@@ -334,6 +334,10 @@ def run_soak(opts: SoakOptions, console: Console | None = None) -> tuple[int, di
                        *(csv_paths(opts.csv_prefix) if opts.csv_prefix else ()))
     for audio in sc.audio:  # fail fast (exit 2) on missing audio, before any process starts
         call_frames(audio, sc.sample_rate, sc.frame_ms, sc.call_length_s)
+    feed = opts.target.transcripts_url if opts.target is not None else None
+    if feed and urlsplit(feed).scheme == "webhook" and opts.expect_workers > 0:
+        raise RtaaError("a webhook:// feed is received by one process: run this soak with --processes 1 "
+                        "(or read the target's results from a feed rtaa subscribes to)")
     if opts.target is None:
         with local_target(sc, opts.serve_args) as target:
             return _run_against(opts, target, thresholds, console)

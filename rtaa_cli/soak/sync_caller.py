@@ -39,6 +39,7 @@ from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds.recorder import FeedRecorder
 from rtaa_cli.feeds.redis_feed import SyncRedisFeed, is_redis
 from rtaa_cli.feeds.sse_feed import SyncSseFeed, is_sse
+from rtaa_cli.feeds.webhook import SyncWebhookFeed, is_webhook
 from rtaa_cli.feeds.url import feed_url_for
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import Pacer, wait_sync
@@ -202,7 +203,9 @@ class _Feed:
 
 
 def _open_feed(url: str, call_sid: str, recorder: FeedRecorder,
-               headers: dict[str, str]) -> _Feed | SyncRedisFeed | SyncSseFeed:
+               headers: dict[str, str]) -> _Feed | SyncRedisFeed | SyncSseFeed | SyncWebhookFeed:
+    if is_webhook(url):
+        return SyncWebhookFeed(url, call_sid, recorder.message)
     if is_redis(url):
         return SyncRedisFeed(url, call_sid, recorder.message, lambda: recorder.ended)
     if is_sse(url):
@@ -217,7 +220,7 @@ def run_call(spec: CallSpec) -> CallRecord:
         rec.expected_closes = list(BAD_INPUTS[spec.kind[4:]])
     send_log = SendLog()
     recorder = FeedRecorder(spec.call_sid, send_log, mapping=spec.feed_mapping, keep_transcripts=False)
-    feed: _Feed | SyncRedisFeed | SyncSseFeed | None = None
+    feed: _Feed | SyncRedisFeed | SyncSseFeed | SyncWebhookFeed | None = None
     streams: list[_Stream] = []
     pacer = Pacer(spec.speed)
     try:

@@ -21,6 +21,7 @@ Broken variants (the ground truth stays exact): ``--publish-times N`` publishes 
 ``--reconnect-every-s S`` closes and reopens a call's Deepgram connection every S s, dropping the audio
 that arrives while it reconnects and re-sending the last ``--replay-ms`` of audio on the new one;
 ``--starve-after-s S`` stops forwarding a call's audio after S s (the connection stays open).
+``--webhook URL`` also POSTs each result as JSON ``{type, call, seq, text, confidence, timestamp_ms}``.
 With ``--sse``, ``/published`` also gives each call's ``audio``: bytes in (from the caller), forwarded
 (to Deepgram, replays included), dropped, replayed, and the Deepgram connections it opened.
 
@@ -35,6 +36,7 @@ import base64
 import json
 import sys
 import time
+import urllib.request
 
 import redis.asyncio as aredis
 from websockets.asyncio.client import connect
@@ -46,6 +48,13 @@ LISTEN = "model=nova-3&encoding=linear16&sample_rate=8000&channels=1&interim_res
 
 OPEN_CALLS: list[str] = []  # call SIDs in the order they started (--cross-talk picks another one)
 AUDIO: dict[str, dict[str, int]] = {}  # call SID -> audio ground truth (see the module docstring)
+
+
+def post_json(url: str, body: dict) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
 
 
 class SseHub:
@@ -198,6 +207,9 @@ class Call:
                 if self.args.cross_talk:  # BROKEN: another open call's stream gets this call's results
                     feed = next((c for c in reversed(OPEN_CALLS) if c != self.call_sid), self.call_sid)
                 for _ in range(self.args.publish_times):  # BROKEN when > 1: each result published N times
+                    if self.args.webhook:  # POSTed to the tester, in order
+                        await asyncio.to_thread(post_json, self.args.webhook.replace("{call_sid}", feed),
+                                                {"type": kind, "call": feed, **fields})
                     if isinstance(self.pub, SseHub):
                         self.pub.publish(feed, kind, fields, source=self.call_sid)
                     else:
@@ -265,6 +277,7 @@ if __name__ == "__main__":
     p.add_argument("--reconnect-every-s", type=float, default=0.0,
                    help="Reopen each call's Deepgram connection this often, dropping audio meanwhile (broken variant)")
     p.add_argument("--replay-ms", type=int, default=0, help="With --reconnect-every-s: re-send this much audio")
+    p.add_argument("--webhook", default="", help="Also POST each result to this URL ({call_sid} is replaced)")
     p.add_argument("--starve-after-s", type=float, default=0.0,
                    help="Stop forwarding a call's audio after this long (broken variant)")
     p.add_argument("--forever", action="store_true", help="Run until killed (default: until stdin closes)")

@@ -1,0 +1,117 @@
+"""Webhook transcript feeds (rtaa_cli/feeds/webhook.py): rtaa listens, the target POSTs its results.
+The routing core, then replay and soak against the third-party pipeline of tests/thirdparty/target.py
+POSTing every result to rtaa (``--webhook``), counted against the target's own ``/published``."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rtaa_cli.feeds.webhook import Hub
+from test_feed_sse import SCENARIO
+from test_soak_support import readline
+
+HERE = Path(__file__).parent
+RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
+CALL = HERE.parent / "fixtures" / "audio" / "call.wav"
+MAP = "text=text,is_final=type==final,seq=seq"
+
+
+def test_the_hub_routes_a_post_to_its_call_or_to_every_call() -> None:
+    got: list[tuple] = []
+    per_call = Hub("/hook/{call_sid}")
+    per_call.subscribe("CA1", lambda m, w, o: got.append(("CA1", m, o)))
+    unsub = per_call.subscribe("CA2", lambda m, w, o: got.append(("CA2", m, o)))
+    assert per_call.call_of("/hook/CA1") == "CA1" and per_call.call_of("/hook/") is False
+    assert per_call.call_of("/other/CA1") is False
+    assert per_call.deliver("CA1", b'[{"t": 1}, {"t": 2}]', 0.0) and per_call.deliver("CA2", b'{"t": 3}', 0.0)
+    assert got == [("CA1", {"t": 1}, "CA1"), ("CA1", {"t": 2}, "CA1"), ("CA2", {"t": 3}, "CA2")]
+    unsub()
+    assert per_call.deliver("CA2", b'{"t": 4}', 0.0) and per_call.unrouted == 1  # nobody listens for CA2 now
+    assert not per_call.deliver("CA1", b"not json", 0.0)
+    shared = Hub("/hook")
+    seen: list = []
+    shared.subscribe("A", lambda m, w, o: seen.append(("A", o)))
+    shared.subscribe("B", lambda m, w, o: seen.append(("B", o)))
+    assert shared.call_of("/hook") is None and shared.call_of("/hook/x") is False
+    assert shared.deliver(None, b'{"call": "A"}', 0.0) and seen == [("A", None), ("B", None)]  # recorders filter
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def target():
+    port = _free_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        procs.append(emu)
+        info = orjson.loads(readline(emu, 30.0) or b"null")
+        proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
+                                 "--sse", "--rechunk-ms", "72", "--webhook", f"http://127.0.0.1:{port}/hook/{{call_sid}}"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        procs.append(proc)
+        urls = orjson.loads(readline(proc, 30.0) or b"null")
+        yield {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published",
+               "webhook": f"webhook://127.0.0.1:{port}/hook/{{call_sid}}"}
+    finally:
+        for p in procs:
+            if p.stdin is not None:
+                p.stdin.close()
+            else:
+                p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _published(target) -> dict:
+    with urllib.request.urlopen(target["published"], timeout=10) as r:
+        return orjson.loads(r.read())
+
+
+def test_replay_takes_a_foreign_pipelines_posted_results(target, tmp_path) -> None:
+    out = tmp_path / "replay.json"
+    r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", target["webhook"],
+                        "--feed-map", MAP, "--speed", "3", "--wait-final", "3", "--call-sid", "CA-hook-replay",
+                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
+    assert out.exists(), r.stdout + r.stderr
+    doc = orjson.loads(out.read_bytes())
+    truth = _published(target)["CA-hook-replay"]
+    assert truth["finals"] >= 3, truth
+    assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
+    finals = [t for t in doc["transcripts"] if t["is_final"]]
+    assert len(finals) == truth["finals"] and all(t["latency_ms"] is not None for t in finals)
+
+
+def test_soak_takes_a_foreign_pipelines_posted_results(target, tmp_path) -> None:
+    toml = tmp_path / "hook.toml"
+    toml.write_text(SCENARIO)
+    out = tmp_path / "hook.json"
+    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
+                        "--transcripts", target["webhook"], "--feed-map", MAP, "--provider-stats", target["stats"]],
+                       capture_output=True, text=True, timeout=180)
+    assert out.exists(), r.stdout + r.stderr
+    doc = orjson.loads(out.read_bytes())
+    mine = {sid: c for sid, c in _published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
+    assert len(mine) == doc["calls"]["started"] >= 2 and doc["calls"]["failed"] == 0, (doc["calls"], doc["failures"], r.stderr[-2000:])
+    assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0 and doc["feed"]["unrecognised"] == 0
+    assert doc["delivery_rate"] == 1.0
+    assert doc["latency_ms"]["final"]["count"] == sum(c["finals"] for c in mine.values())
+
+
+def test_a_webhook_url_without_a_port_is_a_usage_error(tmp_path) -> None:
+    r = subprocess.run([*RTAA, "replay", str(CALL), "--transcripts", "webhook://127.0.0.1/hook", "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "webhook://HOST:PORT/PATH" in r.stderr and "Traceback" not in r.stderr
