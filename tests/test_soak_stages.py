@@ -49,7 +49,9 @@ def test_a_soak_follows_its_stages_and_a_ramp_down_cuts_no_call(tmp_path) -> Non
     toml = tmp_path / "stages.toml"
     toml.write_text('name = "stages"\n' + "".join(
         f'[[stages]]\nduration = "{d:g}s"\nusers = {u}\n' for d, u in STAGES) +
-        '[call]\naudio = ["fixtures/audio/call.wav"]\nlength = "1s"\npause = ["0.2s", "0.3s"]\nwait_final = "5s"\n')
+        '[call]\naudio = ["fixtures/audio/call.wav"]\nlength = "1s"\npause = ["0.2s", "0.3s"]\nwait_final = "5s"\n'
+        # the load shape is under test, not the generator's pacing on a busy CI host
+        '[pacing]\nmax_lateness_p99_ms = 150\n')
     out, prefix = tmp_path / "run.json", tmp_path / "run"
     proc = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--csv", str(prefix),
                            "--html", str(tmp_path / "run.html")],
