@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
         master_host: str = typer.Option("127.0.0.1", help="With --worker: the master's address."),
         metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Serve this run's own figures in Prometheus text at http://HOST:PORT/metrics while it runs (0: any free port, printed): calls, latency histograms, 1011s, duplicates, pacing (docs/soak.md)."),
         metrics_host: str = typer.Option("127.0.0.1", help="With --metrics-port: the address to listen on."),
+        web: bool = typer.Option(False, "--web", help="Serve a live page of the run on any free port (printed); the same as --web-port 0."),
+        web_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Serve a live page of the run at http://HOST:PORT/ (0: any free port, printed): active, completed and failed calls, duplicates, 1011s, latency p50/p95 over time, failing calls, and the verdict at the end (docs/soak.md, Live page)."),
+        web_host: str = typer.Option("127.0.0.1", help="With --web/--web-port: the address to listen on."),
         watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
@@ -68,6 +71,8 @@ def register(app: typer.Typer) -> None:
           rtaa soak memory --duration 2h --html memory.html    (the target's RSS growth over time)
 
           rtaa soak steady --duration 1h --metrics-port 9646    (watch it in Grafana: http://127.0.0.1:9646/metrics)
+
+          rtaa soak steady --duration 10m --web-port 8089    (watch it live: http://127.0.0.1:8089/)
 
           rtaa soak steady --master --expect-workers 3 --master-bind 0.0.0.0
 
@@ -125,6 +130,7 @@ def register(app: typer.Typer) -> None:
             spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",
             master_port=master_port if master else 0, watch_after_s=parse_duration(watch_after),
             watermark=watermark, metrics_port=metrics_port, metrics_host=metrics_host,
+            web_port=web_port if web_port is not None else (0 if web else None), web_host=web_host,
         )
         code, doc = runner.run_soak(opts)
         print_summary(doc, "soak")

@@ -88,6 +88,8 @@ class SoakOptions:
     progress_every_s: float = 5.0  # without a terminal: one progress line this often
     metrics_port: int | None = None  # serve the run's own figures in Prometheus text (0: any free port)
     metrics_host: str = "127.0.0.1"
+    web_port: int | None = None  # serve the live page (rtaa_cli/soak/live_web.py; 0: any free port)
+    web_host: str = "127.0.0.1"
     watermark: bool = True  # callers mark their audio (rtaa_cli.watermark): attribution of untagged connections
 
 
@@ -315,6 +317,20 @@ def _serve_soak_metrics(opts: SoakOptions, stats: SoakStats, view: Any, runner: 
                         f"{exc.strerror or exc}") from None
 
 
+def _serve_live_web(opts: SoakOptions, stats: SoakStats, view: Any, runner: Any, sc: Scenario,
+                    target: Target) -> tuple[str, Any]:
+    from rtaa_cli.soak import live_web
+
+    try:
+        url, web = live_web.start(stats, lambda: view.provider, lambda: runner.user_count, scenario=sc.name,
+                                  target=target.url, duration_s=sc.duration_s, host=opts.web_host,
+                                  port=opts.web_port or 0)
+    except OSError as exc:
+        raise RtaaError(f"--web-port {opts.web_port}: cannot listen on {opts.web_host}: "
+                        f"{exc.strerror or exc}") from None
+    return url, web
+
+
 def progress_line(stats: SoakStats, provider: ProviderCounts | None, elapsed_s: float, duration_s: float) -> str:
     """The line printed every few seconds without a terminal (CI logs), like Locust headless / k6."""
     fp = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
@@ -387,6 +403,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
     calls_csv: CallCsv | None = None
     metrics_url: str | None = None
     stop_metrics: Any = None
+    live_web: Any = None
     try:
         if distributed:  # the clock starts once every worker is there (a slow start must not eat the run)
             if opts.spawn_local_workers:
@@ -447,6 +464,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
         if opts.metrics_port is not None:
             metrics_url, stop_metrics = _serve_soak_metrics(opts, stats, view, runner, sc, target)
             console.print(f"soak metrics (Prometheus): {metrics_url}", highlight=False, soft_wrap=True)
+        if opts.web_port is not None:
+            web_url, live_web = _serve_live_web(opts, stats, view, runner, sc, target)
+            console.print(f"soak live page: {web_url}", highlight=False, soft_wrap=True)
         end_at = config["stop_new_calls_at"]
         max_call_s = _max_call_seconds(sc)
         if target.metrics_url:
@@ -527,6 +547,10 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             interrupted.wait(opts.watch_after_s)
         stats.generator_cpu_warning = bool(getattr(runner, "cpu_warning_emitted", False) or
                                            getattr(runner, "worker_cpu_warning_emitted", False))
+    except BaseException:
+        if live_web is not None:
+            live_web.stop()
+        raise
     finally:
         for h in handlers:
             h.cancel()
@@ -566,6 +590,9 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             write_timeline_csv(csv_paths(opts.csv_prefix)[1], doc["timeline"])
         except OSError as exc:
             doc.setdefault("report_errors", []).append(f"could not write {csv_paths(opts.csv_prefix)[1]}: {exc.strerror or exc}")
+    if live_web is not None:  # open pages get the report (the verdict) before the run exits
+        live_web.finish(doc)
+        live_web.stop()
     return EXIT[doc["verdict"]], doc
 
 
