@@ -128,11 +128,18 @@ def test_segmenter_speech_started_interim_and_endpoint_timings():
     assert final.speech_final and (final.window.voiced_start / RATE, final.window.voiced_end / RATE) == (0.5, 1.5)
 
 
-def test_segmenter_default_endpointing_is_twitchy_and_long_speech_still_finalises():
-    # 10 ms default: a 20 ms gap inside speech is already an endpoint (as with Deepgram's default).
-    _, events = run_segmenter(np.concatenate([tone(0.4), silence(0.02), tone(0.4)]), endpointing_ms=10, interim=False)
+def test_segmenter_default_endpointing_needs_a_pause_not_a_dip_and_long_speech_still_finalises():
+    # 10 ms default: endpointing is measured on the VAD's silence, so a 50 ms dip inside speech is no
+    # endpoint; a pause is, as soon as the VAD has seen 100 ms of it (min_pause_ms).
+    audio = np.concatenate([tone(0.4), silence(0.05), tone(0.4), silence(0.3), tone(0.2)])
+    _, events = run_segmenter(audio, endpointing_ms=10, interim=False)
     finals = [e for e in events if e.kind == "final"]
-    assert len(finals) == 1 and finals[0].speech_final and finals[0].window.end / RATE == pytest.approx(0.41)
+    assert [(e.window.start / RATE, e.window.end / RATE, e.speech_final) for e in finals] == [(0.0, 0.95, True)]
+    assert [e.window.start / RATE for e in events if e.kind == "speech_started"] == [0.0, 1.15]
+    assert finals[0].window.voiced_end / RATE == pytest.approx(0.85)
+    # endpointing=false: no endpoint, but the VAD still reports each start of speech.
+    _, events = run_segmenter(audio, endpointing_ms=None, interim=False)
+    assert [e.kind for e in events] == ["speech_started", "speech_started"]
     # Continuous speech with endpointing off: a final every 5 s, tiled, not speech_final.
     seg, events = run_segmenter(tone(11.0), endpointing_ms=None, interim=False, vad_events=False)
     finals = [e for e in events if e.kind == "final"]
@@ -307,3 +314,20 @@ def test_accounting_duplicates_max_open_and_bounded_records():
     assert (t["connections"], t["duplicates"], t["closes_1011"], t["closes_1000"], t["records_evicted"]) == (3, 1, 1, 2, 1)
     assert [r["request_id"] for r in snap["connections"]] == ["r2", "r3"]
     assert [r["duplicate"] for r in snap["connections"]] == [True, False]
+
+
+def test_utterance_end_counts_each_long_gap_whatever_the_frame_length():
+    # Two gaps over utterance_end_ms (1.2 s) and one under (0.5 s); a frame may hold a whole gap and the
+    # next onset (here up to the whole stream in one frame): the gap still counts, before the next result.
+    audio = np.concatenate([tone(1.0), silence(1.2), tone(0.5), silence(0.5), tone(0.5), silence(1.2)]).tobytes()
+    for size in (576, 5760, 57600, len(audio)):
+        s = make_session("model=nova-3&encoding=linear16&sample_rate=8000&interim_results=true&endpointing=300"
+                         "&utterance_end_ms=1000")
+        for off in range(0, len(audio), size):
+            s.receive_audio(audio[off:off + size], 0.0)
+        msgs = decoded(s.data_to_send())
+        ends = [m["last_word_end"] for m in msgs if m["type"] == "UtteranceEnd"]
+        assert ends == [1.0, 3.7], (size, ends)
+        first_end = next(i for i, m in enumerate(msgs) if m["type"] == "UtteranceEnd")
+        later = [m for m in msgs[first_end:] if m["type"] == "Results" and m["channel"]["alternatives"][0]["words"]]
+        assert later and later[0]["channel"]["alternatives"][0]["words"][0]["start"] == 2.2

@@ -4,15 +4,18 @@ from __future__ import annotations
 import asyncio
 import warnings
 
+import orjson
 import pytest
-from test_emulator_server import BOUND, FRAME_BYTES, call_audio, env_for
+from websockets.exceptions import InvalidStatus
+from test_emulator_server import BOUND, FIXTURES, FRAME_BYTES, call_audio, env_for
 
 from rtaa_cli.emulator import EmulatorConfig, start_in_thread
 
 with warnings.catch_warnings():  # the SDK imports websockets.legacy (DeprecationWarning)
     warnings.simplefilter("ignore", DeprecationWarning)
-    from deepgram import AsyncDeepgramClient
-    from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results
+    from deepgram import AsyncDeepgramClient, DeepgramClient
+    from deepgram.listen.v1.types import (ListenV1Metadata, ListenV1Results, ListenV1SpeechStarted,
+                                          ListenV1UtteranceEnd)
 
 SDK_PARAMS = {"model": "nova-3", "encoding": "linear16", "sample_rate": 8000}
 
@@ -56,9 +59,9 @@ def finals(messages: list) -> list:
 
 
 def _shape(m: ListenV1Results) -> tuple:
+    """A result without its confidences (they are seeded per stream)."""
     alt = m.channel.alternatives[0]
-    return (m.start, m.duration, m.speech_final, alt.transcript, alt.confidence,
-            [(w.word, w.start, w.end, w.confidence) for w in alt.words])
+    return (m.start, m.duration, m.speech_final, alt.transcript, [(w.word, w.start, w.end) for w in alt.words])
 
 
 # ------------------------------------------------------------------------------- 1. odd-length frames
@@ -76,3 +79,154 @@ def test_1001_byte_chunks_transcribe_like_576_byte_chunks(emu_factory):
     emu.wait_quiet()
     totals = emu.stats()["totals"]
     assert totals["closes_1000"] == 2 and totals["closes_1008"] == 0 and totals["audio_bytes"] == 2 * len(audio)
+
+
+# ------------------------------------------------------------- 4-5. endpointing, SpeechStarted, UtteranceEnd
+
+CALL_JSON = orjson.loads((FIXTURES / "call.json").read_bytes())
+SEGMENTS = CALL_JSON["segments"]
+
+
+def test_default_endpointing_finals_vad_events_and_utterance_ends_follow_the_fixtures_speech(emu_factory):
+    """Default endpointing (10 ms) is measured on the VAD's silence: finals at pauses, not inside words; a
+    SpeechStarted at each sentence's onset; one UtteranceEnd per pause longer than utterance_end_ms, at the
+    sentence's last word (call.json has the forced alignment)."""
+    emu = emu_factory(text_mark=False)
+    received = sdk_stream(emu, call_audio(), interim_results=True, vad_events=True, utterance_end_ms=1000)
+    pauses = [(a["speech_end"], b["speech_start"]) for a, b in zip(SEGMENTS, SEGMENTS[1:])
+              if b["speech_start"] - a["speech_end"] > 1.0]
+    assert len(pauses) == 4
+    ends = [m.last_word_end for m in received if isinstance(m, ListenV1UtteranceEnd)]
+    assert len(ends) == len(pauses)
+    for end, (speech_end, _) in zip(ends, pauses):
+        assert abs(end - speech_end) <= 0.15, (ends, pauses)
+    starts = [m.timestamp for m in received if isinstance(m, ListenV1SpeechStarted)]
+    for seg in SEGMENTS:  # each sentence's onset is reported, within 0.1 s
+        assert any(0.0 <= t - seg["speech_start"] <= 0.1 for t in starts), (seg["speech_start"], starts)
+    assert not any(a["speech_end"] + 0.1 < t < b["speech_start"] - 0.02
+                   for t in starts for a, b in zip(SEGMENTS, SEGMENTS[1:]))  # none in a pause
+    fins = finals(received)
+    # Was 55 finals (30 under 0.3 s, 8 without words) for the 5 sentences: every 10 ms energy dip ended one.
+    assert len(fins) <= 15 and all(m.channel.alternatives[0].words for m in fins), [m.duration for m in fins]
+    assert sum(m.duration < 0.3 for m in fins) <= 1
+
+
+# ----------------------------------------------------------------- 2. parameters with an effect, or a 400
+
+def _segment_of(t: float) -> int:
+    return next(i for i, seg in enumerate(SEGMENTS) if seg["start"] - 0.1 <= t <= seg["end"] + 0.1)
+
+
+@pytest.mark.parametrize("option", [{"diarize": True}, {"diarize_model": "latest"}])
+def test_diarize_gives_speakers_that_take_turns_at_the_fixtures_pauses(emu_factory, option):
+    emu = emu_factory(text_mark=False)
+    received = sdk_stream(emu, call_audio(), interim_results=True, punctuate=True, **option)
+    results = [m for m in received if isinstance(m, ListenV1Results)]
+    words = [w for m in results for w in m.channel.alternatives[0].words]
+    assert words and all(isinstance(w.speaker, int) for w in words)
+    assert all(m.metadata.diarize_info.arch == "v1" and m.metadata.diarize_info.model_uuid for m in results)
+    # The five sentences alternate between two speakers: 0, 1, 0, 1, 0 (a turn per pause of over 1 s).
+    final_words = [w for m in finals(received) for w in m.channel.alternatives[0].words]
+    assert [w.speaker for w in final_words] == [_segment_of(w.start) % 2 for w in final_words]
+    assert {w.speaker for w in words} == {0, 1}
+
+
+def test_no_diarize_no_speakers(emu_factory):
+    emu = emu_factory(text_mark=False)
+    fins = finals(sdk_stream(emu, call_audio(3.0)))
+    assert fins and all(w.speaker is None for m in fins for w in m.channel.alternatives[0].words)
+    assert all(m.metadata.diarize_info is None for m in fins)
+
+
+def test_language_multi_gives_languages_and_word_languages(emu_factory):
+    emu = emu_factory(text_mark=False)
+    received = sdk_stream(emu, call_audio(8.0), interim_results=True, language="multi", language_hint=["ES", "zh-hk"])
+    results = [m for m in received if isinstance(m, ListenV1Results)]
+    spoken = [m.channel.alternatives[0] for m in results if m.channel.alternatives[0].words]
+    assert spoken and all(alt.languages == ["en"] for alt in spoken)
+    assert all(w.language == "en" for alt in spoken for w in alt.words)
+    assert all(m.channel.alternatives[0].languages_hinted == ["es", "zh-HK"] for m in results)
+    monolingual = finals(sdk_stream(emu, call_audio(3.0)))
+    assert all(m.channel.alternatives[0].languages is None for m in monolingual)
+
+
+def test_detect_entities_gives_entities_on_finals_only(emu_factory):
+    emu = emu_factory(text_mark=False)
+    received = sdk_stream(emu, call_audio(), interim_results=True, detect_entities=True)
+    results = [m for m in received if isinstance(m, ListenV1Results)]
+    assert all(m.entities is None for m in results if not m.is_final)
+    fins = finals(received)
+    assert fins and all(isinstance(m.entities, list) for m in fins)
+    found = [(m, e) for m in fins for e in m.entities]
+    assert found, "the placeholder words of call.wav include 'one'"
+    for m, e in found:
+        words = m.channel.alternatives[0].words[e.start_word:e.end_word]
+        assert e.label == "CARDINAL" and e.raw_value == " ".join(w.word for w in words) and e.value.isdigit()
+        assert 0 < e.confidence <= 1
+    # Entity detection turns punctuation on (Deepgram's docs).
+    assert all(w.punctuated_word for m in fins for w in m.channel.alternatives[0].words)
+
+
+def _refused(emu, **params):
+    """The sync SDK surfaces the handshake's status and body (websockets' InvalidStatus, DEEPGRAM.md §5)."""
+    client = DeepgramClient(api_key="k", environment=env_for(emu))
+    with pytest.raises(InvalidStatus) as info:
+        with client.listen.v1.connect(**{**SDK_PARAMS, **params}):
+            pass
+    response = info.value.response
+    return response.status_code, orjson.loads(response.body), response.headers["dg-error"]
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"model": "base", "detect_entities": True}, "Entity detection"),
+    ({"model": "nova-3", "language": "es", "detect_entities": True}, "Entity detection"),
+    ({"model": "nova-3", "request_options": {"additional_query_parameters": {"alternatives": "2"}}}, "Alternatives"),
+    ({"model": "nova-2", "request_options": {"additional_query_parameters": {"alternatives": "3"}}}, "Alternatives"),
+    ({"model": "nova-3", "diarize_model": "v2"}, "diarize_model"),
+])
+def test_unsupported_feature_combinations_are_refused_with_the_services_400(emu_factory, params, fragment):
+    emu = emu_factory()
+    status, body, dg_error = _refused(emu, **params)
+    assert status == 400 and body["err_code"] == "Bad Request" and fragment in body["err_msg"]
+    assert dg_error == body["err_msg"] and body["request_id"]
+
+
+def test_alternatives_on_older_models_gives_n_alternatives(emu_factory):
+    emu = emu_factory(text_mark=False)
+    received = sdk_stream(emu, call_audio(7.5), model="nova",
+                          request_options={"additional_query_parameters": {"alternatives": "3"}})
+    fins = finals(received)
+    assert fins and all(len(m.channel.alternatives) == 3 for m in fins)
+    for m in fins:
+        best, *others = m.channel.alternatives
+        assert all(o.confidence < best.confidence and o.transcript != best.transcript for o in others if best.words)
+        assert all([(w.start, w.end) for w in o.words] == [(w.start, w.end) for w in best.words] for o in others)
+    single = finals(sdk_stream(emu, call_audio(7.5), model="nova"))
+    assert [m.channel.alternatives[0].transcript for m in single] == [m.channel.alternatives[0].transcript for m in fins]
+
+
+# ------------------------------------------------------------------------------------- 3. text details
+
+def test_punctuate_capitalises_only_sentence_starts(emu_factory):
+    emu = emu_factory(text_mark=False)
+    fins = [m for m in finals(sdk_stream(emu, call_audio(), punctuate=True)) if m.channel.alternatives[0].words]
+    assert any(not m.speech_final for m in fins[:-1]), "the 5 s forced final cuts the first sentence"
+    starts_sentence = True
+    for m in fins:
+        text = m.channel.alternatives[0].transcript
+        assert text[0].isupper() == starts_sentence, (text, starts_sentence)
+        assert text.endswith(".") == bool(m.speech_final)
+        starts_sentence = bool(m.speech_final)
+
+
+def test_word_confidences_vary_and_repeat_per_stream(emu_factory):
+    def confidences(emu) -> list[float]:
+        return [w.confidence for m in finals(sdk_stream(emu, call_audio())) for w in m.channel.alternatives[0].words]
+
+    first = confidences(emu_factory(text_mark=False))
+    again = confidences(emu_factory(text_mark=False))  # a new emulator: connection 1 again
+    assert first == again
+    assert len(set(first)) > len(first) // 2 and min(first) < 0.9 and max(first) <= 1.0
+    emu = emu_factory(text_mark=False)
+    confidences(emu)
+    assert confidences(emu) != first  # connection 2: other confidences, same words

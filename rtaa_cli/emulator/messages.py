@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from rtaa_cli.emulator.params import MODELS
+from rtaa_cli.emulator.features import alternative_words, find_entities
+from rtaa_cli.emulator.params import MODELS, StreamParams
 from rtaa_cli.emulator.transcribers import Word
 
 NET0001 = ("Deepgram did not receive audio data or a text message within the timeout window. "
@@ -29,43 +30,73 @@ def model_info(model: str) -> dict[str, str]:
 
 
 class MessageFactory:
-    """Builds one stream's messages; the per-stream parts (metadata block, channel count) are made once."""
+    """Builds one stream's messages; the per-stream parts (metadata block, features) are made once."""
 
-    def __init__(self, request_id: str, model: str, punctuated: bool) -> None:
+    def __init__(self, request_id: str, params: StreamParams) -> None:
         self.request_id = request_id
-        self.model = model
-        self.punctuated = punctuated
-        self._metadata = {"request_id": request_id, "model_info": model_info(model), "model_uuid": model_uuid(model)}
+        self.model = params.model
+        self.punctuated = params.punctuated
+        self._metadata: dict = {"request_id": request_id, "model_info": model_info(params.model),
+                                "model_uuid": model_uuid(params.model)}
+        if params.diarize:  # "the diarizer that produced the speaker labels" (SDK: ListenV1ResultsMetadata)
+            self._metadata["diarize_info"] = {"model_uuid": model_uuid("diarizer-v1"), "arch": "v1"}
+        self._multilingual = params.multilingual
+        # languages_hinted: "present on interim and final results of every Nova-3 multilingual stream"
+        self._hinted = list(params.language_hints) if params.multilingual and MODELS[params.model][2] == "nova-3" \
+            else None
+        self._entities = params.detect_entities
+        self._alternatives = params.alternatives
 
-    def results(self, *, channel: int, channels: int, start: float, end: float, words: Sequence[Word],
-                is_final: bool, speech_final: bool, from_finalize: bool) -> bytes:
+    def _alternative(self, words: Sequence[Word], speakers: Sequence[int] | None, speech_final: bool,
+                     sentence_start: bool) -> dict:
         word_objs = []
         texts = []
         last = len(words) - 1
         for i, (word, w_start, w_end, conf) in enumerate(words):
-            obj = {"word": word, "start": w_start, "end": w_end, "confidence": conf}
+            obj: dict = {"word": word, "start": w_start, "end": w_end, "confidence": conf}
             if self.punctuated:
-                shown = word.capitalize() if i == 0 else word
+                # Capitalised only where a sentence starts: the stream's first result, or after a
+                # speech_final (which ends its sentence with a full stop).
+                shown = word.capitalize() if i == 0 and sentence_start else word
                 if i == last and speech_final:
                     shown += "."
                 obj["punctuated_word"] = shown
                 texts.append(shown)
             else:
                 texts.append(word)
+            if speakers is not None:
+                obj["speaker"] = speakers[i]
+            if self._multilingual:
+                obj["language"] = "en"  # the emulator's words are English
             word_objs.append(obj)
-        confidence = round(sum(w[3] for w in words) / len(words), 4) if words else 0.0
-        return orjson.dumps({
+        alt: dict = {"transcript": " ".join(texts),
+                     "confidence": round(sum(w[3] for w in words) / len(words), 4) if words else 0.0}
+        if self._multilingual:
+            alt["languages"] = ["en"] if words else []
+        if self._hinted is not None:
+            alt["languages_hinted"] = self._hinted
+        alt["words"] = word_objs
+        return alt
+
+    def results(self, *, channel: int, channels: int, start: float, end: float, words: Sequence[Word],
+                is_final: bool, speech_final: bool, from_finalize: bool, speakers: Sequence[int] | None = None,
+                sentence_start: bool = True) -> bytes:
+        variants = alternative_words(words, self._alternatives) if self._alternatives > 1 else [words]
+        msg: dict = {
             "type": "Results",
             "channel_index": [channel, channels],
             "duration": round(end - start, 3),
             "start": round(start, 3),
             "is_final": is_final,
             "speech_final": speech_final,
-            "channel": {"alternatives": [{"transcript": " ".join(texts), "confidence": confidence,
-                                          "words": word_objs}]},
+            "channel": {"alternatives": [self._alternative(v, speakers, speech_final, sentence_start)
+                                         for v in variants]},
             "metadata": self._metadata,
             "from_finalize": from_finalize,
-        })
+        }
+        if self._entities and is_final:  # "only present in is_final messages", [] when none (SDK model)
+            msg["entities"] = find_entities(words)
+        return orjson.dumps(msg)
 
     def metadata(self, *, sha256: str, created: str, duration: float, channels: int) -> bytes:
         msg: dict = {"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,

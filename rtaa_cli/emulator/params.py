@@ -84,6 +84,14 @@ class StreamParams:
     keyterms: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    diarize: bool = False  # diarize=true or diarize_model=v1|latest: words[].speaker
+    language_hints: tuple[str, ...] = ()  # language_hint, normalised (with language=multi)
+    detect_entities: bool = False  # entities[] on finals
+    alternatives: int = 1  # alternatives=N (models before nova-2 only)
+
+    @property
+    def multilingual(self) -> bool:
+        return self.language == "multi"
 
     @property
     def interaction_id(self) -> str | None:
@@ -94,7 +102,8 @@ class StreamParams:
 
     @property
     def punctuated(self) -> bool:
-        return self.punctuate or self.smart_format
+        # Entity detection turns punctuation on by default (Deepgram's Entity Detection docs).
+        return self.punctuate or self.smart_format or self.detect_entities
 
 
 def _one(pairs: dict[str, list[str]], name: str) -> str | None:
@@ -191,6 +200,26 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
     if diarize_model is not None and diarize_model not in ("v1", "latest"):
         raise _invalid("diarize_model", diarize_model)
 
+    # Features with an effect on the messages (DEEPGRAM.md §3, the SDK's result models): what the service
+    # refuses is refused here with the same kind of 400; the rest is emulated (messages.py).
+    diarize = _bool(pairs, "diarize") or diarize_model is not None
+    hints = []
+    for hint in pairs.get("language_hint", ()):
+        if not _LANGUAGE_RE.match(hint.lower()):
+            raise _invalid("language_hint", hint)
+        base, _, region = hint.partition("-")
+        hints.append(f"{base.lower()}-{region.upper()}" if region else base.lower())  # ES -> es, zh-hk -> zh-HK
+    arch = MODELS[model][2]
+    detect_entities = _bool(pairs, "detect_entities")
+    if detect_entities and (arch == "base" or not (language == "en" or language.startswith("en-"))):
+        # Streaming entity detection: Nova, Nova-2, Nova-3 and Enhanced models, English only (Deepgram docs).
+        raise _bad("Entity detection is only supported for English with Nova, Nova-2, Nova-3 and Enhanced "
+                   "models.")
+    alternatives = _int(pairs, "alternatives", 1, 10) or 1
+    if alternatives > 1 and arch in ("nova-2", "nova-3"):
+        # [3P] Deepgram (discussion #823): "Alternatives is no longer supported in nova-2"; requests fail.
+        raise _bad(f"Alternatives are not supported by {arch} models.")
+
     extra: dict[str, str] = {}
     for item in pairs.get("extra", ()):
         key, sep, value = item.partition(":")
@@ -203,5 +232,6 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
         multichannel=_bool(pairs, "multichannel"), interim_results=interim, punctuate=_bool(pairs, "punctuate"),
         smart_format=_bool(pairs, "smart_format"), endpointing_ms=endpointing_ms,
         utterance_end_ms=utterance_end_ms, vad_events=_bool(pairs, "vad_events"), keyterms=keyterms,
-        tags=tuple(pairs.get("tag", ())), extra=extra,
+        tags=tuple(pairs.get("tag", ())), extra=extra, diarize=diarize, language_hints=tuple(hints),
+        detect_entities=detect_entities, alternatives=alternatives,
     )

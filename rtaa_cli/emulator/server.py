@@ -386,7 +386,8 @@ class Emulator:
             mark = connection_id if cfg.text_mark else None
 
             def factory(rate: int) -> PlaceholderTranscriber:
-                return PlaceholderTranscriber(rate, seed, mark=mark)
+                # Confidences vary per stream (seeded by the connection id) yet repeat run after run.
+                return PlaceholderTranscriber(rate, seed, mark=mark, confidence_seed=seed * 1000003 + connection_id)
         # Sphinx: longer forced-final windows, so continuous speech is rarely cut inside a word.
         options = {"max_window_ms": 15000} if cfg.engine == "sphinx" else None
         return Session(params, request_id=accepted.request_id, created=_iso_now(), now=self._loop.time(),

@@ -20,6 +20,7 @@ import orjson
 
 from rtaa_cli.closecodes import Close as CloseCode
 from rtaa_cli.emulator.audio import AudioDecoder, UndecodableAudio
+from rtaa_cli.emulator.features import Diarizer
 from rtaa_cli.emulator.messages import DATA0000, NET0001, MessageFactory
 from rtaa_cli.emulator.params import MODELS, StreamParams
 from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
@@ -44,15 +45,17 @@ class Close:
 class _Track:
     """One transcribed channel: its segmenter, its word source, its UtteranceEnd bookkeeping."""
 
-    __slots__ = ("segmenter", "transcriber", "needs_audio", "last_word_end", "fed")
+    __slots__ = ("segmenter", "transcriber", "needs_audio", "last_word_end", "fed", "diarizer", "sentence_start")
 
-    def __init__(self, segmenter: Segmenter, transcriber: Transcriber) -> None:
+    def __init__(self, segmenter: Segmenter, transcriber: Transcriber, diarize: bool) -> None:
         self.segmenter = segmenter
         self.transcriber = transcriber
         # Placeholder words need no samples: skip the per-frame call.
         self.needs_audio = getattr(transcriber, "needs_audio", True)
         self.fed = 0  # samples given to the transcriber
         self.last_word_end: float | None = None  # pending UtteranceEnd
+        self.diarizer = Diarizer() if diarize else None
+        self.sentence_start = True  # the next result's first word starts a sentence (punctuation)
 
 
 class Session:
@@ -67,7 +70,7 @@ class Session:
         self._delay_s = delay_s
         self._transcriber_factory = transcriber_factory
         self._segmenter_options = segmenter_options or {}
-        self._messages = MessageFactory(request_id, params.model, params.punctuated)
+        self._messages = MessageFactory(request_id, params)
         self._decoder = AudioDecoder(params.encoding, params.sample_rate, params.channels)
         self._sha = hashlib.sha256()
         # rtaa's callers mark their audio (rtaa_cli.watermark): which call this stream carries, with no tag.
@@ -182,7 +185,7 @@ class Session:
         for _ in range(n):
             seg = Segmenter(rate, endpointing_ms=p.endpointing_ms, interim=p.interim_results,
                             vad_events=p.vad_events, **self._segmenter_options)
-            self._tracks.append(_Track(seg, self._transcriber_factory(rate)))
+            self._tracks.append(_Track(seg, self._transcriber_factory(rate), p.diarize))
 
     def _due(self, now: float, immediate: bool = False) -> float:
         due = now if immediate else now + self._delay_s()
@@ -228,18 +231,30 @@ class Session:
             self._emit(now, self._messages.speech_started(channel, channels, w.start / rate), "SpeechStarted")
             return
         final = ev.kind == "final"
+        if track.last_word_end is not None and w.voiced_start is not None:
+            # A long frame can hold a whole gap and the next speech: the UtteranceEnd comes first.
+            self._check_utterance_end(channel, track, now, w.voiced_start / rate)
         words = track.transcriber.words(w, final)
+        speakers = None if track.diarizer is None else track.diarizer.speakers(words, final)
         self._emit(now, self._messages.results(
             channel=channel, channels=channels, start=w.start / rate, end=w.end / rate, words=words,
-            is_final=final, speech_final=ev.speech_final, from_finalize=ev.from_finalize), "Results")
+            is_final=final, speech_final=ev.speech_final, from_finalize=ev.from_finalize, speakers=speakers,
+            sentence_start=track.sentence_start), "Results")
+        if final and words:
+            track.sentence_start = ev.speech_final
         if final and words and self.params.utterance_end_ms is not None:
             track.last_word_end = words[-1][2]
 
-    def _check_utterance_end(self, channel: int, track: _Track, now: float) -> None:
-        if track.last_word_end is None or track.segmenter.pending_speech:
+    def _check_utterance_end(self, channel: int, track: _Track, now: float, gap_end: float | None = None) -> None:
+        if track.last_word_end is None:
             return
-        position = track.segmenter.position / track.segmenter.rate
-        if (position - track.last_word_end) * 1000.0 >= self.params.utterance_end_ms:
+        if gap_end is None:
+            # The gap after the last final word runs to the next speech, or to now, in audio time: a frame
+            # that holds both the gap's end and the next onset still counts the gap.
+            seg = track.segmenter
+            onset = seg.speech_onset
+            gap_end = (seg.position if onset is None else onset) / seg.rate
+        if (gap_end - track.last_word_end) * 1000.0 >= self.params.utterance_end_ms:
             channels = len(self._tracks) if self.params.multichannel else 1
             self._emit(now, self._messages.utterance_end(channel, channels, track.last_word_end), "UtteranceEnd")
             track.last_word_end = None

@@ -44,10 +44,22 @@ class PlaceholderTranscriber:
 
     needs_audio = False  # words come from the window alone: the session need not feed samples
 
-    def __init__(self, sample_rate: int, seed: int = 0, mark: int | None = None) -> None:
+    def __init__(self, sample_rate: int, seed: int = 0, mark: int | None = None, confidence_seed: int = 0) -> None:
         self.rate = sample_rate
         self.seed = seed
         self.mark = mark
+        self.confidence_seed = confidence_seed
+
+    def confidence(self, start_sample: int, final: bool) -> float:
+        """A word's confidence: deterministic per (stream seed, word start), skewed high like an ASR's
+        (0.65-0.999, median ~0.96), so clients that filter by confidence see some words dropped. An interim's
+        word is 0.05 less sure than the same word in the final."""
+        x = (start_sample * 2654435761 + self.confidence_seed * 40503 + 12345) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 2246822519) & 0xFFFFFFFF
+        x ^= x >> 13
+        value = 0.999 - 0.35 * (x / 4294967296.0) ** 3
+        return round(value if final else value - 0.05, 4)
 
     def feed(self, samples: np.ndarray) -> None:
         pass
@@ -71,7 +83,8 @@ class PlaceholderTranscriber:
             w_end = min(end, w_start + slot)
             if self.mark is None and w_end - w_start < 0.01:
                 break
-            out.append((word, round(w_start, 3), round(max(w_end, w_start), 3), 0.99 if final else 0.9))
+            conf = self.confidence(int(round(w_start * self.rate)), final)
+            out.append((word, round(w_start, 3), round(max(w_end, w_start), 3), conf))
         return out
 
     def close(self) -> None:
