@@ -331,3 +331,28 @@ def test_utterance_end_counts_each_long_gap_whatever_the_frame_length():
         first_end = next(i for i, m in enumerate(msgs) if m["type"] == "UtteranceEnd")
         later = [m for m in msgs[first_end:] if m["type"] == "Results" and m["channel"]["alternatives"][0]["words"]]
         assert later and later[0]["channel"]["alternatives"][0]["words"][0]["start"] == 2.2
+
+
+def test_noted_arrivals_hold_the_idle_timer_and_a_close_request_stops_it():
+    # The sphinx shell notes frames when they arrive and processes them later, behind a decode.
+    s = make_session(idle=1.0)
+    s.receive_audio(tone(0.1).tobytes(), 0.0)
+    s.note_arrival(b"\x00\x00", 0.8)  # arrived, not yet processed
+    assert s.idle_deadline == 1.8 and not s.check_idle(1.5)
+    s.note_arrival('{"type": "CloseStream"}', 0.9)
+    assert not s.check_idle(60.0)  # the client waits for its results: no NET-0001
+    s.receive_text('{"type": "CloseStream"}', 0.9)
+    assert [m["type"] if isinstance(m, dict) else m[0] for m in decoded(s.data_to_send())][-2:] == ["Metadata", "close"]
+
+
+def test_voice_tap_reports_speech_starts_as_the_audio_arrives():
+    from rtaa_cli.emulator.session import VoiceTap
+    p = parse_listen_params(q("model=nova-3&encoding=linear16&sample_rate=8000&vad_events=true"))
+    tap = VoiceTap(p, lambda: 0.25)
+    audio = np.concatenate([silence(0.5), tone(0.5), silence(0.5), tone(0.3)]).tobytes()
+    sent = []
+    for i, off in enumerate(range(0, len(audio), 1001)):  # odd chunks: the tap decodes like the session
+        sent += [(i, m) for m in tap.receive_audio(audio[off:off + 1001], float(i))]
+    assert [orjson.loads(m.data)["timestamp"] for _, m in sent] == [0.5, 1.5]
+    assert [m.due - i for i, m in sent] == [0.25, 0.25] and [m.kind for _, m in sent] == ["SpeechStarted"] * 2
+    assert tap.receive_audio(b"", 9.0) == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 
 import orjson
@@ -10,6 +11,7 @@ from websockets.exceptions import InvalidStatus
 from test_emulator_server import BOUND, FIXTURES, FRAME_BYTES, call_audio, env_for
 
 from rtaa_cli.emulator import EmulatorConfig, start_in_thread
+from rtaa_cli.latency import SendLog
 
 with warnings.catch_warnings():  # the SDK imports websockets.legacy (DeprecationWarning)
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -230,3 +232,54 @@ def test_word_confidences_vary_and_repeat_per_stream(emu_factory):
     emu = emu_factory(text_mark=False)
     confidences(emu)
     assert confidences(emu) != first  # connection 2: other confidences, same words
+
+
+SPEECH_STARTED_BOUND_MS = 3000.0  # measured 1-1440 ms under load; was 9600-9900 ms
+
+
+def test_sphinx_speech_started_does_not_wait_behind_recognition(emu_factory):
+    """With the sphinx engine a frame may wait seconds behind the decode of the previous utterance; the
+    SpeechStarted of the next one must not (barge-in). Sent at 2x real time so decoding falls behind; the
+    latency is from the send of the frame holding the onset to the SpeechStarted's arrival."""
+    emu = emu_factory(engine="sphinx")
+    audio = call_audio(12.5)  # onsets at 0.2, 8.01 (right behind the 7 s first sentence), 11.76 s
+    log = SendLog()
+
+    async def run() -> list:
+        client = AsyncDeepgramClient(api_key="k", environment=env_for(emu))
+        got: list = []
+        async with client.listen.v1.connect(**SDK_PARAMS, interim_results=True, vad_events=True,
+                                            endpointing=300) as conn:
+            async def read() -> None:
+                async for message in conn:
+                    got.append((time.time(), message))
+
+            reader = asyncio.create_task(read())
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i, off in enumerate(range(0, len(audio), FRAME_BYTES)):
+                delay = start + i * 0.018 - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # pacing (2x real time), not synchronisation
+                await conn.send_media(audio[off:off + FRAME_BYTES])
+                log.record((off + FRAME_BYTES) / 16.0, time.time())
+            await conn.send_close_stream()
+            await reader
+        return got
+
+    got = asyncio.run(asyncio.wait_for(run(), 120.0))
+    started = [(at, m.timestamp) for at, m in got if isinstance(m, ListenV1SpeechStarted)]
+    onsets = [seg["speech_start"] for seg in SEGMENTS if seg["speech_start"] < 12.5]
+    latencies = {}
+    for onset in onsets:
+        match = [(at, ts) for at, ts in started if 0.0 <= ts - onset <= 0.1]
+        assert match, (onset, [ts for _, ts in started])
+        at, ts = match[0]
+        latencies[onset] = log.latency_ms(ts * 1000.0, at)
+    assert max(latencies.values()) <= SPEECH_STARTED_BOUND_MS, latencies
+    # The decode did fall behind: the final of the first sentence came after the next SpeechStarted.
+    first_final_at = next(at for at, m in got if isinstance(m, ListenV1Results) and m.is_final
+                          and m.channel.alternatives[0].words)
+    second_start_at = next(at for at, ts in started if ts > 7.5)
+    assert first_final_at > second_start_at, ("the decode kept up: nothing was tested",
+                                              first_final_at - second_start_at)

@@ -42,12 +42,13 @@ from rtaa_cli.emulator.accounting import Accounting, ConnectionRecord, make_regi
 from rtaa_cli.emulator.connection import InlineConnection
 from rtaa_cli.emulator.messages import INTERNAL_FAULT
 from rtaa_cli.emulator.params import HandshakeRejected, StreamParams, parse_listen_params
-from rtaa_cli.emulator.session import Close, Send, Session
+from rtaa_cli.emulator.session import Close, Send, Session, VoiceTap
 from rtaa_cli.emulator.transcribers import PlaceholderTranscriber, SphinxTranscriber
 
 log = logging.getLogger("rtaa.emulator")
 
 ENGINES = ("segmenter", "sphinx")
+SPHINX_BACKLOG = 4096  # frames read ahead of a sphinx stream's decoding (~150 s of 36 ms frames)
 FAULT_FIELDS = ("handshake_delay_ms", "result_latency_ms", "result_jitter_ms", "drop_after_s",
                 "close_1011_after_s", "refuse_429_fraction")
 OUTBOX_LIMIT = 1000  # messages waiting for their due time or for a slow reader; beyond -> close 1008
@@ -373,7 +374,7 @@ class Emulator:
         response.headers["access-control-expose-headers"] = EXPOSE
         return None
 
-    def _new_session(self, accepted: _Accepted, connection_id: int) -> Session:
+    def _new_session(self, accepted: _Accepted, connection_id: int) -> tuple[Session, VoiceTap | None]:
         cfg = self.config
         seed = cfg.seed or 0
         params = accepted.params
@@ -390,9 +391,15 @@ class Emulator:
                 return PlaceholderTranscriber(rate, seed, mark=mark, confidence_seed=seed * 1000003 + connection_id)
         # Sphinx: longer forced-final windows, so continuous speech is rarely cut inside a word.
         options = {"max_window_ms": 15000} if cfg.engine == "sphinx" else None
-        return Session(params, request_id=accepted.request_id, created=_iso_now(), now=self._loop.time(),
-                       idle_timeout_s=cfg.idle_timeout_s, delay_s=self._delay_s, transcriber_factory=factory,
-                       segmenter_options=options)
+        tap = None
+        if cfg.engine == "sphinx" and params.vad_events:
+            # SpeechStarted from the audio as it arrives, not after the decode of earlier speech.
+            tap = VoiceTap(params, self._delay_s, options)
+            params = dataclasses.replace(params, vad_events=False)
+        session = Session(params, request_id=accepted.request_id, created=_iso_now(), now=self._loop.time(),
+                          idle_timeout_s=cfg.idle_timeout_s, delay_s=self._delay_s, transcriber_factory=factory,
+                          segmenter_options=options)
+        return session, tap
 
     async def _handler(self, ws: ServerConnection) -> None:
         accepted = self._pending.pop(ws, None)
@@ -402,7 +409,7 @@ class Emulator:
         cfg = self.config
         loop = self._loop
         record = self.accounting.open(accepted.request_id, accepted.params.interaction_id, time.time())
-        session = self._new_session(accepted, record.id)
+        session, tap = self._new_session(accepted, record.id)
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"sphinx-{record.id}") if cfg.engine == "sphinx" else None
         stream = _Stream(ws, session, record, executor)
         self._streams[record.id] = stream
@@ -418,13 +425,22 @@ class Emulator:
                 ws.attach(*self._inline_inputs(stream), lambda: self._finish(stream))
                 await ws.wait_closed()
             else:
+                # Reading and processing are apart: a frame is noted (idle timer, SpeechStarted) when it
+                # arrives, and processed in order in the stream's thread, where it may wait behind a decode.
                 # Keep reading until the connection is closed, even after the session started closing:
                 # reading is what lets the client's close frame in.
+                backlog: asyncio.Queue = asyncio.Queue(SPHINX_BACKLOG)
+                helpers.append(asyncio.create_task(self._process(stream, backlog)))
                 async for message in ws:
                     if session.closing is not None:
                         continue
-                    fn = session.receive_text if isinstance(message, str) else session.receive_audio
-                    await self._call(stream, fn, message, loop.time())
+                    now = loop.time()
+                    session.note_arrival(message, now)
+                    if tap is not None and not isinstance(message, str):
+                        sends = tap.receive_audio(message, now)
+                        if sends:
+                            self._push(stream, sends)
+                    await backlog.put((message, now))  # full: the socket is read no faster than decoded
         except ConnectionClosed:
             pass
         finally:
@@ -434,6 +450,15 @@ class Emulator:
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
             self._finish(stream)
+
+    async def _process(self, stream: _Stream, backlog: asyncio.Queue) -> None:
+        session = stream.session
+        while True:
+            message, arrived = await backlog.get()
+            if session.closing is not None:
+                continue
+            fn = session.receive_text if isinstance(message, str) else session.receive_audio
+            await self._call(stream, fn, message, arrived)
 
     def _finish(self, stream: _Stream) -> None:
         """Account for the close (once): from ``connection_lost`` for inline streams, else at handler exit."""

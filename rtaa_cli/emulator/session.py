@@ -12,6 +12,7 @@ due times never decrease, so messages keep Deepgram's order even with jitter.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +59,13 @@ class _Track:
         self.sentence_start = True  # the next result's first word starts a sentence (punctuation)
 
 
+def split_channels(samples: np.ndarray, multichannel: bool) -> list[np.ndarray]:
+    """The tracks of ``(n, channels)`` samples: one per channel with ``multichannel``, else the downmix."""
+    if multichannel:
+        return [np.ascontiguousarray(samples[:, c]) for c in range(samples.shape[1])]
+    return [samples.mean(axis=1).astype(np.int16)]
+
+
 class Session:
     def __init__(self, params: StreamParams, *, request_id: str, created: str, now: float,
                  idle_timeout_s: float, delay_s: Callable[[], float],
@@ -80,6 +88,8 @@ class Session:
         self._out: list[Send | Close] = []
         self._last_due = 0.0
         self.last_activity = now
+        self.arrived = now
+        self._close_requested = False
         self.closing: Close | None = None
         # accounting
         self.audio_bytes = 0
@@ -98,7 +108,22 @@ class Session:
 
     @property
     def idle_deadline(self) -> float:
-        return self.last_activity + self.idle_timeout_s
+        if self._close_requested:
+            return math.inf  # the client is waiting for the rest of its results: no NET-0001
+        return max(self.last_activity, self.arrived) + self.idle_timeout_s
+
+    def note_arrival(self, message: bytes | str, now: float) -> None:
+        """A frame arrived that the session will process later (sphinx: behind a decode). Called by the
+        I/O shell's loop only: the idle timer is about the client's silence, not the emulator's backlog,
+        and once the client has asked to close (CloseStream, empty frame) it only waits for its results."""
+        self.arrived = now
+        if message == b"" or (isinstance(message, str) and '"CloseStream"' in message.replace(" ", "")):
+            try:
+                msg = orjson.loads(message) if isinstance(message, str) else None
+            except orjson.JSONDecodeError:
+                return
+            if message == b"" or (isinstance(msg, dict) and msg.get("type") == "CloseStream"):
+                self._close_requested = True
 
     def receive_audio(self, data: bytes, now: float) -> None:
         if self.closing is not None:
@@ -123,11 +148,9 @@ class Session:
             if self.watermark is not None:
                 self.watermark.feed_samples(samples)
             self._feed(0, samples, now)
-        elif self.params.multichannel:
-            for channel in range(samples.shape[1]):
-                self._feed(channel, np.ascontiguousarray(samples[:, channel]), now)
         else:
-            self._feed(0, samples.mean(axis=1).astype(np.int16), now)
+            for channel, x in enumerate(split_channels(samples, self.params.multichannel)):
+                self._feed(channel, x, now)
 
     def receive_text(self, text: str, now: float) -> None:
         if self.closing is not None:
@@ -281,3 +304,43 @@ class Session:
         self._out.append(self.closing)
         for track in self._tracks:
             track.transcriber.close()
+
+
+class VoiceTap:
+    """``SpeechStarted`` from the audio as it arrives, for an engine whose session runs behind the socket
+    (sphinx: a frame waits while an earlier utterance is decoded, and barge-in tests need the VAD event at
+    once). Same decoding and segmenter as the session's, which is then built without ``vad_events``."""
+
+    def __init__(self, params: StreamParams, delay_s: Callable[[], float],
+                 segmenter_options: dict | None = None) -> None:
+        self._params = params
+        self._delay_s = delay_s
+        self._options = segmenter_options or {}
+        self._decoder = AudioDecoder(params.encoding, params.sample_rate, params.channels)
+        self._segmenters: list[Segmenter] = []
+        self._broken = False
+
+    def receive_audio(self, data: bytes, now: float) -> list[Send]:
+        if self._broken or not data:
+            return []
+        try:
+            samples = self._decoder.decode(data)
+        except UndecodableAudio:  # the session closes the stream (1008); nothing to detect
+            self._broken = True
+            return []
+        if not samples.shape[0]:
+            return []
+        if not self._segmenters:
+            rate = self._decoder.sample_rate or 8000
+            n = self._decoder.channels if self._params.multichannel else 1
+            self._segmenters = [Segmenter(rate, endpointing_ms=None, interim=False, vad_events=True, **self._options)
+                                for _ in range(n)]
+        channels = [samples] if samples.ndim == 1 else split_channels(samples, self._params.multichannel)
+        out = []
+        total = len(self._segmenters) if self._params.multichannel else 1
+        for channel, (seg, x) in enumerate(zip(self._segmenters, channels)):
+            for ev in seg.feed(x):
+                if ev.kind == "speech_started":
+                    out.append(Send(now + self._delay_s(), MessageFactory.speech_started(
+                        channel, total, ev.window.start / seg.rate), "SpeechStarted"))
+        return out
