@@ -197,3 +197,19 @@ def test_invalid_reasons_and_every_threshold_are_on_the_page(tmp_path: Path, ver
     for row in doc["thresholds"]:
         assert f"<code>{row['name']}</code>" in table
     assert table.count("<tr>") == len(doc["thresholds"]) + 1
+
+
+def test_a_bad_input_call_closed_unexpectedly_is_kept_with_its_reason() -> None:
+    """Its failure is the soak's judgement (expected close 1008, got 1011), not ``rec.failure``."""
+    stats = SoakStats(t0=T0, duration_s=10.0)
+    stats.add(CallRecord("rtaaab12cd34-b", kind="bad:media_before_start", started_at=T0 + 1, ended_at=T0 + 1.5,
+                         closes=[1011], close_reasons=["media before start"], expected_closes=[1008]))
+    stats.add(CallRecord("rtaaab12cd34-c", kind="bad:media_before_start", started_at=T0 + 2, ended_at=T0 + 2.5,
+                         closes=[1008], close_reasons=["media before start"], expected_closes=[1008]))
+    calls = stats.summary(default_thresholds(), PacingLimits(25.0))["call_samples"]["calls"]
+    assert [(c["call_sid"][-1], c["sampled_as"]) for c in calls] == [("b", "failed"), ("c", "completed")]
+    assert calls[0]["failure"] == "bad input bad:media_before_start: expected close [1008], got [1011]"
+    events = [what for _, _, what in call_events(calls[0])]
+    assert "stream 1: server close 1011 'media before start'" in events
+    assert events[-1] == "call ended: FAILED: bad input bad:media_before_start: expected close [1008], got [1011]"
+    assert call_events(calls[1])[-1][2] == "call ended: completed"

@@ -28,11 +28,13 @@ class CallSampler:
         self.failed_seen = 0
         self.completed_seen = 0
 
-    def add(self, rec: "CallRecord", failed: bool) -> None:
-        if failed:
+    def add(self, rec: "CallRecord", failure: str | None) -> None:
+        """``failure``: why the soak judged the call failed (a bad-input call's unexpected close is
+        not in ``rec.failure``); None when it completed."""
+        if failure is not None:
             self.failed_seen += 1
             if len(self.failed) < self.max_failed:
-                self.failed.append(self._compact(rec, "failed"))
+                self.failed.append({**self._compact(rec, "failed"), "failure": failure[:300]})
             return
         self.completed_seen += 1
         if len(self.normal) < self.max_normal:

@@ -26,8 +26,15 @@ TEMPLATE = "plotly_white"
 CONFIG = {"responsive": True, "displaylogo": False, "scrollZoom": False}
 _X = "seconds into the run"
 # provider series drawn as events per bucket, in this order (the 1011 causes follow, one each)
-PROVIDER_SERIES = (("connection", "connections opened"), ("reconnect", "reconnects"),
-                   ("unattributed", "unattributed connections"), ("429", "429 refusals"))
+PROVIDER_SERIES = (("connection", "connections opened", "#1f77b4"), ("reconnect", "reconnects", "#ff7f0e"),
+                   ("unattributed", "unattributed connections", "#7f7f7f"), ("429", "429 refusals", "#9467bd"))
+_REDS = ("#d62728", "#8c1c13", "#e377c2", "#f4a582", "#67000d")  # one per 1011 cause
+
+
+def _count_axis(fig: go.Figure, series: list[list[Any]]) -> None:
+    """Counts are whole: below 10 a tick per unit (no 0.5 events)."""
+    top = max((v for ys in series for v in ys if v is not None), default=0)
+    fig.update_yaxes(rangemode="tozero", **({"dtick": 1} if top <= 10 else {}))
 
 
 def _fmt(v: Any) -> str:
@@ -109,22 +116,25 @@ def report_figures(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]]
             fig.add_trace(go.Bar(x=xs, y=tl.get(key), name=name, marker_color=color))
         _layout(fig, f"Calls started / failed and errors, {per}", "count")
         fig.update_layout(barmode="group")
+        _count_axis(fig, [tl.get(k) or [] for k in ("started", "failed", "errors")])
         _stage_marks(fig, stages)
         figs["calls"] = fig
 
         prov = tl.get("provider") or {}
         if prov:
             fig = go.Figure()
-            for key, name in PROVIDER_SERIES:
+            for key, name, color in PROVIDER_SERIES:
                 if key in prov:
-                    fig.add_trace(go.Bar(x=xs, y=prov[key], name=name))
+                    fig.add_trace(go.Bar(x=xs, y=prov[key], name=name, marker_color=color))
             causes = sorted(k for k in prov if k.startswith("1011 "))
-            for key in causes:
-                fig.add_trace(go.Bar(x=xs, y=prov[key], name=f"1011: {key[5:]}"))
+            for i, key in enumerate(causes):
+                fig.add_trace(go.Bar(x=xs, y=prov[key], name=f"1011: {key[5:]}", marker_color=_REDS[i % len(_REDS)]))
             if not causes and "1011" in prov:
-                fig.add_trace(go.Bar(x=xs, y=prov["1011"], name="1011 closes"))
+                fig.add_trace(go.Bar(x=xs, y=prov["1011"], name="1011 closes", marker_color=_REDS[0]))
             _layout(fig, f"Provider-side events, {per} (the emulator's connection records; bars stacked)", "events")
             fig.update_layout(barmode="stack")
+            stacked = [sum(v or 0 for v in col) for col in zip(*prov.values())]
+            _count_axis(fig, [stacked])
             _stage_marks(fig, stages)
             figs["provider"] = fig
     mem = doc.get("target_memory")
@@ -158,7 +168,7 @@ def report_figures(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]]
 def _sending_spans(call: dict[str, Any]) -> list[tuple[float, float]]:
     """When the caller was sending audio: its life minus its holds (individual frame times are not kept)."""
     start, end = call.get("started_s"), call.get("ended_s")
-    if start is None or end is None:
+    if start is None or end is None or not call.get("frames_sent"):
         return []
     spans, cur = [], start
     for a, b in sorted(g for g in call.get("media_gaps") or [] if g[0] is not None and g[1] is not None):
@@ -392,7 +402,8 @@ def _call_section(doc: dict[str, Any]) -> list[str]:
     calls = samples.get("calls") or []
     parts = ["<h2 id='calls-drilldown'>Calls, one by one</h2>"]
     if not calls:
-        parts.append("<p class='note'>No call was kept for the drill-down (no call finished).</p>")
+        why = "no call finished" if "call_samples" in doc else "this report has no call_samples (an older rtaa wrote it)"
+        parts.append(f"<p class='note'>No call was kept for the drill-down ({why}).</p>")
         return parts
     kept_failed, seen_failed = samples.get("failed_kept", 0), samples.get("failed_seen", 0)
     no_prov = all(c.get("provider_connections") is None for c in calls)

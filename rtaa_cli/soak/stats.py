@@ -747,6 +747,7 @@ class SoakStats:
         self.delivery_tolerance_ms = delivery_tolerance_ms
         self.timeline = Timeline(t0, duration_s)
         self.call_samples = CallSampler(t0, max_failed=max_failure_samples)  # the report's drill-down
+        self._last_failure: str | None = None  # the failure reason of the call being added
         self.provider: ProviderCounts | None = None
         self.provider_hint = ""  # how to get provider evidence when there is none
         self.memory: TargetMemory | None = None  # the target's RSS, when its /metrics has it
@@ -760,7 +761,7 @@ class SoakStats:
         self.calls_started += 1
 
     def add(self, rec: CallRecord) -> None:
-        failed_before = self.failed
+        self._last_failure = None
         self.records += 1
         self.last_call_ended = max(self.last_call_ended, rec.ended_at)
         kind = self.by_kind.setdefault(rec.kind, {"calls": 0, "failed": 0})
@@ -826,7 +827,7 @@ class SoakStats:
                 self.completed += 1
                 self.server_hangups += int(rec.server_hangup)
         self.timeline.add_call(rec)
-        self.call_samples.add(rec, failed=self.failed > failed_before)
+        self.call_samples.add(rec, self._last_failure)
 
     def is_delivered(self, rec: CallRecord) -> bool:
         """A call is delivered when its final results cover the audio it sent, within tolerance
@@ -835,6 +836,7 @@ class SoakStats:
             rec.final_audio_end_ms >= rec.audio_ms_sent - self.delivery_tolerance_ms
 
     def _failure(self, rec: CallRecord, reason: str) -> None:
+        self._last_failure = reason
         key = reason[:80]
         self.failure_reasons[key] = self.failure_reasons.get(key, 0) + 1
         self.failure_examples.setdefault(key, rec.call_sid)
