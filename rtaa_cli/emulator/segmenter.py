@@ -19,7 +19,7 @@ Timing model (Deepgram's, DEEPGRAM.md §3 and the endpointing docs):
   ends the window with ``is_final`` and ``speech_final``. Deepgram's endpointing "relies on a Voice
   Activity Detector ... and triggers when a sufficiently long pause is detected" (its docs): with the
   default ``endpointing=10`` a 10 ms energy dip inside a word is no such pause (at -45 dBFS and no
-  hangover, the fixture's 5 sentences gave 55 finals, 30 shorter than 0.3 s, 8 without words; now 12).
+  hangover, the fixture's 5 sentences gave 55 finals, 30 shorter than 0.3 s, 8 without words; now 10).
   ``endpointing=false`` disables endpoints.
 - Long speech: a window is also finalised (``speech_final`` false) after ``max_window_ms`` of audio, so
   continuous talk still yields a final every few seconds. Pure silence is finalised as an empty final at
