@@ -249,7 +249,7 @@ def test_sphinx_speech_started_does_not_wait_behind_recognition(emu_factory):
         client = AsyncDeepgramClient(api_key="k", environment=env_for(emu))
         got: list = []
         async with client.listen.v1.connect(**SDK_PARAMS, interim_results=True, vad_events=True,
-                                            endpointing=300) as conn:
+                                            endpointing=300, utterance_end_ms=1000) as conn:
             async def read() -> None:
                 async for message in conn:
                     got.append((time.time(), message))
@@ -280,6 +280,11 @@ def test_sphinx_speech_started_does_not_wait_behind_recognition(emu_factory):
     # The decode did fall behind: the final of the first sentence came after the next SpeechStarted.
     first_final_at = next(at for at, m in got if isinstance(m, ListenV1Results) and m.is_final
                           and m.channel.alternatives[0].words)
+    # UtteranceEnd from the decoder's word ends: one per pause over 1 s (two in these 12.5 s), at the
+    # sentence's last word (pocketsphinx's word ends sit within 0.15 s of the alignment's).
+    ends = [m.last_word_end for _, m in got if isinstance(m, ListenV1UtteranceEnd)]
+    pauses = [a["speech_end"] for a, b in zip(SEGMENTS, SEGMENTS[1:]) if b["speech_start"] < 12.5]
+    assert len(ends) == len(pauses) == 2 and all(abs(e - p) <= 0.2 for e, p in zip(ends, pauses)), (ends, pauses)
     second_start_at = next(at for at, ts in started if ts > 7.5)
     assert first_final_at > second_start_at, ("the decode kept up: nothing was tested",
                                               first_final_at - second_start_at)
