@@ -342,6 +342,16 @@ def test_local_pipeline_soak_passes_with_locust_workers_and_writes_reports(soaks
     assert sum(int(row["started"]) for row in timeline) == doc["calls"]["finished"]
     page = (r["dir"] / "pipeline.html").read_text()
     assert "PASS" in page and 'id="chart-latency"' in page and external_references(page) == []
+    # the drill-down's calls carry the emulator's own records of their provider connections
+    kept = doc["call_samples"]
+    assert kept["failed_kept"] == 0 and kept["completed_seen"] == doc["calls"]["completed"]
+    assert 5 <= len(kept["calls"]) <= 6 and page.count("<option value=") == len(kept["calls"])
+    for call in kept["calls"]:
+        if call["frames_sent"] and not call["kind"].startswith("bad:"):
+            conns = call["provider_connections"]
+            assert conns and all(call["started_s"] - 0.5 <= c["opened_s"] <= call["ended_s"] for c in conns), call
+            assert all(c["closed_s"] is not None and c["audio_bytes"] > 0 for c in conns), call
+            assert call["final"] and all(call["started_s"] <= t <= call["ended_s"] + 5 for t, _ in call["final"])
     # The target's RSS was sampled from its /metrics during the run and plotted (the growth slope needs
     # >= 60 s of steady running, so this short run reports none rather than a meaningless number).
     mem = doc["target_memory"]
