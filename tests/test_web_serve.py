@@ -27,10 +27,11 @@ BOUND_MS = 60_000  # safety net for the browser's waits; a hang fails with the s
 
 
 class Serve:
-    """A real `rtaa serve --port 0 --json` process and the URLs it printed."""
+    """A real `rtaa serve --port 0 --json` process (or another rtaa command's) and the URLs it printed."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([*RTAA, "serve", "--port", "0", "--json", "--log-level", "warning", *args],
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 command: tuple[str, ...] = ("serve", "--port", "0", "--json", "--log-level", "warning")) -> None:
+        self.proc = subprocess.Popen([*RTAA, *command, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env={**os.environ, "NO_PROXY": "*", **(env or {})})
         line: list[bytes] = []
@@ -39,9 +40,9 @@ class Serve:
         reader.join(30)
         if not line or not line[0]:
             self.stop()
-            raise AssertionError(f"rtaa serve did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"rtaa {command[0]} did not start: {self.proc.stderr.read().decode()[-2000:]}")
         self.info: dict[str, Any] = orjson.loads(line[0])
-        self.http = self.info["health"].rsplit("/", 1)[0]
+        self.http = self.info.get("health", "").rsplit("/", 1)[0]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -113,6 +114,33 @@ def test_the_live_page_shows_a_replayed_calls_words_partials_replaced_by_finals(
     page.wait_for_function("Number(document.getElementById('m-opened').textContent) >= 1")
     assert "provider connection #1" in page.text_content('[data-call="CA-web-1"] [data-role=meta]')
     page.close()
+
+
+def test_provider_reconnects_show_on_the_call_and_in_the_tiles(browser, tmp_path) -> None:  # noqa: F811
+    """A provider that closes every stream 1011 after 2 s (rtaa fake-deepgram): the pipeline reconnects
+    mid-call and the page shows the call's connection number and reconnects, as the results carry them."""
+    emu = Serve("--close-1011-after-s", "2", command=("fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"))
+    s = Serve("--provider", "deepgram", "--deepgram-url", emu.info["url"], env={"DEEPGRAM_API_KEY": "web-test"})
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(BOUND_MS)
+        page.goto(s.http + "/")
+        page.wait_for_function("document.getElementById('feed').textContent === 'connected'")
+        out = tmp_path / "replay.json"
+        finished(replay(s.info["ingest"], s.info["transcripts"].rsplit("/v1/", 1)[0], "CA-web-rc", out), "rtaa replay")
+        page.wait_for_function("document.querySelector('[data-call=\"CA-web-rc\"] [data-role=state]')"
+                               "?.textContent.startsWith('ended')")
+        rec = orjson.loads(out.read_bytes())
+        last = max(t["provider_connection"] for t in rec["transcripts"])
+        assert last >= 2, "the provider's 1011s caused no reconnect"
+        card = page.query_selector('[data-call="CA-web-rc"]')
+        assert card.get_attribute("data-reconnects") == str(last - 1)
+        assert page_words(page, "CA-web-rc") == [t["text"] for t in rec["transcripts"] if t["is_final"] and t["text"].strip()]
+        page.wait_for_function(f"Number(document.getElementById('m-reconnects').textContent) >= {last - 1}")
+        page.close()
+    finally:
+        s.stop()
+        emu.stop()
 
 
 def test_with_basic_auth_the_page_and_its_feed_need_the_credentials(browser, tmp_path) -> None:  # noqa: F811

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import threading
 import urllib.request
 
 import orjson
 
 from browser_support import browser, png_size, screenshot  # noqa: F401 - fixture
-from test_soak_targets import RTAA, SOAK_TIMEOUT_S
+from test_soak_support import readline
+from test_soak_targets import RTAA, SOAK_TIMEOUT_S, SUPPORT
+from test_soak_targets import SCENARIO as TARGET_SCENARIO
 
 SCENARIO = """name = "watched-web"
 [load]
@@ -113,3 +116,51 @@ def test_a_web_port_in_use_is_a_usage_error(tmp_path) -> None:
         _out, err = proc.communicate(timeout=SOAK_TIMEOUT_S)
     assert proc.returncode == 2, err
     assert f"--web-port {port}: cannot listen on 127.0.0.1" in err and "Traceback" not in err
+
+
+def test_failing_calls_are_listed_live_and_the_fail_verdict_shown(browser, tmp_path) -> None:  # noqa: F811
+    """A target that hangs up every call (tests/test_soak_support.py): the failing calls' table fills while
+    the run goes, and at the end it is the report's failure samples, under a FAIL verdict."""
+    server = subprocess.Popen([sys.executable, SUPPORT, '{"hangup_after": 40}', "10"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = None
+    try:
+        line = readline(server, 30.0)
+        assert line, "test target did not start"
+        urls = orjson.loads(line)
+        toml = tmp_path / "hangup.toml"
+        toml.write_text(TARGET_SCENARIO.format(name="hangup", latency=150, jitter=0, users=2, mix="normal = 1"))
+        out = tmp_path / "run.json"
+        proc = subprocess.Popen([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--web",
+                                 "--target", f"ws://{urls['target']}/v1/ingest",
+                                 "--transcripts", f"ws://{urls['target']}/v1/transcripts",
+                                 "--provider-stats", f"{urls['emulator_http']}/stats"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url: list[str] = []
+        for line in proc.stderr:  # the URL is the run's first line
+            m = re.search(r"soak live page: (http://\S+/)", line)
+            if m:
+                url.append(m.group(1))
+                break
+        assert url, "no live page URL printed"
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(BOUND_MS)
+        page.goto(url[0])
+        page.wait_for_function("document.querySelectorAll('#failures tbody tr').length >= 1")
+        assert text(page, "#state") in ("running", "draining")
+        assert "closed by server mid-call" in text(page, "#failures tbody tr td:nth-child(3)")
+        page.wait_for_function("document.getElementById('state').textContent === 'done'")
+        proc.communicate(timeout=SOAK_TIMEOUT_S)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stdin.close()
+        server.wait(20)
+    doc = orjson.loads(out.read_bytes())
+    assert doc["verdict"] == "fail" and text(page, "#verdict") == "FAIL"
+    assert doc["calls"]["failed"] >= 2 and text(page, "#v-failed") == str(doc["calls"]["failed"])
+    rows = page.eval_on_selector_all("#failures tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert rows == [[s["call_sid"], s["kind"], s["reason"]] for s in doc["failures"]["samples"]] and rows
+    assert not page.is_visible("#no-failures")
+    page.close()
