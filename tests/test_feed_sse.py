@@ -6,39 +6,17 @@ the target says it published (its ``/published`` ground truth)."""
 from __future__ import annotations
 
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
 from rtaa_cli.feeds.sse_feed import event_message
-from test_soak_support import readline
-from test_thirdparty_soak import SCENARIO as THIRDPARTY_SCENARIO
+from thirdparty_support import RTAA, replay_counted, soak, start, stop
 
 HERE = Path(__file__).parent
-RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
 FEED_MAP = "text=text,is_final=event==final,seq=seq"
 CALL = HERE.parent / "fixtures" / "audio" / "call.wav"
-SCENARIO = THIRDPARTY_SCENARIO.format(feed="")  # the mapping comes from --feed-map
-
-
-def _start(text_mark: bool, procs: list[subprocess.Popen], *variant: str) -> dict[str, str]:
-    emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live",
-                            "--text-mark" if text_mark else "--no-text-mark"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    procs.append(emu)
-    line = readline(emu, 30.0)
-    assert line, "emulator did not start"
-    info = orjson.loads(line)
-    proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
-                             "--sse", "--rechunk-ms", "72", *variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    procs.append(proc)
-    line = readline(proc, 30.0)
-    assert line, "third-party target did not start"
-    urls = orjson.loads(line)
-    return {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published"}
 
 
 @pytest.fixture(scope="module")
@@ -47,29 +25,16 @@ def targets():
     two broken variants: every result published twice; results published on another call's stream."""
     procs: list[subprocess.Popen] = []
     try:
-        yield {"marked": _start(True, procs), "plain": _start(False, procs),
-               "dup": _start(True, procs, "--publish-times", "2"),
-               "crosstalk": _start(True, procs, "--cross-talk", "--tag")}
+        yield {"marked": start(procs), "plain": start(procs, text_mark=False),
+               "dup": start(procs, "--publish-times", "2"),
+               "crosstalk": start(procs, "--cross-talk", "--tag")}
     finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            else:
-                p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 @pytest.fixture(scope="module")
 def target(targets):
     return targets["marked"]
-
-
-def _published(target) -> dict[str, dict[str, int]]:
-    with urllib.request.urlopen(target["published"], timeout=10) as r:
-        return orjson.loads(r.read())
 
 
 def test_event_names_become_a_field_a_mapping_can_use() -> None:
@@ -99,31 +64,13 @@ def test_a_polled_json_feed_yields_each_message_once() -> None:
 
 
 def test_replay_reads_a_foreign_json_polling_feed(target, tmp_path) -> None:
-    out = tmp_path / "replay.json"
-    r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", _poll_url(target),
-                        "--feed-map", POLL_MAP, "--speed", "3", "--wait-final", "3", "--call-sid", "CA-poll-replay",
-                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
-    truth = _published(target)["CA-poll-replay"]
-    assert truth["finals"] >= 3, truth
-    assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
-    finals = [t for t in doc["transcripts"] if t["is_final"]]
-    assert len(finals) == truth["finals"] and doc["repeated_finals"] == 0  # each polled message once
-    assert all(t["latency_ms"] is not None for t in finals), finals[:3]
+    doc, _finals = replay_counted(target, _poll_url(target), POLL_MAP, "CA-poll-replay", tmp_path)
+    assert doc["repeated_finals"] == 0  # each polled message once
 
 
 def test_soak_reads_a_foreign_json_polling_feed(target, tmp_path) -> None:
-    toml = tmp_path / "poll.toml"
-    toml.write_text(SCENARIO)
-    out = tmp_path / "poll.json"
-    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
-                        "--transcripts", _poll_url(target), "--feed-map", POLL_MAP, "--provider-stats", target["stats"]],
-                       capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
-    mine = {sid: c for sid, c in _published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
-    assert len(mine) == doc["calls"]["started"] >= 2 and doc["calls"]["failed"] == 0, (doc["calls"], r.stderr[-2000:])
+    r, doc, mine = soak(target, _poll_url(target), POLL_MAP, tmp_path)
+    assert doc["calls"]["failed"] == 0, (doc["calls"], r.stderr[-2000:])
     assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0 and doc["feed"]["unrecognised"] == 0
     assert doc["text_mark"]["repeated_finals"] == 0 and doc["delivery_rate"] == 1.0
     assert doc["latency_ms"]["final"]["count"] == sum(c["finals"] for c in mine.values())
@@ -131,20 +78,10 @@ def test_soak_reads_a_foreign_json_polling_feed(target, tmp_path) -> None:
 
 @pytest.mark.skipif(not CALL.exists(), reason="fixtures/audio/call.wav missing")
 def test_replay_reads_a_foreign_sse_feed(target, tmp_path) -> None:
-    out = tmp_path / "replay.json"
-    r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", target["sse"],
-                        "--feed-map", FEED_MAP, "--speed", "3", "--wait-final", "3", "--call-sid", "CA-sse-replay",
-                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
-    truth = _published(target)["CA-sse-replay"]
-    assert truth["finals"] >= 3, truth
-    assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
-    finals = [t for t in doc["transcripts"] if t["is_final"]]
-    assert len(finals) == truth["finals"], (len(finals), truth)
+    doc, finals = replay_counted(target, target["sse"], FEED_MAP, "CA-sse-replay", tmp_path)
     # the emulator's text mark in every event: each final timed although the feed carries no offsets
-    assert doc["marked_results"] == truth["events"] and doc["repeated_finals"] == 0
-    assert all(t["audio_end_ms"] is not None and t["latency_ms"] is not None for t in finals), finals[:3]
+    assert doc["marked_results"] == doc["feed_messages"] and doc["repeated_finals"] == 0
+    assert all(t["audio_end_ms"] is not None for t in finals), finals[:3]
 
 
 def test_a_wrong_http_feed_url_is_a_clear_error(target, tmp_path) -> None:
@@ -156,18 +93,9 @@ def test_a_wrong_http_feed_url_is_a_clear_error(target, tmp_path) -> None:
 
 
 def _soak(target, tmp_path) -> tuple[subprocess.CompletedProcess, dict, dict[str, dict[str, int]]]:
-    toml = tmp_path / "sse.toml"
-    toml.write_text(SCENARIO)  # the mapping from the command line (--feed-map), not the scenario's [feed] map
-    out = tmp_path / "sse.json"
-    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
-                        "--transcripts", target["sse"], "--feed-map", FEED_MAP, "--provider-stats", target["stats"]],
-                       capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
+    r, doc, mine = soak(target, target["sse"], FEED_MAP, tmp_path)
     calls = doc["calls"]
-    assert calls["completed"] == calls["started"] >= 2 and calls["failed"] == 0, (calls, r.stderr[-2000:])
-    mine = {sid: c for sid, c in _published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
-    assert len(mine) == calls["started"]
+    assert calls["completed"] == calls["started"] and calls["failed"] == 0, (calls, r.stderr[-2000:])
     assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0, (doc["feed"], mine)
     assert doc["feed"]["unrecognised"] == 0
     return r, doc, mine

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 
 from rtaa_cli.feeds.webhook import Hub
-from test_feed_sse import SCENARIO
-from test_soak_support import readline
+from thirdparty_support import RTAA, replay_counted, soak, start, stop
 
 HERE = Path(__file__).parent
-RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
 CALL = HERE.parent / "fixtures" / "audio" / "call.wav"
 MAP = "text=text,is_final=type==final,seq=seq"
 
@@ -53,59 +48,19 @@ def target():
     port = _free_port()
     procs: list[subprocess.Popen] = []
     try:
-        emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        procs.append(emu)
-        info = orjson.loads(readline(emu, 30.0) or b"null")
-        proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
-                                 "--sse", "--rechunk-ms", "72", "--webhook", f"http://127.0.0.1:{port}/hook/{{call_sid}}"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        procs.append(proc)
-        urls = orjson.loads(readline(proc, 30.0) or b"null")
-        yield {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published",
-               "webhook": f"webhook://127.0.0.1:{port}/hook/{{call_sid}}"}
+        urls = start(procs, "--webhook", f"http://127.0.0.1:{port}/hook/{{call_sid}}")
+        yield {**urls, "webhook": f"webhook://127.0.0.1:{port}/hook/{{call_sid}}"}
     finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            else:
-                p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _published(target) -> dict:
-    with urllib.request.urlopen(target["published"], timeout=10) as r:
-        return orjson.loads(r.read())
+        stop(procs)
 
 
 def test_replay_takes_a_foreign_pipelines_posted_results(target, tmp_path) -> None:
-    out = tmp_path / "replay.json"
-    r = subprocess.run([*RTAA, "replay", str(CALL), "--url", target["target"], "--transcripts", target["webhook"],
-                        "--feed-map", MAP, "--speed", "3", "--wait-final", "3", "--call-sid", "CA-hook-replay",
-                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
-    truth = _published(target)["CA-hook-replay"]
-    assert truth["finals"] >= 3, truth
-    assert doc["feed_messages"] == truth["events"] and doc["feed_unrecognised"] == 0, (doc["feed_messages"], truth)
-    finals = [t for t in doc["transcripts"] if t["is_final"]]
-    assert len(finals) == truth["finals"] and all(t["latency_ms"] is not None for t in finals)
+    replay_counted(target, target["webhook"], MAP, "CA-hook-replay", tmp_path)
 
 
 def test_soak_takes_a_foreign_pipelines_posted_results(target, tmp_path) -> None:
-    toml = tmp_path / "hook.toml"
-    toml.write_text(SCENARIO)
-    out = tmp_path / "hook.json"
-    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
-                        "--transcripts", target["webhook"], "--feed-map", MAP, "--provider-stats", target["stats"]],
-                       capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
-    mine = {sid: c for sid, c in _published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
-    assert len(mine) == doc["calls"]["started"] >= 2 and doc["calls"]["failed"] == 0, (doc["calls"], doc["failures"], r.stderr[-2000:])
+    r, doc, mine = soak(target, target["webhook"], MAP, tmp_path)
+    assert doc["calls"]["failed"] == 0, (doc["calls"], doc["failures"], r.stderr[-2000:])
     assert doc["feed"]["messages"] == sum(c["events"] for c in mine.values()) > 0 and doc["feed"]["unrecognised"] == 0
     assert doc["delivery_rate"] == 1.0
     assert doc["latency_ms"]["final"]["count"] == sum(c["finals"] for c in mine.values())

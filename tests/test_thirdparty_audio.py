@@ -10,65 +10,27 @@ what the target's own ground truth (``/published`` -> ``audio``) says it dropped
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-import urllib.request
-from pathlib import Path
-
-import orjson
 import pytest
 
-from test_feed_sse import FEED_MAP, SCENARIO
-from test_soak_support import readline
+from test_feed_sse import FEED_MAP
+from thirdparty_support import published, soak, start, stop
 
-HERE = Path(__file__).parent
-RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
 PACKET_BYTES = 192  # one watermark packet: 96 samples of 8 kHz s16le
 
 
 @pytest.fixture(scope="module")
 def variants():
-    procs: list[subprocess.Popen] = []
-
-    def start(*variant: str) -> dict[str, str]:
-        emu = subprocess.Popen([*RTAA, "fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        procs.append(emu)
-        info = orjson.loads(readline(emu, 30.0) or b"null")
-        proc = subprocess.Popen([sys.executable, str(HERE / "thirdparty" / "target.py"), "--deepgram", info["url"],
-                                 "--sse", "--rechunk-ms", "72", *variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        procs.append(proc)
-        urls = orjson.loads(readline(proc, 30.0) or b"null")
-        return {**urls, "stats": info["stats"], "published": urls["sse"].split("/events/")[0] + "/published"}
-
+    procs: list = []
     try:
-        yield {"reconnect": start("--reconnect-every-s", "1.5", "--replay-ms", "300"),
-               "starve": start("--starve-after-s", "1.5"), "correct": start()}
+        yield {"reconnect": start(procs, "--reconnect-every-s", "1.5", "--replay-ms", "300"),
+               "starve": start(procs, "--starve-after-s", "1.5"), "correct": start(procs)}
     finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            else:
-                p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 def _soak(target, tmp_path) -> tuple[int, dict, dict[str, dict]]:
-    toml = tmp_path / "audio.toml"
-    toml.write_text(SCENARIO)
-    out = tmp_path / "audio.json"
-    r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
-                        "--transcripts", target["sse"], "--feed-map", FEED_MAP, "--provider-stats", target["stats"]],
-                       capture_output=True, text=True, timeout=180)
-    assert out.exists(), r.stdout + r.stderr
-    doc = orjson.loads(out.read_bytes())
-    with urllib.request.urlopen(target["published"], timeout=10) as resp:
-        truth = {sid: c["audio"] for sid, c in orjson.loads(resp.read()).items()
-                 if sid.startswith(doc["run"]["call_prefix"])}
-    assert len(truth) == doc["calls"]["started"] >= 2
+    r, doc, _mine = soak(target, target["sse"], FEED_MAP, tmp_path)
+    truth = {sid: c["audio"] for sid, c in published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
     return r.returncode, doc, truth
 
 
