@@ -45,6 +45,7 @@ log = logs.get("rtaa.bus")
 GROUP = "workers"
 READ_COUNT = 200  # entries per stream per XREAD
 BLOCK_MS = 1000  # blocking reads return at least this often (stop is noticed promptly)
+READ_COALESCE_S = 0.004  # worker: added latency traded for far fewer XREADs (docs/scale-out.md, bench)
 _ERRORS = (RedisError, OSError)
 # A lease is trusted locally for this fraction of its length after the renewal that was *sent* (so Redis,
 # which expires it a full lease after it *received* that renewal, cannot have granted it to anyone else);
@@ -706,6 +707,10 @@ class RedisBus:
                         if o.lost or o.closing:
                             break  # not advanced: read again if the call stays ours
                         self._feed(o, entry_id.decode(), fields)
+                if resp and len(resp) < len(streams) // 2:
+                    # Only a few of the calls had a new frame: let the others' frames arrive too, so one
+                    # XREAD (which names every owned stream) carries many entries, not one.
+                    await asyncio.sleep(READ_COALESCE_S)
         finally:
             await r.aclose()
 
