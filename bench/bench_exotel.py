@@ -1,6 +1,6 @@
 """Per-frame cost of the Exotel codec on the ingest's hot path, against a naive baseline in the same run.
 
-Baseline: ``json.loads`` + ``base64.b64decode`` (what a naive forwarder does, DESIGN.md). rtaa:
+Baseline: ``json.loads`` + ``base64.b64decode`` (what a naive forwarder does, docs/architecture.md). rtaa:
 ``rtaa_cli.exotel.parse_event`` (orjson + strict binascii + validation of every field) and the
 caller side ``StreamEncoder.media``. Prints microseconds per frame and the ratio to the baseline.
 

@@ -3,7 +3,7 @@
 Three processes per run, so each one's CPU is its own: the Deepgram emulator (segmenter engine), the
 target (rtaa's pipeline with the deepgram provider pointed at the emulator -- what `--provider fake`
 runs -- or the baseline), and the callers (N concurrent calls paced at 36 ms frames). The baseline is
-the naive forwarder of DESIGN.md: json.loads + b64decode + one raw websocket per call to the same
+the naive forwarder of docs/architecture.md ("Performance goals"): json.loads + b64decode + one raw websocket per call to the same
 emulator, nothing else (no single-flight, no KeepAlive, no reconnect, no metrics). Both targets time
 the same span: from the moment the ingest's read of a frame returns to the moment the provider send
 returns, for frames whose provider stream is open. Ratios are rtaa / naive, measured in the same run.

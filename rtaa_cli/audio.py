@@ -21,7 +21,7 @@ import soxr
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.exotel import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
 
-DEFAULT_FRAME_MS = 36  # the seeds' field observation; Exotel documents 100 ms
+DEFAULT_FRAME_MS = 36  # observed in production (docs/incidents.md); Exotel documents 100 ms
 BYTES_PER_SAMPLE = 2  # s16le mono
 MAX_DURATION_S = 3600  # Exotel streams last at most 60 minutes
 _BLOCK_FRAMES = 1 << 16  # source frames decoded at a time

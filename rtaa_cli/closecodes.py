@@ -1,6 +1,6 @@
 """The one RFC 6455 close-code table rtaa uses (ingest, emulator, callers, reports).
 
-Caller's fault: 1003/1007/1008/1009. Ours: 1011. Shutdown: 1001. See DESIGN.md "Bad input".
+Caller's fault: 1003/1007/1008/1009. Ours: 1011. Shutdown: 1001. See docs/exotel-protocol.md#close-codes.
 """
 from enum import IntEnum
 

@@ -63,7 +63,7 @@ def pipeline_config(provider: str, sample_rate: int) -> PipelineConfig:
         raise RtaaError(f"unknown provider {provider!r} (choose one of: {', '.join(PROVIDERS)})")
     return PipelineConfig(
         host="127.0.0.1", port=0,
-        # fake = the emulator with pocketsphinx, so a newcomer sees the call's real words (DESIGN.md).
+        # fake = the emulator with pocketsphinx, so a newcomer sees the call's real words (docs/architecture.md).
         provider=ProviderConfig(name=provider, fake_engine="sphinx", api_key=os.environ.get("DEEPGRAM_API_KEY")),
         # pocketsphinx finals can trail real time by a few seconds on a busy machine.
         worker=WorkerConfig(finalize_timeout_s=20.0 if provider != "deepgram" else 10.0),

@@ -1,4 +1,4 @@
-"""Sans-I/O codec for Exotel's Voicebot/AgentStream WebSocket messages (see EXOTEL.md).
+"""Sans-I/O codec for Exotel's Voicebot/AgentStream WebSocket messages (see docs/exotel-protocol.md).
 
 ``parse_event`` turns one text frame into a frozen event dataclass or raises
 :class:`ExotelProtocolError` carrying the RFC 6455 close code and a short reason that names the
@@ -480,7 +480,7 @@ class StreamEncoder:
 
     ``sequence_number`` counts every numbered message from 1 (``connected`` carries none, so
     ``start`` is 1); ``chunk`` counts media messages from 1; a media ``timestamp`` is the ms of
-    audio sent so far including that chunk (EXOTEL.md's example: chunk 2 of 36 ms -> 72).
+    audio sent so far including that chunk (docs/exotel-protocol.md's example: chunk 2 of 36 ms -> 72).
     """
 
     __slots__ = ("stream_sid", "call_sid", "account_sid", "sample_rate", "sequence_number", "chunk", "audio_bytes",

@@ -88,7 +88,7 @@ def test_g711_tables_match_reference():
 def test_decoder_carries_a_cut_sample_to_the_next_frame_and_reads_the_wav_header():
     dec = AudioDecoder("linear16", 8000, 1)
     assert dec.decode(b"\x01\x00\x02\x00").tolist() == [1, 2]
-    # Odd-length frames: one byte stream (DEEPGRAM.md §2), the cut sample completes with the next frame.
+    # Odd-length frames: one byte stream (docs/deepgram-protocol.md §2), the cut sample completes with the next frame.
     assert dec.decode(b"\x03\x00\x04").tolist() == [3] and dec.carried == 1
     assert dec.decode(b"").tolist() == [] and dec.carried == 1
     assert dec.decode(b"\x00\x05").tolist() == [4] and dec.carried == 1

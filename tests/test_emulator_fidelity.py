@@ -24,7 +24,7 @@ SDK_PARAMS = {"model": "nova-3", "encoding": "linear16", "sample_rate": 8000}
 
 @pytest.fixture
 def emu_factory(monkeypatch):
-    # The SDK's sync client honours HTTP(S)_PROXY: keep loopback traffic direct (DEEPGRAM.md §5).
+    # The SDK's sync client honours HTTP(S)_PROXY: keep loopback traffic direct (docs/deepgram-protocol.md §5).
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

@@ -42,7 +42,7 @@ BOUND = 20.0  # safety net for waits; never reached when things work
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    # The sync websockets client honours HTTP(S)_PROXY: keep loopback traffic direct (DEEPGRAM.md §5).
+    # The sync websockets client honours HTTP(S)_PROXY: keep loopback traffic direct (docs/deepgram-protocol.md §5).
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -96,7 +96,7 @@ def http_json(url: str, method: str = "GET"):
 
 
 def check_results_schema(m) -> None:
-    """Strict schema check: the SDK does no validation (DEEPGRAM.md §5)."""
+    """Strict schema check: the SDK does no validation (docs/deepgram-protocol.md §5)."""
     assert m.type == "Results" and len(m.channel_index) == 2
     assert isinstance(m.start, float) and isinstance(m.duration, float) and m.duration >= 0
     assert isinstance(m.is_final, bool) and isinstance(m.speech_final, bool) and isinstance(m.from_finalize, bool)

@@ -1,4 +1,4 @@
-"""Seed 000/001: duplicate provider connections from a check-then-create race. Exactly one provider
+"""docs/incidents.md 000/001: duplicate provider connections from a check-then-create race. Exactly one provider
 connection per interaction, by the emulator's /stats, under bursts; and the same test run against the
 naive variant finds the duplicates (so it can fail).
 

@@ -1,4 +1,4 @@
-"""Seeds 001/002: continuous forwarding (no time-based buffer), KeepAlive through holds (no 1011), end of
+"""docs/incidents.md 001/002: continuous forwarding (no time-based buffer), KeepAlive through holds (no 1011), end of
 stream (finals always, never a hang), audio after end reported, provider 1011 mid-call (reconnect, no gap,
 no repeat). Real emulator, real deepgram-sdk, real sockets."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _interaction_bytes(emu, iid: str) -> int:
 
 def test_every_frame_reaches_the_provider_as_it_arrives() -> None:
     """Lockstep: send one frame, wait until the emulator holds it, send the next. A forwarder that
-    batches (seed 001's 500 ms buffer, or "send once 200 ms accumulated") stalls here for >= 500 ms
+    batches (incident 001's 500 ms buffer, or "send once 200 ms accumulated") stalls here for >= 500 ms
     or forever; forwarding as it arrives takes milliseconds. The bound is generous for a loaded box."""
     async def main() -> list[float]:
         async with pipeline() as (server, emu):
@@ -79,7 +79,7 @@ def test_hold_with_keepalive_gives_no_1011_and_without_it_the_test_sees_one() ->
 
 
 def test_stop_right_after_speech_still_yields_the_final_and_call_ended_after_it() -> None:
-    """No trailing silence: only CloseStream's flush can produce the last final (seed 002's deadlock
+    """No trailing silence: only CloseStream's flush can produce the last final (incident 002's deadlock
     would hang here; dropping finals at hang-up, as Pipecat does, would lose it)."""
     async def main() -> tuple[list, list, float]:
         async with pipeline() as (server, emu):

@@ -103,7 +103,7 @@ def test_threshold_checks_and_overrides() -> None:
             parse_threshold_override(bad)
     th = apply_overrides(default_thresholds(), {"closes_1011_rate": None, "caller_1011_rate": 0.0})
     assert "closes_1011_rate" not in th and th["caller_1011_rate"] == Threshold("caller_1011_rate", 0.0, "max")
-    # the defaults are the seeds' rollback triggers
+    # the defaults are the rollback triggers of docs/incidents.md
     d = default_thresholds()
     assert (d["duplicates"].limit, d["closes_1011_rate"].limit, d["latency_final_p95_ms"].limit,
             d["delivery_rate"].limit) == (0, 0.05, 2000, 0.8)

@@ -1,9 +1,9 @@
 """Soak test targets: a small Exotel ingest that talks to the real Deepgram emulator, correct by
-default, with switches that re-create the seeds' failures one at a time:
+default, with switches that re-create the failures of docs/incidents.md one at a time:
 
 * ``race``: provider connection created with check-then-create from concurrently handled frames
-  (the seeds' race) -> duplicate provider connections;
-* ``hold``: the seeds' buffer bug -- after the first 500 ms, audio is held back until ``stop`` (the
+  (the connection race of incident 001) -> duplicate provider connections;
+* ``hold``: incident 001's buffer bug -- after the first 500 ms, audio is held back until ``stop`` (the
   time trigger never fires while 36 ms frames keep arriving) -> the provider times out (1011) and
   the late transcripts have huge latency;
 * ``no_finalize``: on ``stop`` the provider socket is closed without CloseStream -> the call's
@@ -100,7 +100,7 @@ class Call:
         if f.drop_every and len(self.t.calls) > 1 and self.frames % f.drop_every == 0:
             return  # BROKEN: shed load by dropping frames
         if f.hold and self.sent_bytes >= self.sample_rate:  # 500 ms of s16le = sample_rate bytes
-            self.held.append(pcm)  # BROKEN: the seeds' buffer never flushes while frames keep coming
+            self.held.append(pcm)  # BROKEN: incident 001's buffer never flushes while frames keep coming
             return
         await self._send(pcm)
 
@@ -148,7 +148,7 @@ class Call:
             pass
 
     async def stop(self) -> None:
-        if self.held:  # the seeds' flush: everything held, at the end (after the provider gave up)
+        if self.held:  # incident 001's flush: everything held, at the end (after the provider gave up)
             held, self.held = self.held, []
             for pcm in held:
                 await self._send(pcm)

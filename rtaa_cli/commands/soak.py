@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
 
-        Without --target the soak starts a local pipeline (rtaa serve + a Deepgram emulator with Deepgram-like timing) and stops it at the end. Thresholds default to the seeds' rollback triggers: duplicates > 0, 1011 rate > 5 %, final p95 > 2 s, delivery < 80 % (plus audio loss > 1 %). Exit code: 0 pass, 1 a threshold was breached, 2 invalid run (a threshold in effect could not be measured, or the load generator was the bottleneck: each reason is printed) or usage error, 3 internal error. See docs/soak.md.
+        Without --target the soak starts a local pipeline (rtaa serve + a Deepgram emulator with Deepgram-like timing) and stops it at the end. Thresholds default to the incident reviews' rollback triggers (docs/incidents.md): duplicates > 0, 1011 rate > 5 %, final p95 > 2 s, delivery < 80 % (plus audio loss > 1 %). Exit code: 0 pass, 1 a threshold was breached, 2 invalid run (a threshold in effect could not be measured, or the load generator was the bottleneck: each reason is printed) or usage error, 3 internal error. See docs/soak.md.
 
         Examples:
 

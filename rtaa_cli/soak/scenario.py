@@ -18,7 +18,7 @@ from rtaa_cli.soak.stats import METRICS
 KINDS = ("normal", "hold", "disconnect", "second_stream", "bad_input")
 
 # Bad inputs the bad-input scenario sends, and the close codes each may legitimately earn.
-# Caller's fault -> 1003/1007/1008/1009 (DESIGN.md "Bad input"); never 1011, never silence.
+# Caller's fault -> 1003/1007/1008/1009 (docs/exotel-protocol.md "Close codes"); never 1011, never silence.
 BAD_INPUTS: dict[str, tuple[int | None, ...]] = {
     "malformed_json": (1007,),
     "bad_base64": (1007,),
@@ -71,7 +71,7 @@ def _range(value: Any, what: str) -> tuple[float, float]:
 class Faults:
     """Provider faults, applied to the local emulator (ignored, with a note, for remote targets)."""
 
-    handshake_delay_ms: tuple[float, float] = (150.0, 300.0)  # Deepgram-like handshake (DEEPGRAM.md: 130-290 ms)
+    handshake_delay_ms: tuple[float, float] = (150.0, 300.0)  # Deepgram-like handshake (docs/deepgram-protocol.md: 130-290 ms)
     result_latency_ms: float = 150.0  # Deepgram-like result delay after the audio it covers
     result_jitter_ms: float = 100.0
     drop_after_s: float | None = None
@@ -113,7 +113,7 @@ class Scenario:
     second_stream_at_s: float = 3.0
     bad_inputs: list[str] = field(default_factory=lambda: list(BAD_INPUTS))
     oversize_bytes: int = 2 * 1024 * 1024
-    # burst: every user's first call waits for a common instant (seeds' race)
+    # burst: every user's first call waits for a common instant (the connection race, docs/incidents.md)
     burst: bool = False
     faults: Faults = field(default_factory=Faults)
     thresholds: dict[str, float | None] = field(default_factory=dict)
