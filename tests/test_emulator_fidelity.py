@@ -170,7 +170,7 @@ def test_detect_entities_gives_entities_on_finals_only(emu_factory):
 
 
 def _refused(emu, **params):
-    """The sync SDK surfaces the handshake's status and body (websockets' InvalidStatus, DEEPGRAM.md §5)."""
+    """The sync SDK surfaces the handshake's status and body (websockets' InvalidStatus, docs/deepgram-protocol.md §5)."""
     client = DeepgramClient(api_key="k", environment=env_for(emu))
     with pytest.raises(InvalidStatus) as info:
         with client.listen.v1.connect(**{**SDK_PARAMS, **params}):
