@@ -1,6 +1,6 @@
 """Exact per-connection and per-interaction accounting behind ``/stats`` and ``/metrics``.
 
-Definitions (DESIGN.md "What the soak report measures"):
+Definitions (docs/architecture.md "Definitions"):
 - a *duplicate* is a connection opened for an interaction while another connection of the same
   interaction is still open; ``max_open`` is the most connections it ever had open at once.
 Memory is bounded: at most ``max_closed`` closed connection records and ``max_interactions`` idle

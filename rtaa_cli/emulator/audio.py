@@ -1,6 +1,6 @@
 """Decoding of the audio a client streams to ``/v1/listen`` into int16 samples (pure code).
 
-The binary frames of a stream are one byte stream (DEEPGRAM.md §2: any chunk size is accepted): a frame
+The binary frames of a stream are one byte stream (docs/deepgram-protocol.md §2: any chunk size is accepted): a frame
 that ends inside a sample (an odd-length ``linear16`` frame, or part of a multichannel sample frame) leaves
 those bytes for the next frame, so a client cutting audio by byte count (1001-byte chunks) gets the same
 samples as one cutting whole samples. Bytes still left at the end of the stream are dropped.

@@ -1,6 +1,6 @@
 """What handshake features add to a result's words (pure code): speakers, entities, alternatives.
 
-Shapes follow the service's (DEEPGRAM.md §3; deepgram-sdk 7.16 ``ListenV1Results*`` models); the values
+Shapes follow the service's (docs/deepgram-protocol.md §3; deepgram-sdk 7.16 ``ListenV1Results*`` models); the values
 are the emulator's own, deterministic, and plausible rather than measured from the service [??]:
 - diarization: two speakers that take turns at gaps of at least ``TURN_GAP_S`` between words (a pause
   long enough to be a change of turn in a call), so speaker turns change at utterance boundaries;

@@ -1,4 +1,4 @@
-"""Server -> client JSON messages of Deepgram's live API (DEEPGRAM.md §3), serialised with orjson."""
+"""Server -> client JSON messages of Deepgram's live API (docs/deepgram-protocol.md §3), serialised with orjson."""
 from __future__ import annotations
 
 import uuid
@@ -12,7 +12,7 @@ from rtaa_cli.emulator.transcribers import Word
 
 NET0001 = ("Deepgram did not receive audio data or a text message within the timeout window. "
            "See https://dpgr.am/net0001")
-# Assumption [??]: DEEPGRAM.md could not confirm the current DATA-0000 code/text; 1008 per the brief.
+# Assumption [??]: docs/deepgram-protocol.md §4: no source confirmed the current DATA-0000 code/text; 1008 as the current docs reportedly say.
 DATA0000 = "DATA-0000: The payload cannot be decoded as audio. See https://dpgr.am/data0000"
 # Reason of the injected mid-stream 1011 fault (Deepgram's own internal-error texts vary).
 INTERNAL_FAULT = "Deepgram encountered an internal error while processing the stream (rtaa fault injection)."
@@ -101,7 +101,7 @@ class MessageFactory:
     def metadata(self, *, sha256: str, created: str, duration: float, channels: int) -> bytes:
         msg: dict = {"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
                      "sha256": sha256, "created": created, "duration": round(duration, 6), "channels": channels}
-        if duration > 0:  # models/model_info only when audio was processed (DEEPGRAM.md §3)
+        if duration > 0:  # models/model_info only when audio was processed (docs/deepgram-protocol.md §3)
             uid = model_uuid(self.model)
             msg["models"] = [uid]
             msg["model_info"] = {uid: model_info(self.model)}
@@ -121,7 +121,7 @@ class MessageFactory:
                              "message": original})
 
     def configure_reply(self, keyterms: list | None, nova3: bool) -> bytes:
-        # Assumption [??]: known only from the SDK 7.16 types (DEEPGRAM.md §2).
+        # Assumption [??]: known only from the SDK 7.16 types (docs/deepgram-protocol.md §2).
         if keyterms is not None and not nova3:
             return orjson.dumps({"type": "ConfigureFailure", "request_id": self.request_id,
                                  "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",

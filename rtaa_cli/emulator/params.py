@@ -1,4 +1,4 @@
-"""Query-string validation for ``/v1/listen``, as Deepgram does it at the handshake (DEEPGRAM.md §1).
+"""Query-string validation for ``/v1/listen``, as Deepgram does it at the handshake (docs/deepgram-protocol.md §1).
 
 Pure code: ``parse_listen_params(pairs)`` returns a :class:`StreamParams` or raises
 :class:`HandshakeRejected` carrying the HTTP status and Deepgram's error body fields.
@@ -17,7 +17,7 @@ DECODABLE_ENCODINGS = {"linear16": 2, "mulaw": 1, "alaw": 1}
 OTHER_DEEPGRAM_ENCODINGS = {"linear32", "flac", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex", "g729"}
 
 # model name -> (model_info.name, version, arch). The uuids are derived from the name (see messages.py).
-# Assumption [??]: names/versions imitate the wire capture in DEEPGRAM.md §3; exact values are not contractual.
+# Assumption [??]: names/versions imitate the wire capture in docs/deepgram-protocol.md §3; exact values are not contractual.
 MODELS: dict[str, tuple[str, str, str]] = {
     "nova-3": ("general-nova-3", "2025-07-31.0", "nova-3"),
     "nova-3-general": ("general-nova-3", "2025-07-31.0", "nova-3"),
@@ -63,7 +63,7 @@ def _bad(msg: str) -> HandshakeRejected:
 
 
 def _invalid(name: str, value: str) -> HandshakeRejected:
-    # Same wording as the real dg-error seen for utterance_end_ms (DEEPGRAM.md §1).
+    # Same wording as the real dg-error seen for utterance_end_ms (docs/deepgram-protocol.md §1).
     return _bad(f"Invalid '{name}' value of '{value}'.")
 
 
@@ -200,7 +200,7 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
     if diarize_model is not None and diarize_model not in ("v1", "latest"):
         raise _invalid("diarize_model", diarize_model)
 
-    # Features with an effect on the messages (DEEPGRAM.md §3, the SDK's result models): what the service
+    # Features with an effect on the messages (docs/deepgram-protocol.md §3, the SDK's result models): what the service
     # refuses is refused here with the same kind of 400; the rest is emulated (messages.py).
     diarize = _bool(pairs, "diarize") or diarize_model is not None
     hints = []

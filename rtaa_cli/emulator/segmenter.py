@@ -8,7 +8,7 @@ are copied (as float64) after the partial block carried from the previous frame 
 loop walks the frame's blocks (3-4 for 36 ms frames). Energies are sums of squared int16 values, exact in
 float64, so results do not depend on how the audio was cut into frames.
 
-Timing model (Deepgram's, DEEPGRAM.md §3 and the endpointing docs):
+Timing model (Deepgram's, docs/deepgram-protocol.md §3 and the endpointing docs):
 - A *window* runs from the end of the previous final to now. Finals tile the audio: each final covers
   ``[window_start, end)`` and the next window starts at that ``end``.
 - Voice activity: speech starts at a voiced block and stops after ``min_pause_ms`` (100) of unvoiced

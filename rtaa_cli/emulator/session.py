@@ -129,7 +129,7 @@ class Session:
         if self.closing is not None:
             return
         self.last_activity = now
-        if not data:  # legacy end-of-stream signal: same as CloseStream (DEEPGRAM.md §2)
+        if not data:  # legacy end-of-stream signal: same as CloseStream (docs/deepgram-protocol.md §2)
             self._close_stream(now)
             return
         self.audio_bytes += len(data)
@@ -173,7 +173,7 @@ class Session:
             nova3 = MODELS[self.params.model][2] == "nova-3"
             self._emit(now, self._messages.configure_reply(keyterms, nova3), "Configure")
         else:
-            # Assumption [??]: the socket stays open after a SchemaError (unknown in DEEPGRAM.md §2).
+            # Assumption [??]: the socket stays open after a SchemaError (unknown, docs/deepgram-protocol.md §2).
             self.schema_errors += 1
             why = "Unknown message type." if isinstance(msg, dict) else "Could not parse the text message as JSON."
             self._emit(now, self._messages.schema_error(why, text[:1000]), "Error")

@@ -74,7 +74,7 @@ class PipelineMetrics:
         self.duplicate_opens_prevented = Counter(
             "rtaa_provider_duplicate_opens_prevented",
             "Callers that needed a provider stream while one was opening and joined that opening", registry=r)
-        # Self-reported ground truth for remote soaks (DESIGN.md "duplicate connections"): a provider
+        # Self-reported ground truth for remote soaks (docs/architecture.md "Definitions": duplicate connection): a provider
         # connection activated while another of the same interaction was still open. 0 by construction.
         self.duplicate_connections = Counter(
             "rtaa_provider_duplicate_connections",

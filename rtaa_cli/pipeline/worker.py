@@ -126,7 +126,7 @@ class Interaction:
             task.result()  # the opening's error (ProviderError, CallEnded) reaches every waiter
 
     async def _naive_connection(self) -> ProviderConnection:
-        """The seeds' bug, kept only so a test can show the race test fails on it: check, then create."""
+        """The check-then-create bug of docs/incidents.md (001), kept only so a test can show the race test fails on it: check, then create."""
         conn = await self.provider.open(self.interaction_id, self.sample_rate)
         await self._activate(conn)
         return conn

@@ -68,7 +68,7 @@ class DeepgramConnection(ProviderConnection):
     async def results(self) -> AsyncIterator[ProviderResult]:
         # Raw frames + orjson rather than the SDK's ``async for msg in sock``: the SDK does the same
         # json.loads and then builds pydantic models for every message, which profiled at ~10 % of the
-        # pipeline's CPU at 100 calls; the wire schema (DEEPGRAM.md) is read directly instead.
+        # pipeline's CPU at 100 calls; the wire schema (docs/deepgram-protocol.md) is read directly instead.
         try:
             async for raw in self._ws:
                 if isinstance(raw, bytes):
@@ -101,7 +101,7 @@ def _num(value: Any) -> float:
 
 
 def _to_result(msg: dict) -> ProviderResult | None:
-    """A ``Results`` message (DEEPGRAM.md) -> ProviderResult; None when it has no usable alternative."""
+    """A ``Results`` message (docs/deepgram-protocol.md) -> ProviderResult; None when it has no usable alternative."""
     channel = msg.get("channel")
     alts = channel.get("alternatives") if type(channel) is dict else None
     if not alts or type(alts) is not list or type(alts[0]) is not dict:
