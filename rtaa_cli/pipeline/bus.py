@@ -89,7 +89,27 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-class CallChannel:
+class FailureNotice:
+    """Worker -> ingest: the call cannot go on (provider down for good); the ingest closes its caller.
+    Shared by both buses' per-call handles, which hold ``failure`` and ``_fail_callbacks`` in their slots."""
+
+    __slots__ = ()
+    failure: str | None
+    _fail_callbacks: list[Callable[[str], None]]
+
+    def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        self._fail_callbacks.append(callback)
+        if self.failure is not None:
+            callback(self.failure)
+        return lambda: self._fail_callbacks.remove(callback) if callback in self._fail_callbacks else None
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        for callback in list(self._fail_callbacks):
+            callback(reason)
+
+
+class CallChannel(FailureNotice):
     __slots__ = ("interaction_id", "queue", "closed", "sample_rate", "_timeout_s", "_fail_callbacks", "failure",
                  "busy", "fast_path", "_maxsize", "_room")
 
@@ -135,17 +155,6 @@ class CallChannel:
         self._room.set()
         return item
 
-    # Worker -> ingest: the call cannot go on (provider down for good); the ingest closes its caller.
-    def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        self._fail_callbacks.append(callback)
-        if self.failure is not None:
-            callback(self.failure)
-        return lambda: self._fail_callbacks.remove(callback) if callback in self._fail_callbacks else None
-
-    def fail(self, reason: str) -> None:
-        self.failure = reason
-        for callback in list(self._fail_callbacks):
-            callback(reason)
 
 
 Consumer = Callable[[CallChannel], Awaitable[None]]

@@ -53,7 +53,7 @@ _ERRORS = (RedisError, OSError)
 VALID_FRACTION = 0.6
 
 
-class RedisPublisher:
+class RedisPublisher(busmod.FailureNotice):
     """The ingest's handle on one call (what :class:`busmod.Publisher` asks for)."""
 
     __slots__ = ("interaction_id", "sample_rate", "closed", "failure", "_fail_callbacks", "_bus", "_key", "_n",
@@ -122,16 +122,6 @@ class RedisPublisher:
         if self._failed(result) or self.ended_seen or result is None:
             self._bus.forget_publisher(self)
 
-    def on_failure(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        self._fail_callbacks.append(callback)
-        if self.failure is not None:
-            callback(self.failure)
-        return lambda: self._fail_callbacks.remove(callback) if callback in self._fail_callbacks else None
-
-    def fail(self, reason: str) -> None:
-        self.failure = reason
-        for callback in list(self._fail_callbacks):
-            callback(reason)
 
 
 class WorkerChannel(busmod.CallChannel):
