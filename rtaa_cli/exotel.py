@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import binascii
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable
 
 import orjson
@@ -37,20 +38,33 @@ _MAX_DIGITS = 18  # decimal strings longer than this are not sequence numbers or
 _MAX_INT = 10**_MAX_DIGITS - 1
 
 
-class ExotelProtocolError(ValueError):
-    """A frame that breaks the protocol. ``close_code`` and ``reason`` are ready for ws.close()."""
+class ErrorKind(StrEnum):
+    """Which rule a frame broke, for machines (the value is the ingest's ``rtaa_bad_input_total{kind}``);
+    the reason text is for people and may change."""
 
-    def __init__(self, close_code: int, reason: str) -> None:
+    MALFORMED_JSON = "malformed_json"  # not JSON, or not a JSON object
+    INVALID_FIELD = "invalid_field"  # a field missing, mistyped or out of range
+    BAD_BASE64 = "bad_base64"  # media.payload is not strict base64
+    BAD_AUDIO = "bad_audio"  # media.payload decodes to an odd byte count (not 16-bit PCM)
+    UNKNOWN_EVENT = "unknown_event"  # an event name this codec does not know (close 1003)
+
+
+class ExotelProtocolError(ValueError):
+    """A frame that breaks the protocol. ``close_code`` and ``reason`` are ready for ws.close();
+    ``kind`` names the rule."""
+
+    def __init__(self, close_code: int, reason: str, kind: ErrorKind = ErrorKind.INVALID_FIELD) -> None:
         encoded = reason.encode("utf-8")
         if len(encoded) > _MAX_REASON_BYTES:  # close reasons are capped at 123 bytes on the wire
             reason = encoded[: _MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
         super().__init__(reason)
         self.close_code = int(close_code)
         self.reason = reason
+        self.kind = kind
 
 
-def _invalid(reason: str) -> ExotelProtocolError:
-    return ExotelProtocolError(Close.INVALID_PAYLOAD, reason)
+def _invalid(reason: str, kind: ErrorKind = ErrorKind.INVALID_FIELD) -> ExotelProtocolError:
+    return ExotelProtocolError(Close.INVALID_PAYLOAD, reason, kind)
 
 
 def _snippet(value: Any) -> str:
@@ -252,9 +266,9 @@ def _parse_media(msg: dict) -> Media:
     try:
         pcm = binascii.a2b_base64(payload, strict_mode=True)
     except ValueError:  # binascii.Error, and non-ASCII text
-        raise _invalid("media.payload: invalid base64") from None
+        raise _invalid("media.payload: invalid base64", ErrorKind.BAD_BASE64) from None
     if len(pcm) & 1:
-        raise _invalid("media.payload: odd byte count, not 16-bit PCM")
+        raise _invalid("media.payload: odd byte count, not 16-bit PCM", ErrorKind.BAD_AUDIO)
     # Hot path (every 20-100 ms of every call): Exotel's own shape is taken inline; anything else
     # (camelCase, numbers as JSON numbers, missing fields, errors) goes through the generic helpers.
     sid, seq, chunk, stamp = msg.get("stream_sid"), msg.get("sequence_number"), media.get("chunk"), media.get("timestamp")
@@ -349,9 +363,9 @@ def parse_event(data: str | bytes) -> Event:
     try:
         msg = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise _invalid("message is not valid JSON") from None
+        raise _invalid("message is not valid JSON", ErrorKind.MALFORMED_JSON) from None
     if type(msg) is not dict:
-        raise _invalid("message must be a JSON object")
+        raise _invalid("message must be a JSON object", ErrorKind.MALFORMED_JSON)
     event = msg.get("event")
     parser = _PARSERS.get(event) if type(event) is str else None
     if parser is None:
@@ -359,7 +373,8 @@ def parse_event(data: str | bytes) -> Event:
             raise _invalid("event: missing field")
         if type(event) is not str:
             raise _invalid("event: must be a string")
-        raise ExotelProtocolError(Close.UNSUPPORTED_DATA, f"event: unknown event {_snippet(event)}")
+        raise ExotelProtocolError(Close.UNSUPPORTED_DATA, f"event: unknown event {_snippet(event)}",
+                                  ErrorKind.UNKNOWN_EVENT)
     return parser(msg)
 
 

@@ -12,6 +12,7 @@ from rtaa_cli.exotel import (
     Clear,
     Connected,
     Dtmf,
+    ErrorKind,
     ExotelProtocolError,
     Mark,
     Media,
@@ -200,6 +201,38 @@ def test_parse_malformed(name: str, raw: object, code: int, reason: str) -> None
     assert str(info.value) == reason
     assert len(info.value.reason.encode()) <= 120
     assert isinstance(info.value, ValueError)
+
+
+# The rule each malformed case breaks, as a value: the ingest counts by it (rtaa_bad_input_total{kind}).
+_KIND_BY_REASON_START = {"message is not valid JSON": ErrorKind.MALFORMED_JSON,
+                         "message must be a JSON object": ErrorKind.MALFORMED_JSON,
+                         "event: unknown event": ErrorKind.UNKNOWN_EVENT,
+                         "media.payload: invalid base64": ErrorKind.BAD_BASE64,
+                         "media.payload: odd byte count": ErrorKind.BAD_AUDIO}
+
+
+@pytest.mark.parametrize("name,raw,code,reason", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_each_malformed_case_carries_the_kind_of_the_rule_it_broke(name: str, raw: object, code: int,
+                                                                    reason: str) -> None:
+    data = raw if isinstance(raw, (str, bytes)) else orjson.dumps(raw).decode()
+    with pytest.raises(ExotelProtocolError) as info:
+        parse_event(data)
+    expected = next((k for start, k in _KIND_BY_REASON_START.items() if reason.startswith(start)),
+                    ErrorKind.INVALID_FIELD)
+    assert info.value.kind is expected
+
+
+@pytest.mark.parametrize("raw", [
+    {"event": "media", "stream_sid": "S", "media": {"chunk": "base64", "payload": B64}},
+    {"event": "media", "stream_sid": "S", "media": {"chunk": "16-bit", "payload": B64}},
+    {"event": "start", "stream_sid": "S", "start": {"call_sid": "C", "custom_parameters": {"base64": {}}}},
+], ids=["chunk-named-base64", "chunk-named-16-bit", "custom-parameter-named-base64"])
+def test_the_kind_does_not_depend_on_what_the_reason_quotes(raw: object) -> None:
+    """A reason quotes the caller's input; a kind read back from the text would take a chunk "base64" for
+    bad base64. The kind is set where the rule is checked."""
+    with pytest.raises(ExotelProtocolError) as info:
+        parse_event(orjson.dumps(raw))
+    assert info.value.kind is ErrorKind.INVALID_FIELD, info.value.reason
 
 
 def test_reason_is_capped_at_120_bytes_even_with_multibyte_text() -> None:

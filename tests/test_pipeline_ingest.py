@@ -115,6 +115,22 @@ def test_bad_input_of_each_kind_is_closed_counted_and_leaves_a_concurrent_call_a
     assert stats["totals"]["duplicates"] == 0 and stats["totals"]["closes_1011"] == 0
 
 
+def test_bad_input_is_counted_by_the_rule_broken_not_by_words_its_reason_quotes() -> None:
+    """A chunk number "base64" is a mistyped field (invalid_field), though the reason quotes "base64"."""
+    async def main():
+        async with pipeline() as (server, _):
+            c = await _started(server, "CA-quoted")
+            await c.ws.send(orjson.dumps({"event": "media", "stream_sid": "S", "sequence_number": "3",
+                                          "media": {"chunk": "base64", "timestamp": "36",
+                                                    "payload": base64.b64encode(GOOD_FRAME).decode()}}).decode())
+            return await c.closed(), server.metrics
+
+    (code, reason), metrics = run(main(), 30)
+    assert code == 1007 and "base64" in reason, reason
+    assert metrics.value("rtaa_bad_input_total", kind="invalid_field") == 1
+    assert metrics.value("rtaa_bad_input_total", kind="bad_base64") == 0
+
+
 def test_calls_beyond_capacity_are_told_to_try_again_later() -> None:
     async def main():
         async with pipeline(ingest=IngestConfig(max_calls=1)) as (server, _):

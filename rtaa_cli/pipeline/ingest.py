@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rtaa_cli import logs
 from rtaa_cli.closecodes import Close
-from rtaa_cli.exotel import ExotelProtocolError, Media, Start, Stop, parse_event
+from rtaa_cli.exotel import ErrorKind, ExotelProtocolError, Media, Start, Stop, parse_event
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.auth import ANONYMOUS, Principal
 from rtaa_cli.pipeline.config import IngestConfig
@@ -65,17 +65,6 @@ GARBAGE_REASON = f"no Exotel stream: {GARBAGE_ONLY_LIMIT} unknown events and no 
 _LIBRARY_CLOSE_KINDS = {Close.MESSAGE_TOO_BIG: "oversize", Close.INVALID_PAYLOAD: "invalid_utf8",
                         Close.PROTOCOL_ERROR: "protocol_error"}
 MAX_INTERACTION_ID = 128  # it names metrics-free state, log lines, feed paths and the provider's tag
-
-
-def _kind_of(exc: ExotelProtocolError) -> str:
-    reason = exc.reason
-    if "not valid JSON" in reason or "JSON object" in reason:
-        return "malformed_json"
-    if "base64" in reason:
-        return "bad_base64"
-    if "16-bit" in reason:
-        return "bad_audio"
-    return "invalid_field"
 
 
 class StreamConn:
@@ -196,7 +185,7 @@ class Ingest:
                 try:
                     ev = parse_event(message)
                 except ExotelProtocolError as exc:
-                    if exc.close_code == Close.UNSUPPORTED_DATA:  # unknown event: count, log a sample, ignore
+                    if exc.kind is ErrorKind.UNKNOWN_EVENT:  # unknown event: count, log a sample, ignore
                         self.metrics.bad_input.labels(kind="unknown_event").inc()
                         s.unknown_events += 1
                         if s.channel is None and s.unknown_events >= GARBAGE_ONLY_LIMIT:
@@ -205,7 +194,7 @@ class Ingest:
                         sampled.warning("bad_input", key="unknown_event", interaction_id=s.interaction_id,
                                         kind="unknown_event", reason=exc.reason, action="ignored")
                         continue
-                    await self._bad(s, _kind_of(exc), exc.close_code, exc.reason)
+                    await self._bad(s, exc.kind.value, exc.close_code, exc.reason)
                     continue
                 if type(ev) is Media:  # the hot path
                     channel = s.channel

@@ -644,12 +644,12 @@ class RedisBus:
         if self.provider is not None:
             self.provider.forget(o.iid)
 
-    async def _drop(self, o: Owned, reason: str) -> None:
+    async def _drop(self, o: Owned, reason: str, lease_lost: bool = False) -> None:
         """Stop working on a call we no longer (may) own: nothing more is read, sent or published."""
         if o.lost:
             return
         self._forget(o)
-        if reason.startswith("lease"):
+        if lease_lost:
             self.metrics.bus_leases_lost.inc()
         log.warning("call_dropped", interaction_id=o.iid, reason=reason)
         if self.provider is not None:
@@ -779,7 +779,7 @@ class RedisBus:
             now = time.perf_counter()
             for o in list(self.owned.values()):
                 if now >= o.valid_until and not o.lost:
-                    await self._drop(o, "lease expired locally (renewals failing or late)")
+                    await self._drop(o, "lease expired locally (renewals failing or late)", lease_lost=True)
                     self._spawn(self._release_quietly(o))
             self._end_idle_calls()
 
@@ -824,7 +824,7 @@ class RedisBus:
             lost_at = set(lost)
             for i, o in enumerate(owned, 1):
                 if i in lost_at:
-                    await self._drop(o, "lease lost (taken over or expired)")
+                    await self._drop(o, "lease lost (taken over or expired)", lease_lost=True)
                 else:
                     o.valid_until = t0 + self.lease_ms * VALID_FRACTION / 1000.0
             self._backlog = max(lengths, default=0)
