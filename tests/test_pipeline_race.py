@@ -1,6 +1,7 @@
 """docs/incidents.md 000/001: duplicate provider connections from a check-then-create race. Exactly one provider
 connection per interaction, by the emulator's /stats, under bursts; and the same test run against the
-naive variant finds the duplicates (so it can fail).
+naive variant (built here, :class:`NaiveInteraction`: production code has no broken mode) finds the
+duplicates (so it can fail).
 
 Set RTAA_BREAK_SINGLE_FLIGHT=1 to run the strict tests against the naive variant (they must fail)."""
 from __future__ import annotations
@@ -16,6 +17,8 @@ from rtaa_cli.pipeline.config import WorkerConfig
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import ProviderError
 from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
+from rtaa_cli.pipeline import worker as workermod
+from rtaa_cli.pipeline.providers.base import ProviderConnection
 from rtaa_cli.pipeline.worker import Interaction
 from test_pipeline_support import FRAME, Caller, pipeline, run, speech_like, until
 
@@ -23,19 +26,39 @@ BROKEN = os.environ.get("RTAA_BREAK_SINGLE_FLIGHT") == "1"
 SLOW_HANDSHAKE = EmulatorConfig(handshake_delay_ms=(150.0, 300.0), seed=3)
 
 
+class NaiveInteraction(Interaction):
+    """The check-then-create bug of docs/incidents.md (001): every frame that finds no open stream opens
+    one (check, then create), so frames arriving during a handshake open duplicates."""
+
+    async def connection(self) -> ProviderConnection:
+        if self._conn is not None:
+            return self._conn
+        if self.failure is not None:
+            raise self.failure
+        conn = await self.provider.open(self.interaction_id, self.sample_rate)
+        await self._activate(conn)
+        return conn
+
+    async def _join_opening(self) -> None:
+        await self.connection()
+
+
 @pytest.fixture
-def single_flight(monkeypatch: pytest.MonkeyPatch) -> bool:
-    monkeypatch.setattr(Interaction, "single_flight", not BROKEN)
-    return not BROKEN
+def interaction_cls(monkeypatch: pytest.MonkeyPatch) -> type[Interaction]:
+    """The worker's class, or the naive one under RTAA_BREAK_SINGLE_FLIGHT=1 (also inside the pipeline)."""
+    cls = NaiveInteraction if BROKEN else Interaction
+    monkeypatch.setattr(workermod, "Interaction", cls)
+    return cls
 
 
-async def _burst(calls: int, frames_per_call: int) -> tuple[dict, PipelineMetrics, int]:
+async def _burst(calls: int, frames_per_call: int,
+                 cls: type[Interaction] = Interaction) -> tuple[dict, PipelineMetrics, int]:
     """``calls`` interactions start in the same instant, each with ``frames_per_call`` frames at once."""
     async with Emulator(SLOW_HANDSHAKE) as emu:
         provider = DeepgramProvider("test-key", emu.url)
         metrics = PipelineMetrics()
         out: list[dict] = []
-        calls_ = [Interaction(f"burst-{i}", 8000, provider, WorkerConfig(), metrics, out.append) for i in range(calls)]
+        calls_ = [cls(f"burst-{i}", 8000, provider, WorkerConfig(), metrics, out.append) for i in range(calls)]
         frame = b"\x01\x00" * (FRAME // 2)
         now = time.perf_counter()
         await asyncio.gather(*(c.push_audio(frame, now) for c in calls_ for _ in range(frames_per_call)))
@@ -44,8 +67,8 @@ async def _burst(calls: int, frames_per_call: int) -> tuple[dict, PipelineMetric
         return stats, metrics, sum(c.connections_opened for c in calls_)
 
 
-def test_fifty_frames_and_hundred_calls_at_once_open_one_connection_each(single_flight: bool) -> None:
-    stats, metrics, opened = run(_burst(calls=100, frames_per_call=50), 90)
+def test_fifty_frames_and_hundred_calls_at_once_open_one_connection_each(interaction_cls: type[Interaction]) -> None:
+    stats, metrics, opened = run(_burst(calls=100, frames_per_call=50, cls=interaction_cls), 90)
     interactions = {k: v for k, v in stats["interactions"].items() if k.startswith("burst-")}
     assert len(interactions) == 100
     assert stats["totals"]["duplicates"] == 0, f"duplicate provider connections: {stats['totals']['duplicates']}"
@@ -59,10 +82,9 @@ def test_fifty_frames_and_hundred_calls_at_once_open_one_connection_each(single_
     assert stats["totals"]["close_codes"] == {"1000": 100}
 
 
-def test_the_race_test_detects_the_naive_check_then_create(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_race_test_detects_the_naive_check_then_create() -> None:
     """The broken variant (no single-flight) under the same burst: the emulator sees duplicates."""
-    monkeypatch.setattr(Interaction, "single_flight", False)
-    stats, metrics, opened = run(_burst(calls=10, frames_per_call=50), 60)
+    stats, metrics, opened = run(_burst(calls=10, frames_per_call=50, cls=NaiveInteraction), 60)
     assert stats["totals"]["duplicates"] > 0
     # /metrics reports them too, so a remote soak without the emulator's /stats still sees them
     assert metrics.value("rtaa_provider_duplicate_connections_total") > 0
@@ -88,7 +110,7 @@ def test_failed_opening_reaches_every_waiter_and_nothing_hangs() -> None:
     assert metrics.value("rtaa_provider_duplicate_opens_prevented_total") == 49
 
 
-def test_hundred_callers_starting_together_through_the_ingest(single_flight: bool) -> None:
+def test_hundred_callers_starting_together_through_the_ingest(interaction_cls: type[Interaction]) -> None:
     """End to end: the eager open on ``start`` and the first frames race for the provider stream."""
     async def main() -> dict:
         async with pipeline(SLOW_HANDSHAKE) as (server, emu):

@@ -53,9 +53,6 @@ class CallEnded(Exception):
 
 
 class Interaction:
-    # Tests flip this to False to prove the race test catches the naive check-then-create variant.
-    single_flight: bool = True
-
     def __init__(self, interaction_id: str, sample_rate: int, provider: Provider, cfg: WorkerConfig,
                  metrics: PipelineMetrics, publish: Publish) -> None:
         self.interaction_id = interaction_id
@@ -97,8 +94,6 @@ class Interaction:
             return conn
         if self.failure is not None:
             raise self.failure  # gave up on this call's provider: fail fast, do not retry per frame
-        if not self.single_flight:
-            return await self._naive_connection()
         # shield: a waiter that is cancelled must not cancel the opening the others wait for.
         return await asyncio.shield(self._opening_task())
 
@@ -113,9 +108,6 @@ class Interaction:
     async def _join_opening(self) -> None:
         """A frame's wait for the stream: until it is open (or the opening fails: raised), or until the
         opening starts retrying an outage (then the frame is buffered, see push_audio)."""
-        if not self.single_flight:
-            await self._naive_connection()
-            return
         task = self._opening_task()
         outage = asyncio.get_running_loop().create_task(self._outage.wait())
         try:
@@ -124,12 +116,6 @@ class Interaction:
             outage.cancel()
         if task.done():
             task.result()  # the opening's error (ProviderError, CallEnded) reaches every waiter
-
-    async def _naive_connection(self) -> ProviderConnection:
-        """The check-then-create bug of docs/incidents.md (001), kept only so a test can show the race test fails on it: check, then create."""
-        conn = await self.provider.open(self.interaction_id, self.sample_rate)
-        await self._activate(conn)
-        return conn
 
     async def _open(self) -> ProviderConnection:
         """Open (or reopen) the provider stream, retrying for at most ``reconnect_window_s``: a failed open
