@@ -48,7 +48,7 @@ class MessageFactory:
         self._alternatives = params.alternatives
 
     def _alternative(self, words: Sequence[Word], speakers: Sequence[int] | None, speech_final: bool,
-                     sentence_start: bool) -> dict:
+                     sentence_start: bool, marks: Sequence[str] | None) -> dict:
         word_objs = []
         texts = []
         last = len(words) - 1
@@ -58,7 +58,9 @@ class MessageFactory:
                 # Capitalised only where a sentence starts: the stream's first result, or after a
                 # speech_final (which ends its sentence with a full stop).
                 shown = word.capitalize() if i == 0 and sentence_start else word
-                if i == last and speech_final:
+                if marks is not None and marks[i]:
+                    shown += marks[i]  # dictated punctuation ("comma" -> ",")
+                if i == last and speech_final and not shown.endswith((".", "?", "!")):
                     shown += "."
                 obj["punctuated_word"] = shown
                 texts.append(shown)
@@ -80,8 +82,13 @@ class MessageFactory:
 
     def results(self, *, channel: int, channels: int, start: float, end: float, words: Sequence[Word],
                 is_final: bool, speech_final: bool, from_finalize: bool, speakers: Sequence[int] | None = None,
-                sentence_start: bool = True) -> bytes:
+                sentence_start: bool = True, marks: Sequence[str] | None = None,
+                search: list[dict] | None = None) -> bytes:
         variants = alternative_words(words, self._alternatives) if self._alternatives > 1 else [words]
+        body: dict = {"alternatives": [self._alternative(v, speakers, speech_final, sentence_start, marks)
+                                       for v in variants]}
+        if search is not None:  # channel.search, as in the service's responses ([??] on interims too)
+            body["search"] = search
         msg: dict = {
             "type": "Results",
             "channel_index": [channel, channels],
@@ -89,8 +96,7 @@ class MessageFactory:
             "start": round(start, 3),
             "is_final": is_final,
             "speech_final": speech_final,
-            "channel": {"alternatives": [self._alternative(v, speakers, speech_final, sentence_start)
-                                         for v in variants]},
+            "channel": body,
             "metadata": self._metadata,
             "from_finalize": from_finalize,
         }
@@ -120,12 +126,16 @@ class MessageFactory:
         return orjson.dumps({"type": "Error", "variant": "SchemaError", "description": description,
                              "message": original})
 
-    def configure_reply(self, keyterms: list | None, nova3: bool) -> bytes:
+    def configure_failure(self, code: str, description: str) -> bytes:
+        return orjson.dumps({"type": "ConfigureFailure", "request_id": self.request_id, "code": code,
+                             "description": description})
+
+    def configure_reply(self, keyterms: list | None, nova3: bool, boostable: bool = True) -> bytes:
         # Assumption [??]: known only from the SDK 7.16 types (docs/deepgram-protocol.md §2).
-        if keyterms is not None and not nova3:
-            return orjson.dumps({"type": "ConfigureFailure", "request_id": self.request_id,
-                                 "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
-                                 "description": "Keyterms are only supported with Nova-3 models."})
+        if keyterms is not None and (not nova3 or not boostable):
+            why = "Keyterms are only supported with Nova-3 models." if not nova3 else \
+                "Keyterms are not supported by the rtaa emulator's sphinx engine."
+            return self.configure_failure("CONFIGURE_KEYTERMS_NOT_SUPPORTED", why)
         msg: dict = {"type": "ConfigureSuccess", "request_id": self.request_id}
         if keyterms is not None:
             msg["keyterms"] = keyterms

@@ -2,13 +2,16 @@
 
 Pure code: ``parse_listen_params(pairs)`` returns a :class:`StreamParams` or raises
 :class:`HandshakeRejected` carrying the HTTP status and Deepgram's error body fields.
-Parameters the emulator does not know (``filler_words``, ``no_delay``, ...) are accepted unchecked,
-as Deepgram accepts them.
+Parameters the emulator does not know are accepted unchecked, as Deepgram accepts them. What each known
+parameter does is in docs/emulator.md (Fidelity); text parameters become a :class:`TextOptions`
+(textfmt.py), engine-dependent refusals are :func:`engine_refusal`.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from rtaa_cli.emulator.textfmt import TextOptions
 
 BAD_REQUEST = "Bad Request"
 
@@ -44,7 +47,19 @@ _ENGLISH_ONLY = re.compile(r"^(nova-2-(?!general).+|nova-3-medical|enhanced-.+|b
 _BOOL_PARAMS = ("interim_results", "punctuate", "smart_format", "multichannel", "vad_events", "numerals",
                 "profanity_filter", "dictation", "diarize", "mip_opt_out", "detect_entities", "paragraphs",
                 "utterances", "filler_words", "no_delay")
-_REDACT_VALUES = {"true", "false", "pci", "numbers", "aggressive_numbers", "ssn"}
+# redact values -> the emulator's rules (textfmt.REDACT_RULES); "false" is none.
+_REDACT_RULES = {"true": "numbers", "numbers": "numbers", "aggressive_numbers": "numbers", "pci": "pci",
+                 "ssn": "ssn", "credit_card": "pci", "cvv": "pci"}
+# Values the service accepts that need a named-entity recogniser the emulator does not have (groups and
+# entity types of Deepgram's Supported Entity Types page; the list there is longer [??]).
+_REDACT_UNSUPPORTED = {"pii", "phi", "account_number", "age", "bank_account", "blood_type", "condition",
+                       "credit_card_expiration", "date", "date_interval", "dob", "driver_license", "drug",
+                       "email_address", "healthcare_number", "injury", "ip_address", "location",
+                       "location_address", "location_city", "location_state", "location_zip", "medical_process",
+                       "money", "name", "name_family", "name_given", "numerical_pii", "organization",
+                       "passport_number", "password", "phone_number", "routing_number", "statistics", "time",
+                       "url", "username", "vehicle_id"}
+_NOVA = ("nova", "nova-2", "nova-3")
 DEFAULT_ENDPOINTING_MS = 10
 
 
@@ -88,6 +103,10 @@ class StreamParams:
     language_hints: tuple[str, ...] = ()  # language_hint, normalised (with language=multi)
     detect_entities: bool = False  # entities[] on finals
     alternatives: int = 1  # alternatives=N (models before nova-2 only)
+    text: TextOptions = TextOptions()  # filler_words, profanity_filter, numerals, dictation, redact, replace
+    search: tuple[str, ...] = ()  # channel.search queries
+    boosted: tuple[tuple[str, ...], ...] = ()  # keyterm phrases and keywords with a positive (or no) boost
+    suppressed: frozenset[str] = frozenset()  # keywords with a negative boost
 
     @property
     def multilingual(self) -> bool:
@@ -187,15 +206,43 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
         raise _bad("Keywords are not supported with Nova-3; use 'keyterm' instead.")
     if keyterms and MODELS[model][2] != "nova-3":
         raise _bad("Keyterm prompting is only supported with Nova-3 models.")
+    boosted = [tuple(term.lower().split()) for term in keyterms if term.split()]
+    suppressed = set()
     for kw in pairs.get("keywords", ()):
-        word, _, boost = kw.rpartition(":")
-        if word and boost and not re.fullmatch(r"-?\d+(\.\d+)?", boost):
+        word, sep, boost = kw.rpartition(":")
+        if not sep:
+            word, boost = kw, ""
+        elif not re.fullmatch(r"-?\d+(\.\d+)?", boost) or not word:
             raise _invalid("keywords", kw)
+        if boost.startswith("-"):
+            suppressed.update(word.lower().split())  # a negative intensifier suppresses the word
+        elif word.split():
+            boosted.append(tuple(word.lower().split()))
 
-    redact = pairs.get("redact", ())
-    for value in redact:
-        if value not in _REDACT_VALUES:
+    rules = set()
+    for value in pairs.get("redact", ()):
+        if value in _REDACT_UNSUPPORTED:
+            # The service redacts these with an entity recogniser; the emulator has none, so it says so.
+            raise _bad(f"Redaction of '{value}' is not supported by the rtaa emulator (use numbers, pci or ssn).")
+        if value != "false" and value not in _REDACT_RULES:
             raise _invalid("redact", value)
+        if value != "false":
+            rules.add(_REDACT_RULES[value])
+    english = language == "en" or language.startswith("en-")
+    if rules and not english:
+        raise _bad("Redaction is only supported for English when streaming.")  # Redaction docs; text [??]
+    replace = []
+    for item in pairs.get("replace", ()):
+        find, sep, repl = item.partition(":")
+        if not sep or not find.split():
+            raise _invalid("replace", item)
+        replace.append((tuple(find.lower().split()), tuple(repl.split())))
+    search = tuple(q for q in pairs.get("search", ()) if q.split())
+    if _one(pairs, "callback") is not None:
+        raise _bad("Callbacks are not supported by the rtaa emulator (it does not POST results anywhere).")
+    version = _one(pairs, "version")
+    if version is not None and version not in ("latest", MODELS[model][1]):
+        raise _bad("No such model/language/tier combination found.")
     diarize_model = _one(pairs, "diarize_model")
     if diarize_model is not None and diarize_model not in ("v1", "latest"):
         raise _invalid("diarize_model", diarize_model)
@@ -227,11 +274,30 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
             raise _invalid("extra", item)  # Deepgram's extra is key:value metadata
         extra[key] = value
 
+    arch_nova = arch in _NOVA
+    smart_format = _bool(pairs, "smart_format")
+    punctuated = _bool(pairs, "punctuate") or smart_format or detect_entities
+    text = TextOptions(
+        # Filler words: Nova models only (Filler Words docs); elsewhere fillers stay stripped.
+        filler_words=_bool(pairs, "filler_words") and arch_nova,
+        profanity_filter=_bool(pairs, "profanity_filter"), numerals=_bool(pairs, "numerals") or smart_format,
+        dictation=_bool(pairs, "dictation") and punctuated,  # dictation formats punctuation: needs punctuate
+        redact=frozenset(rules), replace=tuple(replace))
     return StreamParams(
         model=model, language=language, encoding=encoding, sample_rate=sample_rate, channels=channels,
         multichannel=_bool(pairs, "multichannel"), interim_results=interim, punctuate=_bool(pairs, "punctuate"),
-        smart_format=_bool(pairs, "smart_format"), endpointing_ms=endpointing_ms,
+        smart_format=smart_format, endpointing_ms=endpointing_ms,
         utterance_end_ms=utterance_end_ms, vad_events=_bool(pairs, "vad_events"), keyterms=keyterms,
         tags=tuple(pairs.get("tag", ())), extra=extra, diarize=diarize, language_hints=tuple(hints),
-        detect_entities=detect_entities, alternatives=alternatives,
+        detect_entities=detect_entities, alternatives=alternatives, text=text, search=search,
+        boosted=tuple(boosted), suppressed=frozenset(suppressed),
     )
+
+
+def engine_refusal(params: StreamParams, engine: str) -> HandshakeRejected | None:
+    """What one engine cannot do with otherwise valid parameters (the sphinx engine decodes with its own
+    fixed language model: it cannot boost or suppress terms)."""
+    if engine == "sphinx" and (params.boosted or params.suppressed):
+        return _bad("Keyterm prompting and keywords are not supported by the rtaa emulator's sphinx engine "
+                    "(use the segmenter engine).")
+    return None

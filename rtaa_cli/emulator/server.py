@@ -41,7 +41,7 @@ from rtaa_cli.closecodes import Close as CloseCode
 from rtaa_cli.emulator.accounting import Accounting, ConnectionRecord, make_registry
 from rtaa_cli.emulator.connection import InlineConnection
 from rtaa_cli.emulator.messages import INTERNAL_FAULT
-from rtaa_cli.emulator.params import HandshakeRejected, StreamParams, parse_listen_params
+from rtaa_cli.emulator.params import HandshakeRejected, StreamParams, engine_refusal, parse_listen_params
 from rtaa_cli.emulator.session import Close, Send, Session, VoiceTap
 from rtaa_cli.emulator.transcribers import PlaceholderTranscriber, SphinxTranscriber
 
@@ -347,6 +347,9 @@ class Emulator:
             params = parse_listen_params(parse_qsl(query, keep_blank_values=True))
         except HandshakeRejected as exc:
             return self._reject(request_id, exc.status, exc.err_code, exc.err_msg)
+        refused = engine_refusal(params, cfg.engine)
+        if refused is not None:
+            return self._reject(request_id, refused.status, refused.err_code, refused.err_msg)
         if cfg.refuse_429_fraction > 0 and self._rng.random() < cfg.refuse_429_fraction:
             return self._reject(request_id, 429, "TOO_MANY_REQUESTS", "Too many requests. Please try again later.")
         if cfg.max_concurrent is not None:
@@ -388,7 +391,9 @@ class Emulator:
 
             def factory(rate: int) -> PlaceholderTranscriber:
                 # Confidences vary per stream (seeded by the connection id) yet repeat run after run.
-                return PlaceholderTranscriber(rate, seed, mark=mark, confidence_seed=seed * 1000003 + connection_id)
+                return PlaceholderTranscriber(rate, seed, mark=mark, confidence_seed=seed * 1000003 + connection_id,
+                                              boosted=params.boosted, suppressed=params.suppressed,
+                                              fillers=params.text.filler_words)
         # Sphinx: longer forced-final windows, so continuous speech is rarely cut inside a word.
         options = {"max_window_ms": 15000} if cfg.engine == "sphinx" else None
         tap = None

@@ -11,6 +11,7 @@ due times never decrease, so messages keep Deepgram's order even with jitter.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -25,8 +26,11 @@ from rtaa_cli.emulator.features import Diarizer
 from rtaa_cli.emulator.messages import DATA0000, NET0001, MessageFactory
 from rtaa_cli.emulator.params import MODELS, StreamParams
 from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
+from rtaa_cli.emulator.textfmt import format_words, search_hits
 from rtaa_cli.emulator.transcribers import Transcriber
 from rtaa_cli.watermark import Decoder as WatermarkDecoder
+
+KEYTERM_TOKEN_LIMIT = 500  # per Configure, as for the keyterm query parameter (the SDK's ListenV1Configure)
 
 
 @dataclass(slots=True)
@@ -169,14 +173,34 @@ class Session:
         elif kind == "CloseStream":
             self._close_stream(now)
         elif kind == "Configure":
-            keyterms = msg.get("keyterms")
-            nova3 = MODELS[self.params.model][2] == "nova-3"
-            self._emit(now, self._messages.configure_reply(keyterms, nova3), "Configure")
+            self._configure(msg, now)
         else:
             # Assumption [??]: the socket stays open after a SchemaError (unknown, docs/deepgram-protocol.md §2).
             self.schema_errors += 1
             why = "Unknown message type." if isinstance(msg, dict) else "Could not parse the text message as JSON."
             self._emit(now, self._messages.schema_error(why, text[:1000]), "Error")
+
+    def _configure(self, msg: dict, now: float) -> None:
+        """Mid-stream changes: ``keyterms`` (Nova-3) replace the boosted terms; ``features.numerals`` turns
+        numerals on or off (Deepgram's Numerals docs: the one feature a Configure can toggle)."""
+        keyterms = msg.get("keyterms")
+        nova3 = MODELS[self.params.model][2] == "nova-3"
+        boostable = all(hasattr(t.transcriber, "boosted") for t in self._tracks)
+        if isinstance(keyterms, list) and sum(len(str(k).split()) for k in keyterms) > KEYTERM_TOKEN_LIMIT:
+            self._emit(now, self._messages.configure_failure(
+                "CONFIGURE_KEYTERM_LIMIT_EXCEEDED", f"Keyterms are limited to {KEYTERM_TOKEN_LIMIT} tokens."),
+                "Configure")
+            return
+        if keyterms is not None and nova3 and boostable and isinstance(keyterms, list):
+            boosted = tuple(tuple(str(k).lower().split()) for k in keyterms if str(k).split())
+            self.params = dataclasses.replace(self.params, boosted=boosted)
+            for track in self._tracks:
+                track.transcriber.boosted = boosted
+        features = msg.get("features")
+        if isinstance(features, dict) and isinstance(features.get("numerals"), bool):
+            text = dataclasses.replace(self.params.text, numerals=features["numerals"])
+            self.params = dataclasses.replace(self.params, text=text)
+        self._emit(now, self._messages.configure_reply(keyterms, nova3, boostable), "Configure")
 
     def check_idle(self, now: float) -> bool:
         """Close with Metadata + 1011 NET-0001 if nothing arrived for ``idle_timeout_s``."""
@@ -208,7 +232,10 @@ class Session:
         for _ in range(n):
             seg = Segmenter(rate, endpointing_ms=p.endpointing_ms, interim=p.interim_results,
                             vad_events=p.vad_events, **self._segmenter_options)
-            self._tracks.append(_Track(seg, self._transcriber_factory(rate), p.diarize))
+            transcriber = self._transcriber_factory(rate)
+            if hasattr(transcriber, "boosted"):  # keyterms may have changed (Configure) before the first audio
+                transcriber.boosted = p.boosted
+            self._tracks.append(_Track(seg, transcriber, p.diarize))
 
     def _due(self, now: float, immediate: bool = False) -> float:
         due = now if immediate else now + self._delay_s()
@@ -257,12 +284,15 @@ class Session:
         if track.last_word_end is not None and w.voiced_start is not None:
             # A long frame can hold a whole gap and the next speech: the UtteranceEnd comes first.
             self._check_utterance_end(channel, track, now, w.voiced_start / rate)
-        words = track.transcriber.words(w, final)
+        heard = track.transcriber.words(w, final)
+        formatted = format_words(heard, self.params.text)  # filler words, numerals, redact, replace, ...
+        words = formatted.words
         speakers = None if track.diarizer is None else track.diarizer.speakers(words, final)
+        search = search_hits(heard, self.params.search) if self.params.search else None
         self._emit(now, self._messages.results(
             channel=channel, channels=channels, start=w.start / rate, end=w.end / rate, words=words,
             is_final=final, speech_final=ev.speech_final, from_finalize=ev.from_finalize, speakers=speakers,
-            sentence_start=track.sentence_start), "Results")
+            sentence_start=track.sentence_start, marks=formatted.marks, search=search), "Results")
         if final and words:
             track.sentence_start = ev.speech_final
         if final and words and self.params.utterance_end_ms is not None:

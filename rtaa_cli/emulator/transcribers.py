@@ -20,6 +20,7 @@ PLACEHOLDER_WORDS = (
     "is", "please", "check", "the", "balance", "order", "status", "yes", "no", "okay", "sure", "one", "moment",
 )
 WORD_SECONDS = 0.3
+FILLER_WORDS = ("uh", "um")  # join the vocabulary with filler_words=true
 
 
 class Transcriber(Protocol):
@@ -35,8 +36,10 @@ class Transcriber(Protocol):
 class PlaceholderTranscriber:
     """One deterministic word per 300 ms slot of the window's speech span.
 
-    Slots are anchored at the first voiced sample, so (unmarked) an interim's words are a prefix of the
-    final's (only the last word's end moves), and the same audio always yields the same words.
+    Slots are anchored at the first voiced sample, so (unmarked, no boosted terms) an interim's words are a
+    prefix of the final's (only the last word's end moves), and the same audio always yields the same words.
+    Boosted terms (keyterm, keywords) replace the words right after the mark in windows long enough for
+    them; suppressed keywords and, without ``fillers``, "uh"/"um" are never chosen.
     With ``mark`` (the connection id; the emulator's default), a result's first five words are its text
     watermark (rtaa_cli/textmark.py: connection, audio end, final or not) and the rest placeholder words;
     a result with speech then has at least five words, spread over its speech span.
@@ -44,11 +47,17 @@ class PlaceholderTranscriber:
 
     needs_audio = False  # words come from the window alone: the session need not feed samples
 
-    def __init__(self, sample_rate: int, seed: int = 0, mark: int | None = None, confidence_seed: int = 0) -> None:
+    def __init__(self, sample_rate: int, seed: int = 0, mark: int | None = None, confidence_seed: int = 0, *,
+                 boosted: tuple[tuple[str, ...], ...] = (), suppressed: frozenset[str] = frozenset(),
+                 fillers: bool = False) -> None:
         self.rate = sample_rate
         self.seed = seed
         self.mark = mark
         self.confidence_seed = confidence_seed
+        # The handshake's vocabulary (keyterm/keywords, filler_words): what a recogniser would then hear.
+        vocab = PLACEHOLDER_WORDS + (FILLER_WORDS if fillers else ())
+        self.vocabulary = tuple(w for w in vocab if w not in suppressed) or PLACEHOLDER_WORDS
+        self.boosted = boosted
 
     def confidence(self, start_sample: int, final: bool) -> float:
         """A word's confidence: deterministic per (stream seed, word start), skewed high like an ASR's
@@ -71,12 +80,21 @@ class PlaceholderTranscriber:
         end = window.voiced_end / self.rate
         count = max(1, int(-(-(end - start) // WORD_SECONDS)))
         first = window.voiced_start // max(1, self.rate // 100) * 7 + self.seed
-        texts = [PLACEHOLDER_WORDS[(first + k) % len(PLACEHOLDER_WORDS)] for k in range(count)]
+        vocab = self.vocabulary
+        texts = [vocab[(first + k) % len(vocab)] for k in range(count)]
         slot = WORD_SECONDS
+        head = 0
         if self.mark is not None:
             code = textmark.encode(self.mark, window.end * 1000.0 / self.rate, final)
             texts = code + texts[len(code):]
+            head = len(code)
             slot = min(WORD_SECONDS, (end - start) / len(texts))
+        if self.boosted:
+            # A boosted term is recognised once per window with room for it, right after the mark: which
+            # one depends on where the speech starts, so every term shows up over a call.
+            phrase = self.boosted[(first // 7) % len(self.boosted)]
+            if len(texts) - head >= len(phrase):
+                texts[head:head + len(phrase)] = phrase
         out: list[Word] = []
         for k, word in enumerate(texts):
             w_start = start + k * slot
