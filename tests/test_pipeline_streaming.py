@@ -126,7 +126,8 @@ def test_end_is_bounded_when_the_provider_never_answers_and_audio_after_end_is_r
     assert took < 3.0, f"end() took {took:.1f} s with a 0.5 s bound"
     assert metrics.value("rtaa_finalize_timeouts_total") == 1
     assert metrics.value("rtaa_audio_after_end_total") == 1
-    assert call.state == "ended" and call.timeline.end == 0  # per-call buffers freed
+    assert call.state == "ended" and call.timeline.end > 0
+    assert call.timeline.unfinalized() == (call.timeline.end, b"")  # per-call buffers freed
 
 
 def test_provider_1011_mid_call_reconnects_and_the_transcript_has_no_gap_or_repeat() -> None:

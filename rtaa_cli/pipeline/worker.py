@@ -25,6 +25,7 @@ from typing import Any, Callable
 from rtaa_cli import logs
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.config import WorkerConfig
+from rtaa_cli.pipeline.heap import HeapTrimmer
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult
 from rtaa_cli.pipeline.timeline import CallTimeline
@@ -444,7 +445,7 @@ class Interaction:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
-        self.timeline = CallTimeline(self.sample_rate, 0.0, 1)  # free the buffers now, not at GC
+        self.timeline.close()  # unmap the replay buffer now, not at GC
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -466,6 +467,7 @@ class Worker:
         self.on_call_started = on_call_started
         self.on_call_ended = on_call_ended
         self.interactions: dict[str, Interaction] = {}
+        self.heap = HeapTrimmer(cfg.heap_trim_interval_s)
         bus.attach(self._consume)
 
     async def _consume(self, channel: busmod.CallChannel) -> None:
@@ -542,6 +544,7 @@ class Worker:
                 del self.interactions[interaction.interaction_id]
             self.metrics.calls_active.dec()
             self.on_call_ended(interaction.interaction_id, reason)
+            self.heap.call_ended()
 
     @staticmethod
     def _report_failure(channel: busmod.CallChannel, interaction: Interaction, exc: ProviderError) -> None:
