@@ -4,7 +4,8 @@ Shapes follow the service's (docs/deepgram-protocol.md §3; deepgram-sdk 7.16 ``
 are the emulator's own, deterministic, and plausible rather than measured from the service [??]:
 - diarization: two speakers that take turns at gaps of at least ``TURN_GAP_S`` between words (a pause
   long enough to be a change of turn in a call), so speaker turns change at utterance boundaries;
-- entities: runs of digit words ("one two three") as ``CARDINAL`` entities with their digits as value;
+- entities: runs of number words or digits ("one two three", "411") as ``CARDINAL`` entities with their
+  digits as value;
 - alternatives (models before nova-2 only): the first alternative is the words as given, each further one
   a less confident variant with one word substituted.
 """
@@ -12,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rtaa_cli.emulator.textfmt import number_runs
 from rtaa_cli.emulator.transcribers import PLACEHOLDER_WORDS, Word
 
 TURN_GAP_S = 1.0
 SPEAKERS = 2
-
-_DIGITS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-           "seven": "7", "eight": "8", "nine": "9"}
 
 
 class Diarizer:
@@ -45,21 +44,14 @@ class Diarizer:
 
 
 def find_entities(words: Sequence[Word]) -> list[dict]:
-    """``entities[]`` of a final: ``start_word`` inclusive, ``end_word`` exclusive (the SDK's model)."""
+    """``entities[]`` of a final: each run of number words or digits (textfmt.number_runs, the same runs
+    numerals and redaction see) as a ``CARDINAL``; ``start_word`` inclusive, ``end_word`` exclusive (the
+    SDK's model). ``raw_value`` is the words as sent (with numerals on, the digits) [??]."""
     out: list[dict] = []
-    i, n = 0, len(words)
-    while i < n:
-        if words[i][0] not in _DIGITS:
-            i += 1
-            continue
-        j = i
-        while j < n and words[j][0] in _DIGITS:
-            j += 1
+    for i, j, digits in number_runs(words):
         run = words[i:j]
-        out.append({"label": "CARDINAL", "value": "".join(_DIGITS[w[0]] for w in run),
-                    "raw_value": " ".join(w[0] for w in run),
+        out.append({"label": "CARDINAL", "value": digits, "raw_value": " ".join(w[0] for w in run),
                     "confidence": round(sum(w[3] for w in run) / len(run), 4), "start_word": i, "end_word": j})
-        i = j
     return out
 
 
