@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
           eval "$(rtaa fake-deepgram --print-env node --port 8765)" && node your-pipeline.js
         """
         from rtaa_cli.emulator import ENGINES, EmulatorConfig
-        from rtaa_cli.emulator.server import FAULT_FIELDS, validate_faults
+        from rtaa_cli.emulator.config import FAULT_FIELDS, validate_faults
 
         if not 0 <= port <= 65535:
             raise RtaaError(f"--port must be 0-65535, not {port}")
