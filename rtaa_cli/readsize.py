@@ -11,14 +11,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
-READ_SIZE = 64 * 1024  # bytes per socket read
-
-
-def limit_read_size(transport: Any) -> None:
-    try:
-        transport.max_size = READ_SIZE
-    except AttributeError:  # pragma: no cover - another loop's transport
-        pass
+from rtaa_cli.internals import READ_SIZE, limit_read_size  # noqa: F401  (asyncio's transport internals)
 
 
 class SmallReadConnection(ServerConnection):

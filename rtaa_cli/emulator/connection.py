@@ -28,12 +28,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
-from rtaa_cli.readsize import limit_read_size
-
-try:  # websockets' C extension (always built for CPython wheels); the pure-Python one is the fallback
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
+# websockets internals (the parser's state, raw sends, the overridden process_event): one guarded module
+from rtaa_cli.internals import (acknowledge_pong, apply_mask, connection_gone, fail_now, frame_limit,
+                                limit_read_size, parser_idle, set_connection_exc, write_text_nowait)
 
 EARLY_LIMIT = 64  # messages held between the 101 and attach()
 MAX_FRAGMENTS = 1024  # fragments of one message (max_size bounds their bytes; this bounds their count)
@@ -61,17 +58,13 @@ class InlineConnection(ServerConnection):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        protocol = self.protocol
-        limits = [x for x in (protocol.max_message_size, protocol.max_fragment_size) if x is not None]
-        self._max_frame = min(limits) if limits else 1 << 62  # the fast path leaves larger frames to websockets
+        self._max_frame = frame_limit(self.protocol)  # the fast path leaves larger frames to websockets
         limit_read_size(transport)
 
     def data_received(self, data: bytes) -> None:
         on_audio = self._on_audio
         if on_audio is not None and data[0] == 0x82:
-            protocol = self.protocol
-            if (protocol.current_size is None and protocol.state is State.OPEN and not protocol.reader.buffer
-                    and not protocol.debug):
+            if parser_idle(self.protocol):
                 done = self._deliver_audio_frames(data, on_audio)
                 if done == len(data):
                     return
@@ -129,7 +122,7 @@ class InlineConnection(ServerConnection):
             elif len(fragments) > MAX_FRAGMENTS:
                 self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
         elif opcode is Opcode.PONG:
-            self.acknowledge_pings(bytes(event.data))
+            acknowledge_pong(self, bytes(event.data))
         # PING and CLOSE are answered by the protocol itself.
 
     def _deliver(self, is_text: bool, data: bytes) -> None:
@@ -148,7 +141,7 @@ class InlineConnection(ServerConnection):
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:  # same close as websockets' recv(): 1007
-            self.set_connection_exc(exc)
+            set_connection_exc(self, exc)
             self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
             return
         self._on_text(text)
@@ -157,20 +150,15 @@ class InlineConnection(ServerConnection):
         """Fail the connection like websockets does (close frame, then EOF), bounded by close_timeout."""
         if self.protocol.state is not State.OPEN:
             return
-        self.protocol.fail(code, reason)
-        self.send_data()
+        fail_now(self, code, reason)
         if self.close_timeout is not None:
             self.loop.call_later(self.close_timeout, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
-        if not self.connection_lost_waiter.done():
+        if not connection_gone(self):
             self.transport.abort()
 
     def write_text_now(self, data: bytes) -> bool:
         """Send a UTF-8 text message without awaiting, when the socket takes it at once (open, not paused).
         Returns False when the caller must fall back to ``await send()`` (which waits for the buffer)."""
-        if self.paused or self.protocol.state is not State.OPEN or self.send_in_progress is not None:
-            return False
-        self.protocol.send_text(data)
-        self.send_data()
-        return True
+        return write_text_nowait(self, data)

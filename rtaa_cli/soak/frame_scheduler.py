@@ -25,59 +25,29 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
-import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from websockets.protocol import State
-
-try:  # the C masking websockets itself uses, else its pure-Python one
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
+# raw frames written to websockets' socket: the one guarded module of library internals
+from rtaa_cli.internals import text_frame, write_nowait  # noqa: F401  (text_frame: re-exported for tests)
 
 if TYPE_CHECKING:
+    from rtaa_cli.exotel import StreamEncoder
     from rtaa_cli.latency import SendLog
     from rtaa_cli.pacing import Pacer
     from rtaa_cli.soak.stats import CallRecord
-    from rtaa_cli.soak.sync_caller import _Stream
 
 _YIELD_EVERY = 64  # sends per batch before letting other greenlets (readers, handshakes) run
-_MASK_POOL_BYTES = 4096  # masking keys drawn from the OS 1024 at a time (one getrandom per 1024 frames)
 
 
-class _Masks:
-    __slots__ = ("pool", "i")
+class FrameSink(Protocol):
+    """What the scheduler needs of a call's stream (:class:`rtaa_cli.soak.sync_caller._Stream`): its
+    encoder, its websockets sync connection and whether that may be written to directly."""
 
-    def __init__(self) -> None:
-        self.pool, self.i = b"", _MASK_POOL_BYTES
-
-    def next(self) -> bytes:
-        i = self.i
-        if i >= _MASK_POOL_BYTES:
-            self.pool, i = os.urandom(_MASK_POOL_BYTES), 0
-        self.i = i + 4
-        return self.pool[i:i + 4]
-
-
-_masks = _Masks()
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One final, masked RFC 6455 text frame (what websockets' ``Frame(Opcode.TEXT, payload)
-    .serialize(mask=True)`` returns, with a different random key), without its per-frame object,
-    buffer and ``getrandom`` call: masking keys come from ``os.urandom`` in bulk."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = b"\x81\xfe" + n.to_bytes(2, "big")
-    else:
-        head = b"\x81\xff" + n.to_bytes(8, "big")
-    mask = _masks.next()
-    return head + mask + apply_mask(payload, mask)
+    enc: StreamEncoder
+    ws: Any
+    fast: bool
 
 
 class MediaRun:
@@ -86,7 +56,7 @@ class MediaRun:
     __slots__ = ("stream", "pacer", "send_log", "rec", "frames", "b64", "k", "end", "gap", "frame_s",
                  "ms_per_byte", "done", "pending", "error", "cancelled")
 
-    def __init__(self, stream: _Stream, pacer: Pacer, send_log: SendLog, rec: CallRecord, frames: Sequence[bytes],
+    def __init__(self, stream: FrameSink, pacer: Pacer, send_log: SendLog, rec: CallRecord, frames: Sequence[bytes],
                  b64: Sequence[str], k: int, end: int, gap: float, frame_s: float, ms_per_byte: float) -> None:
         self.stream, self.pacer, self.send_log, self.rec = stream, pacer, send_log, rec
         self.frames, self.b64 = frames, b64
@@ -107,30 +77,6 @@ class MediaRun:
         rec.audio_bytes_sent += nbytes
         self.send_log.record(rec.audio_bytes_sent * self.ms_per_byte, time.time())
         self.k += 1
-
-
-def write_nowait(ws: object, data: bytes) -> bytes | None:
-    """Write ``data`` to a websockets sync connection's socket now, or not at all.
-
-    Returns ``b""`` when all was written, the unsent tail after a partial write, or ``None`` when
-    nothing was written (connection not OPEN, websockets holds its send lock, buffer full, not a
-    plain non-blocking socket). Never yields to other greenlets, so the checks hold for the write.
-    """
-    if ws.state is not State.OPEN or ws.protocol_mutex.locked():  # type: ignore[attr-defined]
-        return None
-    sock = ws.socket  # type: ignore[attr-defined]
-    if type(sock) is not socket.socket:  # TLS or another wrapper: its own send path
-        return None
-    fd = sock.fileno()
-    if fd < 0:
-        return None
-    try:
-        n = os.write(fd, data)  # gevent keeps the fd non-blocking (checked at stream open)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return None  # reset / broken pipe: the call greenlet's ws.send reports it
-    return data[n:]
 
 
 class FrameScheduler:

@@ -31,7 +31,6 @@ from typing import Sequence
 
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
 from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
@@ -41,6 +40,7 @@ from rtaa_cli.feeds.redis_feed import SyncRedisFeed, is_redis
 from rtaa_cli.feeds.sse_feed import SyncSseFeed, is_sse
 from rtaa_cli.feeds.webhook import SyncWebhookFeed, is_webhook
 from rtaa_cli.feeds.url import feed_url_for
+from rtaa_cli.internals import flush_tail, raw_socket
 from rtaa_cli.latency import SendLog
 from rtaa_cli.pacing import Pacer, wait_sync
 from rtaa_cli.soak.frame_scheduler import MediaRun, scheduler
@@ -115,8 +115,8 @@ class _Stream:
     def open(self) -> None:
         self.ws = _open(self.spec.url, self.spec.headers)
         self.rec.streams += 1
-        sock = self.ws.socket
-        self.fast = type(sock) is socket.socket and not os.get_blocking(sock.fileno())  # gevent's plain socket
+        sock = raw_socket(self.ws)
+        self.fast = sock is not None and not os.get_blocking(sock.fileno())  # gevent's plain socket
         threading.Thread(target=_drain, args=(self.ws, self.closed), daemon=True).start()
 
     def send(self, text: str | bytes) -> None:
@@ -126,10 +126,7 @@ class _Stream:
     def flush(self, tail: bytes) -> None:
         """Finish a frame the scheduler wrote in part, under websockets' send lock (no interleaving)."""
         assert self.ws is not None
-        if self.ws.state is not State.OPEN:
-            raise self.ws.protocol.close_exc
-        with self.ws.protocol_mutex:
-            self.ws.socket.sendall(tail)
+        flush_tail(self.ws, tail)
 
     def begin(self, sample_rate: int | None = None) -> None:
         self.send(self.enc.connected())

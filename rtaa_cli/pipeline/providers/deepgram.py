@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 import orjson
 from websockets.exceptions import ConnectionClosed
 
+from rtaa_cli.internals import sdk_websocket, write_backlog
 from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult, Word
 
 with warnings.catch_warnings():
@@ -44,7 +45,7 @@ class DeepgramConnection(ProviderConnection):
     def __init__(self, stack: contextlib.AsyncExitStack, sock: Any) -> None:
         self._stack = stack
         self._sock = sock
-        self._ws = sock._websocket  # the SDK's socket: results are read from it raw (see results())
+        self._ws = sdk_websocket(sock)  # the SDK's socket: results are read from it raw (see results())
         self.close_code = None
         self.close_reason = ""
         self.unparsable = 0  # messages that are not valid JSON or not a well-formed Results
@@ -53,8 +54,8 @@ class DeepgramConnection(ProviderConnection):
         await self._sock.send_media(pcm)
 
     def writable(self) -> bool:
-        transport = self._ws.transport
-        return transport is not None and not transport.is_closing() and transport.get_write_buffer_size() < _HIGH_WATER
+        backlog = write_backlog(self._ws)
+        return backlog is not None and backlog < _HIGH_WATER
 
     async def keep_alive(self) -> None:
         await self._sock.send_keep_alive()
