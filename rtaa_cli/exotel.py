@@ -137,14 +137,14 @@ Event = Connected | Start | Media | Dtmf | Mark | Clear | Stop
 # ------------------------------------------------------------------------------ field accessors
 
 
-def _get(obj: dict, snake: str, camel: str | None) -> Any:
+def _get(obj: dict[str, Any], snake: str, camel: str | None) -> Any:
     value = obj.get(snake)
     if value is None and camel is not None:
         value = obj.get(camel)
     return value
 
 
-def _obj(msg: dict, key: str, required: bool) -> dict:
+def _obj(msg: dict[str, Any], key: str, required: bool) -> dict[str, Any]:
     value = msg.get(key)
     if value is None:
         if required:
@@ -155,7 +155,7 @@ def _obj(msg: dict, key: str, required: bool) -> dict:
     return value
 
 
-def _str(obj: dict, snake: str, camel: str | None, path: str, required: bool = False) -> str:
+def _str(obj: dict[str, Any], snake: str, camel: str | None, path: str, required: bool = False) -> str:
     value = _get(obj, snake, camel)
     if value is None:
         if required:
@@ -168,12 +168,13 @@ def _str(obj: dict, snake: str, camel: str | None, path: str, required: bool = F
     return value
 
 
-def _int(obj: dict, snake: str, camel: str | None, path: str, default: int = 0) -> int:
+def _int(obj: dict[str, Any], snake: str, camel: str | None, path: str, default: int = 0) -> int:
     """A non-negative integer given as a JSON number or a decimal string."""
     value = _get(obj, snake, camel)
     if value is None:
         return default
     kind = type(value)
+    number: int
     if kind is int:
         number = value
     elif kind is str:
@@ -191,7 +192,7 @@ def _int(obj: dict, snake: str, camel: str | None, path: str, default: int = 0) 
     return number
 
 
-def _stream_sid(msg: dict, inner: dict | None = None) -> str:
+def _stream_sid(msg: dict[str, Any], inner: dict[str, Any] | None = None) -> str:
     sid = _get(msg, "stream_sid", "streamSid")
     if sid is None and inner is not None:  # start repeats it inside the start object
         sid = _get(inner, "stream_sid", "streamSid")
@@ -204,18 +205,18 @@ def _stream_sid(msg: dict, inner: dict | None = None) -> str:
     return sid
 
 
-def _seq(msg: dict) -> int:
+def _seq(msg: dict[str, Any]) -> int:
     return _int(msg, "sequence_number", "sequenceNumber", "sequence_number")
 
 
 # ------------------------------------------------------------------------------- event parsers
 
 
-def _parse_connected(msg: dict) -> Connected:
+def _parse_connected(msg: dict[str, Any]) -> Connected:
     return _CONNECTED
 
 
-def _parse_start(msg: dict) -> Start:
+def _parse_start(msg: dict[str, Any]) -> Start:
     start = _obj(msg, "start", required=True)
     fmt = _get(start, "media_format", "mediaFormat")
     if fmt is None:
@@ -239,7 +240,7 @@ def _parse_start(msg: dict) -> Start:
     )
 
 
-def _custom_parameters(start: dict) -> dict[str, str]:
+def _custom_parameters(start: dict[str, Any]) -> dict[str, str]:
     params = _get(start, "custom_parameters", "customParameters")
     if params is None:
         return {}
@@ -256,7 +257,7 @@ def _custom_parameters(start: dict) -> dict[str, str]:
     return out
 
 
-def _parse_media(msg: dict) -> Media:
+def _parse_media(msg: dict[str, Any]) -> Media:
     media = msg.get("media")
     if type(media) is not dict:
         raise _invalid("media: missing field" if media is None else "media: must be an object")
@@ -301,7 +302,7 @@ def _new_media(stream_sid: str, sequence_number: int, chunk: int, timestamp_ms: 
     return obj
 
 
-def _parse_dtmf(msg: dict) -> Dtmf:
+def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
     dtmf = _obj(msg, "dtmf", required=True)
     digit = dtmf.get("digit")
     if type(digit) is int and 0 <= digit <= 9:  # sloppy peers send the key as a number
@@ -318,7 +319,7 @@ def _parse_dtmf(msg: dict) -> Dtmf:
     )
 
 
-def _parse_mark(msg: dict) -> Mark:
+def _parse_mark(msg: dict[str, Any]) -> Mark:
     mark = _obj(msg, "mark", required=True)
     return Mark(
         stream_sid=_stream_sid(msg),
@@ -327,11 +328,11 @@ def _parse_mark(msg: dict) -> Mark:
     )
 
 
-def _parse_clear(msg: dict) -> Clear:
+def _parse_clear(msg: dict[str, Any]) -> Clear:
     return Clear(stream_sid=_stream_sid(msg))
 
 
-def _parse_stop(msg: dict) -> Stop:
+def _parse_stop(msg: dict[str, Any]) -> Stop:
     stop = _obj(msg, "stop", required=False)
     return Stop(
         stream_sid=_stream_sid(msg),
@@ -344,7 +345,7 @@ def _parse_stop(msg: dict) -> Stop:
 
 _CONNECTED = Connected()
 
-_PARSERS: dict[str, Callable[[dict], Event]] = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Event]] = {
     "media": _parse_media,  # first: the hot path
     "connected": _parse_connected,
     "start": _parse_start,
@@ -381,7 +382,7 @@ def parse_event(data: str | bytes) -> Event:
 # ------------------------------------------------------------------------------------ builders
 
 
-def _dumps(msg: dict) -> str:
+def _dumps(msg: Any) -> str:
     return orjson.dumps(msg).decode()
 
 
