@@ -9,7 +9,7 @@ reconnect, no replay buffer, no metrics). Both targets time the same span: from 
 read of a frame returns to the moment the provider send returns, for frames whose provider stream is open.
 
 The provider is a sink by default (``--provider sink``): it reads the audio and sends no results until
-CloseStream, like the harness of issue 16, so rtaa's reconnect-replay buffer fills up to its limit (15 s)
+CloseStream, like the harness of issue 16, so rtaa's reconnect-replay buffer fills up to its limit (16 s)
 and the RSS per call is measured with it full. ``--provider emulator`` uses the Deepgram emulator
 (segmenter engine: finals every few seconds, so the buffer stays short).
 
@@ -21,6 +21,8 @@ rtaa / naive, measured in the same run.
     python bench/bench_pipeline.py                              # 100, 200, 400 calls of 30 s
     python bench/bench_pipeline.py --calls 100 --seconds 20 --provider emulator
     python bench/bench_pipeline.py --calls 200 --replay-limit-s 0  # rtaa without its replay buffer
+    python bench/bench_pipeline.py --calls 200 --targets rtaa --profile /tmp/prof   # + py-spy stacks
+    python bench/bench_pipeline.py --targets naive,rtaa@/tmp/before,rtaa   # + an older checkout, same run
 """
 from __future__ import annotations
 
@@ -159,13 +161,16 @@ async def role_sink() -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-async def role_rtaa(emu_url: str, replay_limit_s: float) -> None:
+async def role_rtaa(emu_url: str, replay_limit_s: float | None, tree: str | None = None) -> None:
+    if tree:  # another checkout of rtaa (e.g. the code before a change), measured in the same run
+        sys.path.insert(0, os.path.abspath(tree))
     from rtaa_cli.pipeline.config import IngestConfig, PipelineConfig, ProviderConfig, WorkerConfig
     from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
     from rtaa_cli.pipeline.server import PipelineServer
 
     cfg = PipelineConfig(provider=ProviderConfig(name="deepgram", deepgram_url=emu_url),
-                         ingest=IngestConfig(max_calls=10000), worker=WorkerConfig(replay_limit_s=replay_limit_s))
+                         ingest=IngestConfig(max_calls=10000),
+                         worker=WorkerConfig() if replay_limit_s is None else WorkerConfig(replay_limit_s=replay_limit_s))
     server = PipelineServer(cfg, DeepgramProvider("bench", emu_url))
     samples = array("d")
     hist = server.metrics.added_latency
@@ -306,11 +311,22 @@ def _ask(proc: subprocess.Popen, command: str) -> dict:
     return json.loads(proc.stdout.readline())
 
 
-def measure(target: str, calls: int, seconds: float, provider: str, replay_limit_s: float) -> dict:
+def _py_spy(pid: int, seconds: float, out: str) -> subprocess.Popen:
+    """Sample the target over the window (py-spy, a dev tool: pip install py-spy), without pausing it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen([exe if os.path.exists(exe) else "py-spy", "record", "--pid", str(pid), "--nonblocking",
+                             "-r", "200", "-d", str(max(1, int(seconds))), "-f", "raw", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(target: str, calls: int, seconds: float, provider: str, replay_limit_s: float | None,
+            profile: str | None = None) -> dict:
     prov = _spawn("--role", provider)
     prov_url = prov.stdout.readline().strip()
-    extra = ["--replay-limit-s", str(replay_limit_s)] if target == "rtaa" else []
-    tgt = _spawn("--role", target, "--emu", prov_url, *extra)
+    role, _, tree = target.partition("@")
+    extra = (["--replay-limit-s", str(replay_limit_s)] if replay_limit_s is not None else []) + \
+        (["--tree", tree] if tree else []) if role == "rtaa" else []
+    tgt = _spawn("--role", role, "--emu", prov_url, *extra)
     try:
         url = tgt.stdout.readline().strip()
         rep = _ask(tgt, "idle")
@@ -320,7 +336,10 @@ def measure(target: str, calls: int, seconds: float, provider: str, replay_limit
         # Middle half of the calls: starts are spread over 1 s, so every call is past its first quarter.
         time.sleep(max(0.0, go + 1.0 + 0.25 * seconds - time.monotonic()))
         _ask(tgt, "start")
+        spy = _py_spy(tgt.pid, 0.5 * seconds - 1.0, f"{profile}/{target}-{calls}.txt") if profile else None
         time.sleep(max(0.0, go + 0.75 * seconds - time.monotonic()))
+        if spy is not None:
+            spy.wait(30)
         rep.update(_ask(tgt, "report"))
         rep["callers"] = json.loads(callers.stdout.readline())
         callers.wait(60)
@@ -342,6 +361,12 @@ def measure(target: str, calls: int, seconds: float, provider: str, replay_limit
                 p.kill()
 
 
+def _label(target: str) -> str:
+    """'rtaa@/tmp/before' -> 'rtaa@before' (10 characters at most, for the table)."""
+    role, _, tree = target.partition("@")
+    return (role + "@" + os.path.basename(tree.rstrip("/")))[:10] if tree else role
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "-"
 
@@ -352,17 +377,20 @@ def main() -> None:
     ap.add_argument("--emu")
     ap.add_argument("--url")
     ap.add_argument("--calls", type=int, nargs="*", default=[100, 200, 400])
-    ap.add_argument("--seconds", type=float, default=30.0, help="length of each call (>= 22 s fills the buffer)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of each call (>= 24 s fills the buffer)")
     ap.add_argument("--provider", choices=("sink", "emulator"), default="sink")
-    ap.add_argument("--targets", default="naive,rtaa", help="comma-separated, run in this order per N")
-    ap.add_argument("--replay-limit-s", type=float, default=15.0, help="rtaa's replay buffer (its default: 15)")
+    ap.add_argument("--targets", default="naive,rtaa",
+                    help="comma-separated, run in this order per N; rtaa@PATH = rtaa from another checkout")
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
+    ap.add_argument("--replay-limit-s", type=float, help="rtaa's replay buffer (default: WorkerConfig's)")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the target over the window: DIR/TARGET-N.txt (raw stacks)")
     a = ap.parse_args()
     if a.role == "emulator":
         return asyncio.run(role_emulator())
     if a.role == "sink":
         return asyncio.run(role_sink())
     if a.role == "rtaa":
-        return asyncio.run(role_rtaa(a.emu, a.replay_limit_s))
+        return asyncio.run(role_rtaa(a.emu, a.replay_limit_s, a.tree))
     if a.role == "naive":
         return asyncio.run(role_naive(a.emu))
     if a.role == "callers":
@@ -372,27 +400,28 @@ def main() -> None:
     for n in a.calls:
         reps = {}
         for target in targets:
-            reps[target] = measure(target, n, a.seconds, a.provider, a.replay_limit_s)
+            reps[target] = measure(target, n, a.seconds, a.provider, a.replay_limit_s, a.profile)
             print(f"  measured {n} calls, {target}: {json.dumps(reps[target])}", file=sys.stderr, flush=True)
         rows.append((n, reps))
-    print(f"\n{a.seconds:g} s calls of 36 ms frames, provider {a.provider}, rtaa replay limit {a.replay_limit_s:g} s; "
+    limit = "default" if a.replay_limit_s is None else f"{a.replay_limit_s:g} s"
+    print(f"\n{a.seconds:g} s calls of 36 ms frames, provider {a.provider}, rtaa replay limit {limit}; "
           f"latency = ingest receive -> provider send; CPU and latency over the middle half of the calls")
-    print(f"{'calls':>5} | {'target':<6} | {'p50 ms':>7} | {'p99 ms':>7} | {'max ms':>7} | {'CPU %/call':>10} | "
+    print(f"{'calls':>5} | {'target':<10} | {'p50 ms':>7} | {'p99 ms':>7} | {'max ms':>7} | {'CPU %/call':>10} | "
           f"{'MB/call':>7} | {'after':>6} | {'trimmed':>7} | {'frames':>6} | {'conns':>5} | {'caller late p99/max':>19}")
-    print("-" * 124)
+    print("-" * 128)
     for n, reps in rows:
         for name, r in reps.items():
             c = r["callers"]
-            print(f"{n:>5} | {name:<6} | {r['p50_ms'] or 0:>7.3f} | {r['p99_ms'] or 0:>7.3f} | {r['max_ms'] or 0:>7.2f} | "
+            print(f"{n:>5} | {_label(name):<10} | {r['p50_ms'] or 0:>7.3f} | {r['p99_ms'] or 0:>7.3f} | {r['max_ms'] or 0:>7.2f} | "
                   f"{r['cpu_pct_per_call']:>10.3f} | {r['mb_per_call']:>7.3f} | {r['after_mb_per_call']:>6.3f} | "
                   f"{r['trimmed_mb_per_call']:>7.3f} | {r['n']:>6} | {int(r['provider_connections']):>5} | "
                   f"{c['late_p99_ms']:>7.1f} / {c['max_late_ms']:>6.1f} ms" + (f"  FAILED CALLS {c['failed']}" if c["failed"] else ""))
-        if "naive" in reps and "rtaa" in reps:
-            nv, rt = reps["naive"], reps["rtaa"]
-            print(f"{n:>5} | {'ratio':<6} | {_ratio(rt['p50_ms'], nv['p50_ms']):>7} | {_ratio(rt['p99_ms'], nv['p99_ms']):>7} | "
+        for name in [t for t in reps if t.startswith("rtaa")] if "naive" in reps else ():
+            nv, rt = reps["naive"], reps[name]
+            print(f"{n:>5} | {'/naive':<10} | {_ratio(rt['p50_ms'], nv['p50_ms']):>7} | {_ratio(rt['p99_ms'], nv['p99_ms']):>7} | "
                   f"{'':>7} | {_ratio(rt['cpu_pct_per_call'], nv['cpu_pct_per_call']):>10} | "
-                  f"{_ratio(rt['mb_per_call'], nv['mb_per_call']):>7} |")
-    print("ratio = rtaa / naive (same run). CPU %/call = target CPU over the window / (calls x window seconds).")
+                  f"{_ratio(rt['mb_per_call'], nv['mb_per_call']):>7} | {_label(name)}")
+    print("/naive = that rtaa target / naive (same run). CPU %/call = target CPU over the window / (calls x window seconds).")
     print("MB/call = (RSS at 75 % of the calls - RSS before the first call) / calls; after = the same once every call")
     print("ended; trimmed = after glibc malloc_trim(0). Caller late = the caller process's own pacing lateness")
     print("(large values mean the machine, not the target, was the bottleneck: the run is then not valid).")

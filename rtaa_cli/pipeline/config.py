@@ -26,7 +26,9 @@ class WorkerConfig:
     reconnect_window_s: float = 15.0
     reconnect_base_s: float = 0.2  # backoff: base * 2**n, capped, times jitter in [0.5, 1)
     reconnect_cap_s: float = 2.0  # so a provider that is back is found within ~2 s
-    replay_limit_s: float = 15.0  # audio not yet covered by a final, kept for replay after a reconnect (240 KB at 8 kHz, worst case)
+    # Audio not yet covered by a final, kept for replay after a reconnect: exactly this much at most (a ring,
+    # 256 KB at 8 kHz). 16 s = what the earlier buffer (15 s, trimmed in 1 s steps) held at most.
+    replay_limit_s: float = 16.0
     latency_window_frames: int = 512  # per call: (audio end, receive time) of the last ~18 s, for e2e latency
     # After calls end, glibc's free heap is given back to the kernel (malloc_trim) at most this often; 0 = never.
     heap_trim_interval_s: float = 10.0
