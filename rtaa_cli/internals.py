@@ -11,6 +11,7 @@ Each is a measured hot-path shortcut (see the callers' docstrings for the figure
 | :func:`text_frame`, :func:`write_nowait`, :func:`flush_tail`, :func:`raw_socket` | sync ``Connection.protocol_mutex``, ``.socket`` (raw RFC 6455 frames written to it) | :mod:`rtaa_cli.soak` |
 | :func:`limit_read_size` | asyncio selector transport's ``max_size`` (read size) | emulator, pipeline server |
 | :func:`sdk_websocket`, :func:`write_backlog` | deepgram-sdk's ``AsyncV1SocketClient._websocket`` and its ``transport`` | :mod:`rtaa_cli.pipeline.providers.deepgram` |
+| :func:`send_binary_nowait` | legacy ``WebSocketCommonProtocol`` (the SDK's): ``.state``, ``._paused``, ``._fragmented_message_waiter``, ``.transfer_data_task``, ``.extensions``, ``.write_frame_sync()``, ``.transport`` | :mod:`rtaa_cli.pipeline.providers.deepgram` (audio sends) |
 
 Importing this module checks the installed versions against ``SUPPORTED`` and probes the attributes
 it can without a connection; a mismatch raises :class:`UnsupportedLibrary` naming the supported
@@ -82,8 +83,8 @@ _probe(ServerProtocol(), ("current_size", "reader", "debug", "max_message_size",
 
 __all__ = ["SUPPORTED", "UnsupportedLibrary", "check_version", "apply_mask", "INLINE_HOOKS", "parser_idle",
            "frame_limit", "fail_now", "write_text_nowait", "acknowledge_pong", "set_connection_exc", "connection_gone",
-           "text_frame", "write_nowait", "flush_tail", "raw_socket", "limit_read_size", "READ_SIZE", "sdk_websocket",
-           "write_backlog"]
+           "text_frame", "binary_frame", "write_nowait", "flush_tail", "raw_socket", "limit_read_size", "READ_SIZE", "sdk_websocket",
+           "write_backlog", "send_binary_nowait"]
 
 
 # ----------------------------------------------------------------- websockets, asyncio server side
@@ -169,13 +170,22 @@ def text_frame(payload: bytes) -> bytes:
     """One final, masked RFC 6455 text frame (what websockets' ``Frame(Opcode.TEXT, payload)
     .serialize(mask=True)`` returns, with a different random key), without its per-frame object,
     buffer and ``getrandom`` call: masking keys come from ``os.urandom`` in bulk."""
+    return _masked_frame(0x81, payload)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """:func:`text_frame` for a binary message (opcode 2)."""
+    return _masked_frame(0x82, payload)
+
+
+def _masked_frame(first: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
-        head = bytes((0x81, 0x80 | n))
+        head = bytes((first, 0x80 | n))
     elif n < 65536:
-        head = b"\x81\xfe" + n.to_bytes(2, "big")
+        head = bytes((first, 0xFE)) + n.to_bytes(2, "big")
     else:
-        head = b"\x81\xff" + n.to_bytes(8, "big")
+        head = bytes((first, 0xFF)) + n.to_bytes(8, "big")
     mask = _masks.next()
     return head + mask + apply_mask(payload, mask)
 
@@ -228,6 +238,27 @@ def sdk_websocket(sock: Any) -> Any:
         raise UnsupportedLibrary(f"deepgram-sdk's socket client has no usable _websocket ({type(ws).__name__}); "
                                  f"supported: deepgram-sdk {_names(SUPPORTED['deepgram-sdk'])}")
     return ws
+
+
+def send_binary_nowait(ws: Any, data: bytes) -> bool:
+    """Send one binary message on the SDK's (legacy) websocket now, when its ``send()`` would not wait:
+    open, writes not paused, no fragmented send in progress. False (nothing written) otherwise; the
+    caller then awaits ``ws.send()``, which waits or raises ``ConnectionClosed`` as usual.
+
+    Why: ``send_media`` -> ``send`` -> ``write_frame`` + ``drain`` are four coroutine layers, and each
+    frame's ``Frame`` object and ``getrandom`` for its masking key cost ~6 % of the pipeline's CPU at
+    200 calls (py-spy, BENCHMARKS.md); the frame is the same bytes websockets writes (keys in bulk)."""
+    if (ws.state is not State.OPEN or ws._paused or ws._fragmented_message_waiter is not None
+            or ws.transfer_data_task.done()):
+        return False
+    transport = ws.transport
+    if transport is None or transport.is_closing():
+        return False
+    if ws.extensions:  # e.g. permessage-deflate: let websockets encode the frame
+        ws.write_frame_sync(True, 2, data)
+    else:
+        transport.write(_masked_frame(0x82, data))
+    return True
 
 
 def write_backlog(ws: Any) -> int | None:

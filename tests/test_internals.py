@@ -176,6 +176,35 @@ def test_the_sdk_websocket_under_a_real_deepgram_sdk_connection() -> None:
     assert module.startswith("websockets")
 
 
+def test_binary_sends_without_waiting_reach_a_real_server_intact_and_stop_at_close() -> None:
+    """send_binary_nowait on the SDK's websocket: the emulator receives every byte (its watermark decoder
+    finds every packet of the marked audio, none missing or repeated); closed, it writes nothing."""
+    from rtaa_cli.watermark import PACKET_BITS, Marker, call_hex
+
+    pcm = Marker("CA-nowait").mark(os.urandom(576 * 50), 0)
+    frames = [pcm[i:i + 576] for i in range(0, len(pcm), 576)]
+
+    async def main() -> tuple[list[bool], bool, dict]:
+        async with Emulator(EmulatorConfig()) as emu:
+            conn = await DeepgramProvider("test-key", emu.url).open("nowait", 8000)
+            ws = internals.sdk_websocket(conn._sock)
+            assert not ws.extensions  # the raw frame path (no permessage-deflate negotiated)
+            sent = [internals.send_binary_nowait(ws, f) for f in frames]
+            await conn.close_stream()
+            async for _ in conn.results():
+                pass
+            after_close = internals.send_binary_nowait(ws, frames[0])
+            await conn.aclose()
+            return sent, after_close, emu.stats()["connections"][0]
+
+    sent, after_close, record = run(main(), 30)
+    assert all(sent) and not after_close
+    assert record["audio_bytes"] == len(pcm)
+    mark = record["watermark"]
+    assert mark["call"] == call_hex("CA-nowait") and mark["missing"] == 0 and mark["repeated"] == 0
+    assert mark["packets"] == len(pcm) // (2 * PACKET_BITS)
+
+
 def test_the_sdk_guard_fails_loudly_without_a_websocket() -> None:
     class Changed:
         _websocket = None

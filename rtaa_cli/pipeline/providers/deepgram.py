@@ -12,10 +12,8 @@ from typing import Any, AsyncIterator
 
 import orjson
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Opcode
-from websockets.protocol import State
 
-from rtaa_cli.internals import sdk_websocket, write_backlog
+from rtaa_cli.internals import sdk_websocket, send_binary_nowait, write_backlog
 from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult, Word
 
 with warnings.catch_warnings():
@@ -53,16 +51,10 @@ class DeepgramConnection(ProviderConnection):
         self.unparsable = 0  # messages that are not valid JSON or not a well-formed Results
 
     async def send_audio(self, pcm: bytes) -> None:
-        # What the SDK's send_media -> websockets' send -> write_frame + drain do when nothing can block,
-        # minus their four coroutine layers (profiled at ~3 % of the pipeline's CPU): write the one binary
-        # frame now. Anything else (closing, writes paused, a fragmented send in progress) takes send(),
-        # which waits or raises ConnectionClosed as before.
-        ws = self._ws
-        if (ws.state is State.OPEN and not ws._paused and ws._fragmented_message_waiter is None
-                and not ws.transfer_data_task.done() and not ws.transport.is_closing()):
-            ws.write_frame_sync(True, Opcode.BINARY, pcm)
-            return
-        await ws.send(pcm)
+        # What the SDK's send_media does (one binary message), written now when nothing can block; else
+        # websockets' send(), which waits for the buffer or raises ConnectionClosed.
+        if not send_binary_nowait(self._ws, pcm):
+            await self._ws.send(pcm)
 
     def writable(self) -> bool:
         backlog = write_backlog(self._ws)
