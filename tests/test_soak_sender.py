@@ -90,3 +90,16 @@ def test_text_frame_is_a_masked_final_text_frame_websockets_parses(n: int) -> No
         assert reader.at_eof()
     # a fresh masking key per frame (RFC 6455 5.3): the masked bytes differ when there are any
     assert n < 4 or len({w for w in wires}) == 3
+
+
+def test_the_frame_scheduler_does_not_import_the_caller_that_imports_it() -> None:
+    """No import cycle, not even for type checkers: the scheduler knows a call's stream by a protocol
+    (FrameSink), not by importing sync_caller (which imports the scheduler)."""
+    import ast
+
+    import rtaa_cli.soak.frame_scheduler as scheduler_mod
+
+    tree = ast.parse(Path(scheduler_mod.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "rtaa_cli.soak.sync_caller" not in imported

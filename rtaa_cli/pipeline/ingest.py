@@ -65,8 +65,8 @@ log = logs.get("rtaa.ingest")
 sampled = logs.Sampled(log)  # per-message warnings: a bounded sample, the metrics count every one
 
 # closes websockets makes itself (the handler never sees the frame): counted and logged in handle()
-_LIBRARY_CLOSE_KINDS = {Close.MESSAGE_TOO_BIG: "oversize", Close.INVALID_PAYLOAD: "invalid_utf8",
-                        Close.PROTOCOL_ERROR: "protocol_error"}
+_LIBRARY_CLOSE_KINDS = {Close.MESSAGE_TOO_BIG: Rule.OVERSIZE, Close.INVALID_PAYLOAD: Rule.INVALID_UTF8,
+                        Close.PROTOCOL_ERROR: Rule.PROTOCOL_ERROR}
 # log events of refusals that are not malformed input (the rest log "bad_input")
 _LOG_EVENT = {Rule.CALL_HIJACK: "call_hijack_refused", Rule.OVER_PRINCIPAL_CAPACITY: "over_principal_capacity",
               Rule.OVER_CAPACITY: "over_capacity"}
@@ -191,10 +191,10 @@ class Ingest:
                         ev = parse_event(message)
                     except ExotelProtocolError as exc:
                         if exc.kind is ErrorKind.UNKNOWN_EVENT:  # count, log a sample, ignore
-                            self.metrics.bad_input.labels(kind="unknown_event").inc()
+                            self.metrics.bad_input.labels(kind=exc.kind.value).inc()
                             rules.unknown_event(s)
                             sampled.warning("bad_input", key="unknown_event", interaction_id=s.interaction_id,
-                                            kind="unknown_event", reason=exc.reason, action="ignored")
+                                            kind=exc.kind.value, reason=exc.reason, action="ignored")
                             continue
                         await self._bad(s, exc.kind.value, exc.close_code, exc.reason)
                         continue
@@ -241,8 +241,8 @@ class Ingest:
             return
         self.rules.begin_close(s)
         self.metrics.caller_closes.labels(code=str(sent.code)).inc()
-        self.metrics.bad_input.labels(kind=kind).inc()
-        log.warning("bad_input", interaction_id=s.interaction_id, stream_sid=s.stream_sid, kind=kind,
+        self.metrics.bad_input.labels(kind=kind.value).inc()
+        log.warning("bad_input", interaction_id=s.interaction_id, stream_sid=s.stream_sid, kind=kind.value,
                     close_code=sent.code, reason=sent.reason)
 
     async def _start(self, s: StreamConn, ev: Start, now: float) -> None:

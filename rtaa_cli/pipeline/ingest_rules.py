@@ -64,6 +64,10 @@ class Rule(StrEnum):
     START_TIMEOUT = "start"  # idle limit: no start in time
     HOLD = "hold"  # idle limit: a started stream without audio for too long
     SHUTTING_DOWN = "shutting_down"
+    # closes websockets makes by itself (the rules never see the frame); the shell counts them by these
+    OVERSIZE = "oversize"  # 1009: a frame over max_size
+    INVALID_UTF8 = "invalid_utf8"  # 1007: a text frame that is not UTF-8
+    PROTOCOL_ERROR = "protocol_error"  # 1002: a broken frame
 
 
 IDLE_RULES = frozenset({Rule.START_TIMEOUT, Rule.HOLD})
