@@ -146,6 +146,8 @@ def test_language_multi_gives_languages_and_word_languages(emu_factory):
     results = [m for m in received if isinstance(m, ListenV1Results)]
     spoken = [m.channel.alternatives[0] for m in results if m.channel.alternatives[0].words]
     assert spoken and all(alt.languages == ["en"] for alt in spoken)
+    silent = [m.channel.alternatives[0] for m in results if not m.channel.alternatives[0].words]
+    assert silent and all(alt.languages is None for alt in silent)  # absent, not [] (LiveKit reads [0])
     assert all(w.language == "en" for alt in spoken for w in alt.words)
     assert all(m.channel.alternatives[0].languages_hinted == ["es", "zh-HK"] for m in results)
     monolingual = finals(sdk_stream(emu, call_audio(3.0)))

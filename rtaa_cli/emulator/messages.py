@@ -73,8 +73,10 @@ class MessageFactory:
             word_objs.append(obj)
         alt: dict = {"transcript": " ".join(texts),
                      "confidence": round(sum(w[3] for w in words) / len(words), 4) if words else 0.0}
-        if self._multilingual:
-            alt["languages"] = ["en"] if words else []
+        if self._multilingual and words:
+            # Absent without words: the SDK's model says it "can be absent", and LiveKit's plugin reads
+            # alt["languages"][0] whenever the key is there (an empty list crashed its message handler).
+            alt["languages"] = ["en"]
         if self._hinted is not None:
             alt["languages_hinted"] = self._hinted
         alt["words"] = word_objs
