@@ -11,6 +11,8 @@ import test_emulator_fidelity as fidelity
 from test_emulator_fidelity import SDK_PARAMS, _refused, finals, sdk_stream
 from test_emulator_server import BOUND, call_audio, env_for
 
+from rtaa_cli.emulator.textfmt import number_digits
+
 with warnings.catch_warnings():  # the SDK imports websockets.legacy (DeprecationWarning)
     warnings.simplefilter("ignore", DeprecationWarning)
     from deepgram import AsyncDeepgramClient
@@ -21,6 +23,21 @@ emu_factory = fidelity.emu_factory  # the same fixture: emulators in a thread, p
 # English number words, written out here (not imported) so the test does not share the emulator's table.
 SPOKEN_NUMBERS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                   "twenty", "hundred", "thousand"}
+
+
+@pytest.mark.parametrize("spoken, digits", [
+    ("four one one", "411"), ("nine hundred", "900"), ("twenty twenty four", "2024"), ("twelve", "12"),
+    ("nineteen eighty four", "1984"), ("two hundred thousand", "200000"), ("four oh four", "404"),
+    ("three thousand two hundred five", "3205"), ("ninety nine", "99"),
+])
+def test_number_words_are_read_as_their_digits(spoken, digits):
+    assert number_digits(spoken.split()) == digits
+
+
+def test_a_run_of_scales_stays_a_bounded_number():
+    # 2200 "hundred"s would be 100**2200 (4400 digits: str() refuses it); read as many numbers instead.
+    digits = number_digits(["one"] + ["hundred"] * 2200)
+    assert digits.isdigit() and len(digits) < 20000
 
 
 def query(**params) -> dict:
@@ -80,6 +97,8 @@ def test_redact_numbers_pci_and_ssn(emu_factory):
     ({"callback": "http://127.0.0.1:9/cb"}, "Callbacks are not supported"),
     ({"version": "1999-01-01.0"}, "No such model"),
     ({"model": "nova-2", "keywords": "refund:high"}, "Invalid 'keywords' value"),
+    ({"keyterm": ["word " * 300, "word " * 201]}, "limited to 500 tokens"),
+    ({"search": [f"term{i}" for i in range(51)]}, "at most 50"),
 ])
 def test_text_parameters_the_emulator_cannot_honour_are_refused_with_the_services_400(emu_factory, params, fragment):
     status, body, dg_error = _refused(emu_factory(), **params)

@@ -61,6 +61,8 @@ _REDACT_UNSUPPORTED = {"pii", "phi", "account_number", "age", "bank_account", "b
                        "url", "username", "vehicle_id"}
 _NOVA = ("nova", "nova-2", "nova-3")
 DEFAULT_ENDPOINTING_MS = 10
+KEYTERM_TOKEN_LIMIT = 500  # the keyterm query parameter's limit (deepgram-sdk 7.16, ListenV1Configure)
+SEARCH_LIMIT = 50  # "You can include up to 50 search terms per request" (Deepgram's Search docs)
 
 
 class HandshakeRejected(Exception):
@@ -206,6 +208,8 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
         raise _bad("Keywords are not supported with Nova-3; use 'keyterm' instead.")
     if keyterms and MODELS[model][2] != "nova-3":
         raise _bad("Keyterm prompting is only supported with Nova-3 models.")
+    if sum(len(term.split()) for term in keyterms) > KEYTERM_TOKEN_LIMIT:
+        raise _bad(f"Keyterm prompting is limited to {KEYTERM_TOKEN_LIMIT} tokens.")  # text [??]
     boosted = [tuple(term.lower().split()) for term in keyterms if term.split()]
     suppressed = set()
     for kw in pairs.get("keywords", ()):
@@ -238,6 +242,8 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
             raise _invalid("replace", item)
         replace.append((tuple(find.lower().split()), tuple(repl.split())))
     search = tuple(q for q in pairs.get("search", ()) if q.split())
+    if len(search) > SEARCH_LIMIT:
+        raise _bad(f"Too many search terms: at most {SEARCH_LIMIT} are accepted.")  # text [??]
     if _one(pairs, "callback") is not None:
         raise _bad("Callbacks are not supported by the rtaa emulator (it does not POST results anywhere).")
     version = _one(pairs, "version")

@@ -24,13 +24,11 @@ from rtaa_cli.closecodes import Close as CloseCode
 from rtaa_cli.emulator.audio import AudioDecoder, UndecodableAudio
 from rtaa_cli.emulator.features import Diarizer
 from rtaa_cli.emulator.messages import DATA0000, NET0001, MessageFactory
-from rtaa_cli.emulator.params import MODELS, StreamParams
+from rtaa_cli.emulator.params import KEYTERM_TOKEN_LIMIT, MODELS, StreamParams
 from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
 from rtaa_cli.emulator.textfmt import format_words, search_hits
 from rtaa_cli.emulator.transcribers import Transcriber
 from rtaa_cli.watermark import Decoder as WatermarkDecoder
-
-KEYTERM_TOKEN_LIMIT = 500  # per Configure, as for the keyterm query parameter (the SDK's ListenV1Configure)
 
 
 @dataclass(slots=True)

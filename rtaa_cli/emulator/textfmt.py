@@ -32,6 +32,7 @@ _TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
          "ninety": 90}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1000000}
+_MAX_NUMBER = 10 ** 15  # beyond, a run is read as several numbers (str() of a huge int is slow, then refused)
 NUMBER_WORDS = frozenset(_UNITS) | frozenset(_TEENS) | frozenset(_TENS) | frozenset(_SCALES)
 
 DICTATION = {("comma",): ",", ("period",): ".", ("full", "stop"): ".", ("question", "mark"): "?",
@@ -65,6 +66,8 @@ def number_digits(tokens: Sequence[str]) -> str:
         last = ""
 
     for tok in tokens:
+        if total + current > _MAX_NUMBER:  # "hundred hundred ...": a new number, not an ever larger one
+            close()
         if tok.isdigit():
             close()
             groups.append(tok)
