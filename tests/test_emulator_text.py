@@ -222,3 +222,19 @@ def test_configure_replaces_keyterms_and_toggles_numerals_mid_stream(emu_factory
     assert not SPOKEN_NUMBERS & set(after)
     failure = [m for m in got if isinstance(m, ListenV1ConfigureFailure)]
     assert [f.code for f in failure] == ["CONFIGURE_KEYTERM_LIMIT_EXCEEDED"]
+
+
+def test_hostile_text_parameter_values_are_transcribed_not_crashed_on(emu_factory):
+    """Control characters, emoji and separators in keyterm/replace/search/keywords values: the stream runs
+    and closes 1000 (no internal error), and what the client asked for comes back as sent."""
+    emu = emu_factory(text_mark=False)
+    odd = "a\x00b\r\n\u2028\U0001f600"
+    first = odd.split()[0]  # "a\x00b": CR/LF and U+2028 separate a keyterm's words
+    received = sdk_stream(emu, call_audio(8.0), keyterm=odd, replace=[f"{first}:Z\x00\U0001f600", "x:"],
+                          search=[odd, "\ufffd"], numerals=True, redact="numbers", punctuate=True)
+    words = [w.word for w in final_words(received)]
+    assert first not in words and "Z\x00\U0001f600" in words and "\U0001f600" in words  # heard, then replaced
+    assert [s["query"] for s in finals(received)[0].channel.model_extra["search"]] == [odd, "\ufffd"]
+    emu.wait_quiet()
+    totals = emu.stats()["totals"]
+    assert totals["closes_1000"] == 1 and totals["close_codes"] == {"1000": 1}
