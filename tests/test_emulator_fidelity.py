@@ -236,7 +236,7 @@ def test_word_confidences_vary_and_repeat_per_stream(emu_factory):
     assert confidences(emu) != first  # connection 2: other confidences, same words
 
 
-SPEECH_STARTED_BOUND_MS = 3000.0  # measured 1-1440 ms under load; was 9600-9900 ms
+SPEECH_STARTED_BOUND_MS = 3000.0  # decoders in worker processes: 0.4-35 ms at load 7-16 (in threads: up to 3458 ms); was 9600-9900 ms
 
 
 def test_sphinx_speech_started_does_not_wait_behind_recognition(emu_factory):

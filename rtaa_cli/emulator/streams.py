@@ -7,7 +7,8 @@ Hot path (segmenter engine, hundreds of streams per core): each message goes fro
 straight into the session inside ``data_received`` (:class:`~rtaa_cli.emulator.connection.InlineConnection`,
 no task switch per frame), and a message that is due now is written at once when nothing is queued ahead
 of it and the socket takes it; only delayed messages, closes and back-pressured writes go through the
-sender task. The sphinx engine decodes in a thread per stream and reads with ``async for``.
+sender task. The sphinx engine drives each stream from a thread of its own (decoding itself runs in worker
+processes, rtaa_cli/emulator/sphinx_process.py) and reads with ``async for``.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from rtaa_cli.emulator.control import log_event
 from rtaa_cli.emulator.handshake import Accepted
 from rtaa_cli.emulator.messages import INTERNAL_FAULT
 from rtaa_cli.emulator.session import Close, Send, Session, VoiceTap
-from rtaa_cli.emulator.transcribers import PlaceholderTranscriber, SphinxTranscriber
+from rtaa_cli.emulator.sphinx_process import RemoteSphinxTranscriber
+from rtaa_cli.emulator.transcribers import PlaceholderTranscriber
 
 log = logging.getLogger("rtaa.emulator")
 
@@ -90,7 +92,7 @@ class StreamRunner:
         seed = cfg.seed or 0
         params = accepted.params
         if cfg.engine == "sphinx":
-            factory = SphinxTranscriber
+            factory = RemoteSphinxTranscriber  # decoded in a worker process: it must not hold this loop's GIL
             # An HMM decoder needs whole words: endpoints shorter than 300 ms would cut them apart.
             if params.endpointing_ms is not None and params.endpointing_ms < 300:
                 params = dataclasses.replace(params, endpointing_ms=300)

@@ -1,8 +1,9 @@
 """Provider ``sphinx``: pocketsphinx in-process, offline, real words, for a few calls.
 
 Reuses the emulator's sans-I/O pieces (one place per concept): the energy :class:`Segmenter` decides
-endpoints and the :class:`SphinxTranscriber` turns each final window into words. Decoding runs on one
-executor thread per connection (pocketsphinx is not thread-safe per decoder and would block the loop).
+endpoints and the :class:`SphinxTranscriber` turns each final window into words. Each connection is driven
+from one executor thread; the decoding itself runs in a worker process (rtaa_cli/emulator/sphinx_process.py:
+pocketsphinx holds the GIL for up to a second per call, which in-process would stall every call's frames).
 Finals only (no interims), each from one whole-utterance decode of its window (batch CMN; see
 :class:`SphinxTranscriber`). Windows are forced final after 15 s of continuous speech, as in the emulator's
 sphinx engine (the segmenter's 5 s default cuts words apart: on fixtures/audio/call.wav, segmenter plus
@@ -17,7 +18,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from rtaa_cli.emulator.segmenter import Segmenter
-from rtaa_cli.emulator.transcribers import SphinxTranscriber
+from rtaa_cli.emulator.sphinx_process import RemoteSphinxTranscriber
 from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderResult, Word
 
 _QUEUE = 1024  # pending decode jobs (frames) per connection; beyond -> the connection closes 1011
@@ -31,7 +32,7 @@ class SphinxConnection(ProviderConnection):
         self.close_reason = ""
         self._segmenter = Segmenter(sample_rate, endpointing_ms=endpointing_ms, interim=False, vad_events=False,
                                     max_window_ms=MAX_WINDOW_MS)
-        self._transcriber: SphinxTranscriber | None = None
+        self._transcriber: RemoteSphinxTranscriber | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rtaa-sphinx")
         self._executor_open = True
         self._jobs: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_QUEUE)
@@ -40,7 +41,7 @@ class SphinxConnection(ProviderConnection):
 
     async def _init(self) -> None:
         self._transcriber = await asyncio.get_running_loop().run_in_executor(
-            self._executor, SphinxTranscriber, self.rate)
+            self._executor, RemoteSphinxTranscriber, self.rate)
 
     def _decode(self, kind: str, pcm: bytes) -> list[ProviderResult]:
         assert self._transcriber is not None
