@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import orjson
 import pytest
 import websockets
 from test_emulator_server import FRAME_BYTES, call_audio
 
-from rtaa_cli.emulator import EmulatorConfig, start_in_thread
+from rtaa_cli.emulator import EmulatorConfig, sphinx_process, start_in_thread
 from rtaa_cli.emulator.segmenter import Window
 from rtaa_cli.emulator.sphinx_process import RemoteSphinxTranscriber, SphinxWorkerLost
 from rtaa_cli.emulator.transcribers import SphinxTranscriber
@@ -54,18 +55,22 @@ def test_a_dead_worker_fails_its_stream_and_the_next_stream_gets_a_new_one() -> 
 def test_the_emulator_closes_a_stream_whose_decoder_died_with_1011_and_serves_the_next() -> None:
     emu = start_in_thread(EmulatorConfig(engine="sphinx"))
     audio = call_audio(4.0)
-    url = f"{emu.url}/v1/listen?encoding=linear16&sample_rate={RATE}"
+    url = f"{emu.url}/v1/listen?encoding=linear16&sample_rate={RATE}&interim_results=true"
 
     async def stream(kill: bool) -> tuple[int | None, list[dict]]:
-        import orjson
         got: list[dict] = []
         async with websockets.connect(url, additional_headers={"Authorization": "Token k"}) as ws:
-            for off in range(0, len(audio), FRAME_BYTES):
+            half = len(audio) // 2 // FRAME_BYTES * FRAME_BYTES
+            for off in range(0, half, FRAME_BYTES):
                 await ws.send(audio[off:off + FRAME_BYTES])
-            if kill:
-                from rtaa_cli.emulator import sphinx_process
+            if kill:  # once the stream's decoder has answered (an interim), kill every worker
+                while (msg := orjson.loads(await ws.recv())).get("type") != "Results":
+                    pass
                 for worker in sphinx_process._POOL._workers:
                     worker.proc.kill()
+                    worker.proc.wait()
+            for off in range(half, len(audio), FRAME_BYTES):
+                await ws.send(audio[off:off + FRAME_BYTES])
             await ws.send('{"type": "CloseStream"}')
             try:
                 async for msg in ws:
