@@ -8,6 +8,7 @@ The result document has the soak report's shape (``verdict``, ``thresholds`` row
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +53,13 @@ def _base(url: str, scheme: str, path: str) -> str:
     return urlunsplit((scheme, p.netloc.rsplit("@", 1)[-1], path, "", ""))
 
 
+def _one_line(status: int, body: bytes) -> str:
+    """A health answer for the table: one line, no markup (an error page's HTML would fill the terminal)."""
+    text = " ".join(re.sub(rb"<[^>]*>", b" ", body[:2000]).decode("utf-8", "replace").split())
+    text = text if len(text) <= 120 else text[:117] + "..."
+    return text if status == 200 else f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
 def derive_urls(url: str) -> tuple[str, str]:
     """``ws://h:p/v1/ingest`` -> (``http://h:p/health``, ``ws://h:p/v1/transcripts``)."""
     p = urlsplit(url)
@@ -87,7 +95,7 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
     if health_url:
         try:
             status, body = _get(health_url)
-            rows.append(_row("health", status == 200, status, 200, "eq", body[:200].decode("utf-8", "replace")))
+            rows.append(_row("health", status == 200, status, 200, "eq", _one_line(status, body)))
         except OSError as exc:
             rows.append(_row("health", False, None, 200, "eq", f"{health_url}: {exc}"))
         doc["health"] = {"url": health_url, "status": rows[-1]["value"]}

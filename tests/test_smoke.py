@@ -148,3 +148,22 @@ def test_smoke_unreachable_target_fails_cleanly(tmp_path: Path) -> None:
 def test_smoke_usage_error_exit_2() -> None:
     proc = subprocess.run([*RTAA, "smoke", "--url", "http://x/y"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "ws://" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_smoke_reports_an_html_error_page_as_one_line(tmp_path: Path) -> None:
+    """A web server that is not the pipeline answers /health with an HTML 404 page: the table says
+    "HTTP 404: ..." on one line, not the page's markup."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.run([*RTAA, "smoke", "--url", f"ws://127.0.0.1:{server.server_port}/nosuch", *ARGS,
+                               "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    health = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("health FAIL")]
+    assert health and health[0].startswith("health FAIL: HTTP 404: ") and "<" not in health[0], health
