@@ -57,6 +57,8 @@ class HeapTrimmer:
 
     def _trim(self) -> None:
         self._pending = None
+        if malloc_trim is None:
+            return
         if self._running is not None and not self._running.done():
             return  # the previous one is still walking the heap
         self._last = self._clock()

@@ -45,15 +45,16 @@ class ByteRing:
         if mem is None:
             mem = self._mem = mmap.mmap(-1, cap)
         end = self.end + n
+        src: bytes | memoryview = data
         if n > cap:  # only the newest ``cap`` bytes can be held
-            data = memoryview(data)[n - cap:]
+            src = memoryview(data)[n - cap:]
             n = cap
         off = (end - n) % cap
         if off + n <= cap:
-            mem[off:off + n] = data
+            mem[off:off + n] = src
         else:  # wraps around
             first = cap - off
-            view = memoryview(data)
+            view = memoryview(src)
             mem[off:cap] = view[:first]
             mem[0:n - first] = view[first:]
         self.end = end
