@@ -336,7 +336,7 @@ def measure(target: str, calls: int, seconds: float, provider: str, replay_limit
         # Middle half of the calls: starts are spread over 1 s, so every call is past its first quarter.
         time.sleep(max(0.0, go + 1.0 + 0.25 * seconds - time.monotonic()))
         _ask(tgt, "start")
-        spy = _py_spy(tgt.pid, 0.5 * seconds - 1.0, f"{profile}/{target}-{calls}.txt") if profile else None
+        spy = _py_spy(tgt.pid, 0.5 * seconds - 1.0, f"{profile}/{_label(target)}-{calls}.txt") if profile else None
         time.sleep(max(0.0, go + 0.75 * seconds - time.monotonic()))
         if spy is not None:
             spy.wait(30)
