@@ -25,14 +25,15 @@ class Proc:
         self.what = what
         self.proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
         self.stderr: list[bytes] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._reader.start()
         self.info: dict[str, Any] = {}
 
     def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line)
-            del self.stderr[:-200]
+            del self.stderr[:-5000]  # bounded; tests read the warnings (log level warning) as evidence
 
     async def ready(self, timeout_s: float = 30.0) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -47,6 +48,25 @@ class Proc:
 
     def tail(self) -> str:
         return b"".join(self.stderr[-20:]).decode(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The process's JSON log lines of one event, in order (what it said it did, and why)."""
+        if self.proc.poll() is not None:
+            self._reader.join(5)  # an exited process's last lines are read to its end first
+        out = []
+        for line in list(self.stderr):
+            if b'"' + name.encode() + b'"' in line:
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if entry.get("event") == name:
+                    out.append(entry)
+        return out
+
+    def lines(self, needle: str) -> list[str]:
+        """Log lines that mention ``needle`` (a call's id): for failure messages."""
+        return [line.decode(errors="replace")[:400] for line in list(self.stderr) if needle.encode() in line]
 
     def metric(self, name: str) -> float:
         total = 0.0

@@ -20,6 +20,42 @@ from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, Provi
 
 Holds = Callable[[str], bool]
 
+# A lease is trusted locally for this fraction of its length after the renewal that was *sent* (so Redis,
+# which expires it a full lease after it *received* that renewal, cannot have granted it to anyone else);
+# the watchdog (every 1/8 lease) drops the call by VALID_FRACTION + 1/8 of the lease at the latest.
+VALID_FRACTION = 0.6
+
+
+class LeaseClock:
+    """When a worker may trust its leases and when it renews them (sans-I/O: times are ``perf_counter()``).
+
+    Renewals go out every ``lease/4`` counted from the previous one's *send*, so a slow round trip eats
+    into the margin once, not twice (counted from its completion, two 350 ms round trips under CPU load
+    were enough to lapse a 2 s lease). A reply processed after the validity it extends has lapsed does not
+    revive the call: provider operations may have been refused meanwhile, so the call is dropped and its
+    successor resumes it from the checkpoint."""
+
+    __slots__ = ("valid_s", "period_s")
+
+    def __init__(self, lease_ms: int) -> None:
+        self.valid_s = lease_ms * VALID_FRACTION / 1000.0
+        self.period_s = lease_ms / 4000.0
+
+    def acquired(self, sent_at: float) -> float:
+        """The local validity of a lease whose acquisition was sent at ``sent_at``."""
+        return sent_at + self.valid_s
+
+    def next_renewal(self, sent_at: float, now: float) -> float:
+        """How long to wait before the next renewal, the previous one having been sent at ``sent_at``."""
+        return max(0.0, sent_at + self.period_s - now)
+
+    def renewed(self, valid_until: float, sent_at: float, now: float) -> float | None:
+        """The new validity after a renewal sent at ``sent_at`` was acknowledged (processed at ``now``);
+        None if the old one lapsed first (drop the call)."""
+        if now >= valid_until:
+            return None
+        return max(valid_until, sent_at + self.valid_s)
+
 
 class Fenced(ProviderError):
     def __init__(self, interaction_id: str) -> None:

@@ -35,7 +35,7 @@ from rtaa_cli import logs
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline import redis_scripts as lua
 from rtaa_cli.pipeline.entrylog import EntryLog, parse_id
-from rtaa_cli.pipeline.fencing import FencedProvider
+from rtaa_cli.pipeline.fencing import FencedProvider, LeaseClock
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import Provider
 from rtaa_cli.pipeline.transcripts import call_ended_msg, call_started_msg
@@ -47,10 +47,6 @@ READ_COUNT = 200  # entries per stream per XREAD
 BLOCK_MS = 1000  # blocking reads return at least this often (stop is noticed promptly)
 READ_COALESCE_S = 0.004  # worker: added latency traded for far fewer XREADs (docs/scale-out.md, bench)
 _ERRORS = (RedisError, OSError)
-# A lease is trusted locally for this fraction of its length after the renewal that was *sent* (so Redis,
-# which expires it a full lease after it *received* that renewal, cannot have granted it to anyone else);
-# a watchdog drops the call by VALID_FRACTION + 1/8 of the lease at the latest.
-VALID_FRACTION = 0.6
 
 
 class RedisPublisher(busmod.FailureNotice):
@@ -173,6 +169,7 @@ class RedisBus:
         self.maxlen = maxlen
         self.feed_maxlen = feed_maxlen
         self.lease_ms = lease_ms
+        self.clock = LeaseClock(lease_ms)
         self.queue_frames = queue_frames
         self.idle_end_s = idle_end_s
         self.has_ingest = has_ingest
@@ -207,6 +204,10 @@ class RedisBus:
         self._feed_written = (0, 0)  # the last feed entry this worker wrote ...
         self._feed_read = (0, 0)  # ... and the last this ingest read (shutdown waits for the one to reach the other)
         self.running = False
+        self.taking = True  # takes calls (announced or orphaned); False once it hands its calls over
+        self._renew_sent_at = 0.0  # perf_counter() of the renewal in flight (0: none), for the lease-loss log
+        self._sampled = logs.Sampled(log, burst=1, window_s=10.0)
+        self._renew_last_sent = time.perf_counter()
 
     # -- keys ------------------------------------------------------------------------------------
     def key(self, iid: str, what: str) -> str:
@@ -260,6 +261,7 @@ class RedisBus:
         if self.owned:
             # Hand the rest over now: stop taking announcements, release each lease and announce the call
             # again, so another worker takes it at once instead of on its next sweep.
+            self.taking = False  # nor retake them in this process's own sweep (a third provider stream)
             self._announcements.cancel()
             await asyncio.gather(self._announcements, return_exceptions=True)
             for o in list(self.owned.values()):
@@ -422,7 +424,7 @@ class RedisBus:
     # -- worker -> feeds (fenced, in order) --------------------------------------------------------
     def _publish_result(self, msg: dict[str, Any]) -> None:
         o = self.owned.get(msg["interaction_id"])
-        if o is None or o.lost:
+        if o is None or not self.holds(o.iid):  # the successor produces it again from the checkpoint
             self.metrics.bus_fenced_ops.inc()
             return
         fields: list[Any] = ["seq", msg["seq"], "sid", msg["stream_sid"]]
@@ -438,7 +440,7 @@ class RedisBus:
     def _call_started(self, iid: str, stream_sid: str) -> None:
         o = self.owned.get(iid)
         inter = self.interaction_of(iid)
-        if o is None or o.lost or inter is None:
+        if o is None or not self.holds(iid) or inter is None:
             self.metrics.bus_fenced_ops.inc()
             return
         ck = o.log.acked(0)
@@ -448,7 +450,7 @@ class RedisBus:
 
     def _call_ended(self, iid: str, reason: str) -> None:
         o = self.owned.get(iid)
-        if o is None or o.lost:
+        if o is None or not self.holds(iid):  # e.g. "provider unavailable" because its operations were fenced
             self.metrics.bus_fenced_ops.inc()
             return
         ck = o.log.ended()
@@ -562,15 +564,15 @@ class RedisBus:
                     pub.ended_seen = True  # failed before its END: forgotten when the END is published
 
     # -- worker: ownership -------------------------------------------------------------------------
-    async def _try_own(self, iid: str) -> None:
-        if iid in self.owned or not self.running:
+    async def _try_own(self, iid: str, via: str) -> None:
+        if iid in self.owned or not self.running or not self.taking:
             return
         t0 = time.perf_counter()
         token = await self._acquire(keys=[self.key(iid, "lease"), self.key(iid, "fence"), self.registry],
                                     args=[self.worker_id, self.lease_ms, iid])
         if token <= 0 or iid in self.owned:
             return
-        o = Owned(self, iid, f"{self.worker_id}:{token}", t0 + self.lease_ms * VALID_FRACTION / 1000.0)
+        o = Owned(self, iid, f"{self.worker_id}:{token}", self.clock.acquired(t0))
         try:
             ck = {k.decode(): v.decode() for k, v in (await self.w.hgetall(o.ckpt_key)).items()}
         except _ERRORS:
@@ -583,9 +585,12 @@ class RedisBus:
             if ck.get("live") == "1":
                 o.skip_id, o.skip = ck.get("first", ""), int(ck.get("skip", 0))
                 o.resume = (ck.get("sid", ""), int(ck["rate"]), (int(ck["pos"]), int(ck.get("seq", 0))))
+        if not self.taking:  # the hand-over began while this acquisition was in flight
+            await self._release_quietly(o)
+            return
         if token > 1:
             self.metrics.bus_takeovers.inc()
-            log.warning("call_taken_over", interaction_id=iid, token=token, resume_after=o.log.last_id,
+            log.warning("call_taken_over", interaction_id=iid, token=token, via=via, resume_after=o.log.last_id,
                         position=o.log.position, live=o.resume is not None)
         self.owned[iid] = o
         self._by_key[o.key_b] = o
@@ -742,7 +747,7 @@ class RedisBus:
                     resp = await r.xreadgroup(GROUP, self.worker_id, {self.announce: ">"}, count=16, block=BLOCK_MS)
                     for _, entries in resp or ():
                         for entry_id, fields in entries:
-                            await self._try_own(fields[b"i"].decode())
+                            await self._try_own(fields[b"i"].decode(), "announce")
                             await self.w.xack(self.announce, GROUP, entry_id)
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
@@ -766,7 +771,7 @@ class RedisBus:
             try:
                 orphans = await self._orphans(keys=[self.registry], args=[f"{self.prefix}:c:{{", "}:lease"])
                 for iid in orphans:
-                    await self._try_own(iid.decode())
+                    await self._try_own(iid.decode(), "sweep")
             except _ERRORS as exc:
                 self.outage(exc)
 
@@ -775,13 +780,25 @@ class RedisBus:
         pause) is dropped now: its provider stream is closed before Redis can hand the call to another."""
         period = self.lease_ms / 8000.0
         while True:
+            woke = time.perf_counter() + period
             await asyncio.sleep(period)
             now = time.perf_counter()
-            for o in list(self.owned.values()):
-                if now >= o.valid_until and not o.lost:
-                    await self._drop(o, "lease expired locally (renewals failing or late)", lease_lost=True)
-                    self._spawn(self._release_quietly(o))
+            expired = [o for o in self.owned.values() if now >= o.valid_until and not o.lost]
+            if expired:
+                inflight = self._renew_sent_at
+                log.error("leases_expired_locally", calls=len(expired), loop_lag_ms=round((now - woke) * 1000),
+                          since_renewal_sent_ms=round((now - self._renew_last_sent) * 1000),
+                          renewal_in_flight_ms=round((now - inflight) * 1000) if inflight else None)
+            for o in expired:
+                await self._expire(o, "lease expired locally (renewals failing or late)")
             self._end_idle_calls()
+
+    async def _expire(self, o: Owned, reason: str) -> None:
+        """This process can no longer vouch for the lease: drop the call (its provider stream is closed) and
+        release the lease, so a successor takes it on its next sweep."""
+        if not o.lost:
+            await self._drop(o, reason, lease_lost=True)
+            self._spawn(self._release_quietly(o))
 
     def _end_idle_calls(self) -> None:
         """A call whose stream got nothing for ``idle_end_s`` has lost its ingest (a caller streams audio
@@ -803,30 +820,49 @@ class RedisBus:
             pass  # it lapses by itself
 
     async def _renew_loop(self) -> None:
-        period = self.lease_ms / 4000.0
+        """Every lease/4 from the previous renewal's send (:class:`LeaseClock`): one round trip renews every
+        owned lease and reads each call stream's length (the backlog on /health)."""
+        sent_at = time.perf_counter()
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self.clock.next_renewal(sent_at, time.perf_counter()))
+            sent_at = time.perf_counter()
             owned = [o for o in self.owned.values() if not o.lost]
             if not owned:
                 self._backlog = 0
                 continue
-            t0 = time.perf_counter()
+            self._renew_sent_at = self._renew_last_sent = sent_at
             try:
-                lost = await self._renew(keys=[o.lease_key for o in owned], args=[self.lease_ms] + [o.value for o in owned])
                 pipe = self.w.pipeline(transaction=False)
+                await self._renew(keys=[o.lease_key for o in owned], args=[self.lease_ms] + [o.value for o in owned],
+                                  client=pipe)
                 for o in owned:
                     pipe.xlen(o.key)
-                lengths = await pipe.execute()
+                lost, *lengths = await pipe.execute()
             except _ERRORS as exc:
                 self.outage(exc)
                 continue
+            finally:
+                self._renew_sent_at = 0.0
+            now = time.perf_counter()
+            if now - sent_at > self.clock.period_s:
+                self._sampled.warning("renewal_slow", rtt_ms=round((now - sent_at) * 1000), calls=len(owned),
+                                      lease_ms=self.lease_ms)
             self.up()
             lost_at = set(lost)
+            late = [o for i, o in enumerate(owned, 1) if i not in lost_at and not o.lost and now >= o.valid_until]
+            if late:
+                log.error("leases_expired_locally", calls=len(late), renewal_rtt_ms=round((now - sent_at) * 1000),
+                          lease_ms=self.lease_ms)
             for i, o in enumerate(owned, 1):
+                if o.lost or (o.closing and i in lost_at):
+                    continue  # ended meanwhile: its cleanup deleted the lease (its reply may not be read yet)
+                valid = None if i in lost_at else self.clock.renewed(o.valid_until, sent_at, now)
                 if i in lost_at:
                     await self._drop(o, "lease lost (taken over or expired)", lease_lost=True)
+                elif valid is None:
+                    await self._expire(o, "lease expired locally (renewal answered too late)")
                 else:
-                    o.valid_until = t0 + self.lease_ms * VALID_FRACTION / 1000.0
+                    o.valid_until = valid
             self._backlog = max(lengths, default=0)
             self.metrics.bus_backlog.set(self._backlog)
 
