@@ -587,3 +587,47 @@ def test_sigterm_of_a_worker_hands_its_calls_over_at_once(deployment) -> None:
         assert call_keys(prefix) == []
 
     run(main(), 120)
+
+
+def test_sigterm_of_an_ingest_waits_for_its_calls_finals_on_its_feeds(deployment) -> None:
+    """An ingest stopped with calls in flight ends them (END on the bus) and keeps its feeds open until the
+    workers, in other processes, have finished each call: every final and the call_ended reach its feeds."""
+    url, prefix, _ = deployment
+
+    async def main() -> None:
+        emu, ing, workers = await start_all(deployment, 1)
+        hose = Firehose()
+        reader = hose.start(ing.info["transcripts"])
+        await hose.open.wait()
+        frames = frames_of(speech_like(3, off_s=0.0))  # speech up to the end: only the final flush covers it
+        iids = [f"CA-i{i}" for i in range(2)]
+        callers = []
+        for iid in iids:
+            ws = await connect(ing.info["ingest"], proxy=None, compression=None)
+            enc = StreamEncoder(f"ST-{iid}", iid)
+            await ws.send(enc.connected())
+            await ws.send(enc.start())
+            for f in frames:
+                await ws.send(enc.media(f))
+            callers.append(ws)
+        await until_async(lambda: ing.metric("rtaa_frames_in_total") >= len(iids) * len(frames), 15,
+                          "the ingest to hold every frame")
+        ing.signal(signal.SIGTERM)
+        for ws in callers:
+            try:
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                pass
+            assert (ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason) == (1001, "server shutting down")
+        code = await asyncio.to_thread(ing.proc.wait, 30)
+        assert code == 0, ing.tail()
+        await asyncio.wait_for(reader, 10)  # the ingest closed its feeds after the finals
+        for iid in iids:
+            msgs = [m for _, m in hose.by_call.get(iid, [])]
+            assert msgs and msgs[-1]["type"] == "call_ended" and msgs[-1]["reason"] == "shutdown", \
+                [m["type"] for m in msgs]
+            assert_tiles(hose.finals(iid), len(frames) * 36.0, tail_ms=40.0)
+        await until_async(lambda: call_keys(prefix) == [], 5, "the calls' keys to be deleted")
+
+    run(main(), 90)

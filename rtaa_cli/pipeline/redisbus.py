@@ -180,6 +180,7 @@ class RedisBus:
         self.feed = f"{prefix}:feed"
         self.wake_key = f"{prefix}:wake:{self.worker_id}"
         self.channels: dict[str, RedisPublisher] = {}  # ingest side: this process's live calls
+        self._no_channels = asyncio.Event()  # set when the last of them is forgotten (drain waits for it)
         self.owned: dict[str, Owned] = {}  # worker side
         self._by_key: dict[bytes, Owned] = {}
         self._consumer: busmod.Consumer | None = None
@@ -249,10 +250,17 @@ class RedisBus:
 
     async def drain(self, timeout_s: float) -> None:
         """Shutdown: calls this process's ingest ended finish (bounded); the rest are handed over."""
-        await self._flush_sends(2.0)  # the ENDs the ingest just queued
-        tasks = [o.task for o in self.owned.values() if o.task is not None]
-        if self.has_ingest and tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
+        await asyncio.sleep(0)  # the ingest's END publishes (tasks it just created) queue their writes
+        await self._flush_sends(2.0)
+        if self.has_ingest and self.channels:
+            # Every call this ingest ended is finished by its owner, in this process or any other, and its
+            # call_ended has reached this process's feeds (a publisher is forgotten then), or the bound passed.
+            self._no_channels.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._no_channels.wait()
+            except TimeoutError:
+                log.warning("drain_timeout", calls_unfinished=len(self.channels), timeout_s=timeout_s)
         await self._flush_writes(2.0)
         if self.has_ingest:  # this process's feeds get the finals it wrote before they close
             deadline = time.monotonic() + 2.0
@@ -340,6 +348,8 @@ class RedisBus:
         pub.closed = True
         if self.channels.get(pub.interaction_id) is pub:
             del self.channels[pub.interaction_id]
+            if not self.channels:
+                self._no_channels.set()
 
     def release_if_idle(self, channel: busmod.CallChannel) -> bool:
         if not channel.queue.empty():
