@@ -22,10 +22,11 @@ worker.py does not know which bus it runs on. Ownership, fencing and takeover: s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -521,14 +522,16 @@ class RedisBus:
             await asyncio.sleep(0.01)
 
     # -- ingest: the feed ----------------------------------------------------------------------
-    async def _feed_loop(self) -> None:
-        last = self._feed_last
+    async def _blocking_reads(self, read: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[Any]:
+        """Every blocking read of the bus (feed, call streams, announcements) runs here: on a connection of
+        its own (a blocking read never shares one with writes); a failed read marks Redis down (/health) and
+        is retried with backoff (0.1 s doubling to 2 s); each answer, once Redis is back, is yielded."""
         r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
         delay = 0.1
         try:
             while True:
                 try:
-                    resp = await r.xread({self.feed: last}, count=500, block=BLOCK_MS)
+                    resp = await read(r)
                 except _ERRORS as exc:
                     self.outage(exc)
                     await asyncio.sleep(delay)
@@ -536,6 +539,14 @@ class RedisBus:
                     continue
                 self.up()
                 delay = 0.1
+                yield resp
+        finally:
+            await r.aclose()
+
+    async def _feed_loop(self) -> None:
+        async with contextlib.aclosing(self._blocking_reads(
+                lambda r: r.xread({self.feed: self._feed_last}, count=500, block=BLOCK_MS))) as reads:
+            async for resp in reads:
                 for _, entries in resp or ():
                     for entry_id, fields in entries:
                         last = self._feed_last = entry_id.decode()
@@ -545,8 +556,6 @@ class RedisBus:
                         except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the feed
                             self.metrics.bad_input.labels(kind="bus_feed_entry").inc()
                             log.warning("bus_feed_entry_unreadable", entry=last, error=repr(exc)[:200])
-        finally:
-            await r.aclose()
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -683,25 +692,20 @@ class RedisBus:
 
     # -- worker loops ------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
-        r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
-        delay = 0.1
-        try:
-            last = await r.xrevrange(self.wake_key, "+", "-", count=1)
-            self._wake_last = last[0][0].decode() if last else "0-0"
-            while True:
-                streams: dict[Any, Any] = {self.wake_key: self._wake_last}
-                for o in self.owned.values():
-                    if not o.closing and (o.channel is None or o.channel.queue.qsize() < self.queue_frames):
-                        streams[o.key] = o.log.last_id
-                try:
-                    resp = await r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
-                except _ERRORS as exc:
-                    self.outage(exc)
-                    await asyncio.sleep(delay)
-                    delay = min(2.0, delay * 2)
-                    continue
-                self.up()
-                delay = 0.1
+        last = await self.w.xrevrange(self.wake_key, "+", "-", count=1)
+        self._wake_last = last[0][0].decode() if last else "0-0"
+        streams: dict[Any, Any] = {}
+
+        def read(r: Any) -> Awaitable[Any]:
+            streams.clear()
+            streams[self.wake_key] = self._wake_last
+            for o in self.owned.values():
+                if not o.closing and (o.channel is None or o.channel.queue.qsize() < self.queue_frames):
+                    streams[o.key] = o.log.last_id
+            return r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+
+        async with contextlib.aclosing(self._blocking_reads(read)) as reads:
+            async for resp in reads:
                 for key, entries in resp or ():
                     o = self._by_key.get(key)
                     if o is None:
@@ -716,8 +720,6 @@ class RedisBus:
                     # Only a few of the calls had a new frame: let the others' frames arrive too, so one
                     # XREAD (which names every owned stream) carries many entries, not one.
                     await asyncio.sleep(READ_COALESCE_S)
-        finally:
-            await r.aclose()
 
     def _feed(self, o: Owned, entry_id: str, f: dict[bytes, bytes]) -> None:
         kind = int(f[b"k"])
@@ -749,29 +751,24 @@ class RedisBus:
         ch.queue.put_nowait(item)
 
     async def _announce_loop(self) -> None:
-        r = aioredis.from_url(self.url, single_connection_client=True, socket_connect_timeout=5)
-        delay = 0.1
-        try:
-            while True:
+        async def read(r: Any) -> Any:
+            try:
+                return await r.xreadgroup(GROUP, self.worker_id, {self.announce: ">"}, count=16, block=BLOCK_MS)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await r.xgroup_create(self.announce, GROUP, id="0", mkstream=True)  # Redis restarted empty
+                return None
+
+        async with contextlib.aclosing(self._blocking_reads(read)) as reads:
+            async for resp in reads:
                 try:
-                    resp = await r.xreadgroup(GROUP, self.worker_id, {self.announce: ">"}, count=16, block=BLOCK_MS)
                     for _, entries in resp or ():
                         for entry_id, fields in entries:
                             await self._try_own(fields[b"i"].decode(), "announce")
                             await self.w.xack(self.announce, GROUP, entry_id)
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    await self.w.xgroup_create(self.announce, GROUP, id="0", mkstream=True)  # Redis restarted empty
                 except _ERRORS as exc:
-                    self.outage(exc)
-                    await asyncio.sleep(delay)
-                    delay = min(2.0, delay * 2)
-                    continue
-                self.up()
-                delay = 0.1
-        finally:
-            await r.aclose()
+                    self.outage(exc)  # the call is not lost: any worker's sweep takes it (it has no lease)
 
     async def _sweep_loop(self) -> None:
         """Take over calls whose lease lapsed (their worker died, hung or lost Redis)."""
