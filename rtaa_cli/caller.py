@@ -122,7 +122,7 @@ class CallScript:
         yield Step(0.0, "connected", enc.connected())
         yield Step(0.0, "start", enc.start(o.from_, o.to, o.custom_parameters))
         inserts, j, shift = self._inserts(), 0, 0.0
-        marker = Marker(o.call_sid) if o.watermark else None
+        marker = Marker(o.call_sid, sample_rate=o.sample_rate) if o.watermark else None
         sample = 0  # the frame's first sample in the call's audio (the watermark's position)
         frame_s = self.frame_s
         for k in range(len(self.frames) + 1):

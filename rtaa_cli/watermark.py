@@ -21,7 +21,8 @@ sends it back to searching. Per call id found it reports packets seen, sequence 
 (gaps between the first and last seen) and seen more than once (replays).
 
 Limits: the bits must arrive unchanged. Resampling, gain, mixing, transcoding (mu-law, Opus) or
-dithering destroy the mark; the decoder then finds nothing (never a wrong call).
+dithering destroy the mark; the decoder then finds nothing (never a wrong call). For those, the
+marker also adds the robust mark of rtaa_cli/robustmark.py (call attribution only).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from rtaa_cli import robustmark
 
 PACKET_BITS = 96
 SYNC = 0xB4E3  # no period <= 8 (checked by the tests): periodic LSBs cannot match it
@@ -103,12 +106,16 @@ def _parse(pkt: int, cid: int) -> int | None:
 
 class Marker:
     """Marks one call's audio: ``mark(pcm, sample_offset)`` for PCM starting at that sample of the
-    call (frames may be any size; each call has its own marker, the audio may be shared)."""
+    call (frames may be any size; each call has its own marker, the audio may be shared).
 
-    __slots__ = ("cid",)
+    With ``robust`` (the default) the low-level spread-spectrum mark of :mod:`rtaa_cli.robustmark` is
+    added first (it survives resampling and gain; the LSB code then carries the frame sequence)."""
 
-    def __init__(self, call_sid: str) -> None:
+    __slots__ = ("cid", "robust")
+
+    def __init__(self, call_sid: str, robust: bool = True, sample_rate: int = 8000) -> None:
         self.cid = call_id(call_sid)
+        self.robust = robustmark.mark_period(self.cid, rate=sample_rate) if robust else None
 
     def bits(self, start: int, n: int) -> np.ndarray:
         first, last = start // PACKET_BITS, (start + n - 1) // PACKET_BITS
@@ -123,6 +130,8 @@ class Marker:
         if n == 0:
             return pcm
         samples = np.frombuffer(pcm, dtype="<i2", count=n)
+        if self.robust is not None:
+            samples = robustmark.add_mark(samples, self.robust, sample_offset)
         out = (samples & np.int16(-2)) | self.bits(sample_offset, n).astype(np.int16)
         return out.astype("<i2", copy=False).tobytes() + pcm[2 * n:]
 

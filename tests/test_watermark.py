@@ -37,7 +37,7 @@ def _feed(dec: Decoder, data: bytes, sizes: list[int]) -> None:
 
 def test_mark_changes_only_the_lsb() -> None:
     pcm = _speech(2.0)
-    marked = b"".join(Marker("CA1").mark_frames(_frames(pcm)))
+    marked = b"".join(Marker("CA1", robust=False).mark_frames(_frames(pcm)))  # the LSB code alone
     a, b = np.frombuffer(pcm, "<i2").astype(np.int32), np.frombuffer(marked, "<i2").astype(np.int32)
     assert len(marked) == len(pcm) and np.abs(a - b).max() == 1 and ((a >> 1) == (b >> 1)).all()
 

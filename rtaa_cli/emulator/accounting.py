@@ -34,6 +34,7 @@ class ConnectionRecord:
     schema_errors: int = 0  # text messages answered with an Error SchemaError
     duplicate: bool = False
     watermark: dict | None = None  # rtaa_cli.watermark.Decoder.report(): the call whose audio it carried
+    robust_mark: dict | None = None  # rtaa_cli.robustmark.Detector.report(): the same, from the robust mark
 
     def as_dict(self) -> dict:
         return {
@@ -43,7 +44,7 @@ class ConnectionRecord:
             "audio_seconds": round(self.audio_seconds, 6), "keepalives": self.keepalives,
             "finalizes": self.finalizes, "close_stream": self.close_stream, "results_sent": self.results_sent,
             "messages_sent": self.messages_sent, "schema_errors": self.schema_errors, "duplicate": self.duplicate,
-            "watermark": self.watermark,
+            "watermark": self.watermark, "robust_mark": self.robust_mark,
         }
 
 

@@ -28,6 +28,7 @@ from rtaa_cli.emulator.params import KEYTERM_TOKEN_LIMIT, MODELS, StreamParams
 from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
 from rtaa_cli.emulator.textfmt import format_words, search_hits
 from rtaa_cli.emulator.transcribers import Transcriber
+from rtaa_cli.robustmark import Detector as RobustMarkDetector
 from rtaa_cli.watermark import Decoder as WatermarkDecoder
 
 
@@ -86,6 +87,9 @@ class Session:
         # rtaa's callers mark their audio (rtaa_cli.watermark): which call this stream carries, with no tag.
         # Only 16-bit mono PCM can carry the mark unchanged.
         self.watermark = WatermarkDecoder() if params.encoding == "linear16" and params.channels == 1 else None
+        # ... and add a low-level mark that survives resampling and gain (rtaa_cli.robustmark): any mono
+        # stream, made once its rate is known
+        self.robust_mark: RobustMarkDetector | None = None
         self._tracks: list[_Track] = []
         self._out: list[Send | Close] = []
         self._last_due = 0.0
@@ -149,6 +153,9 @@ class Session:
         if samples.ndim == 1:
             if self.watermark is not None:
                 self.watermark.feed_samples(samples)
+            if self.robust_mark is None:
+                self.robust_mark = RobustMarkDetector(self._decoder.sample_rate or 8000)
+            self.robust_mark.feed_samples(samples)
             self._feed(0, samples, now)
         else:
             for channel, x in enumerate(split_channels(samples, self.params.multichannel)):

@@ -68,6 +68,8 @@ class Stream:
         r.finalizes, r.close_stream, r.schema_errors = s.finalizes, s.close_stream_seen, s.schema_errors
         if s.watermark is not None:
             r.watermark = s.watermark.report()
+        if s.robust_mark is not None:
+            r.robust_mark = s.robust_mark.report(final=self.finished)  # live: no extra decoding per /stats
 
 
 

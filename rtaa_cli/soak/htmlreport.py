@@ -366,8 +366,9 @@ def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         rows += [("provider: calls reached / calls with audio", f"{prov['calls_reached']} / {prov['calls_with_audio']}"),
                  ("provider: connections / unattributed", f"{_fmt(prov.get('connections'))} / "
                                                           f"{_fmt(prov['unattributed_connections'])}"),
-                 ("provider: attributed by tag / by watermark",
-                  f"{_fmt(prov.get('attributed_by_tag'))} / {_fmt(prov.get('attributed_by_watermark'))}"),
+                 ("provider: attributed by tag / by watermark / by robust mark",
+                  f"{_fmt(prov.get('attributed_by_tag'))} / {_fmt(prov.get('attributed_by_watermark'))}"
+                  f" / {_fmt(prov.get('attributed_by_robust_mark'))}"),
                  ("provider: open at end / opened after end", f"{prov['open_at_end']} / {prov['opened_after_end']}"),
                  ("provider: reconnects / 429 refusals", f"{prov['reconnects']} / {_fmt(prov['rejected_429'])}"),
                  ("provider: KeepAlives (per connection)", f"{prov['keepalives']} ({prov['keepalives_per_connection']})"),

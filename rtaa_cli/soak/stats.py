@@ -378,7 +378,12 @@ class ProviderCounts:
     text_mark: bool = False  # the provider marks its results' text (rtaa fake-deepgram, segmenter engine)
     connection_calls: dict[int, str] = field(default_factory=dict)  # connection id (mod 2^20) -> this run's call
     attributed_by_tag: int = 0  # of ``connections``: by tag= / extra=interaction_id:
-    attributed_by_watermark: int = 0  # by the audio watermark alone (rtaa_cli.watermark)
+    attributed_by_watermark: int = 0  # by the audio watermark alone (rtaa_cli.watermark, the LSB code)
+    # by the robust mark alone (rtaa_cli.robustmark: the LSB code was not found, e.g. resampled audio)
+    attributed_by_robust_mark: int = 0
+    # per call, seconds of audio its robust-mark connections received: their bytes are at the target's
+    # rate (e.g. 16 kHz), so the soak compares durations instead
+    robust_audio_s: dict[str, float] = field(default_factory=dict)
     marked_connections: int = 0  # connections of the run whose audio carried one of its calls' marks
     # per call, the watermark packets its connections carried (union of their sequence runs) and how
     # many arrived more than once: exact loss and replay of calls that reconnected
@@ -453,11 +458,16 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
         mine = iid.startswith(interaction_prefix)
         opened = float(conn.get("opened_at") or 0.0)
         wm = None
+        robust = False  # marked by the robust mark only (the LSB code did not survive the target)
         if since is not None and opened < since:
             marked = None  # older than the run: cannot carry its calls' marks
         else:
             wm = conn.get("watermark")
             marked = by_mark.get(wm.get("call")) if isinstance(wm, dict) else None
+            rmark = conn.get("robust_mark")
+            if marked is None and isinstance(rmark, dict):
+                marked = by_mark.get(rmark.get("call"))
+                robust = marked is not None
         out.marked_connections += marked is not None
         by_watermark = not mine and marked is not None and not OTHER_RTAA_RUN.match(iid)
         if by_watermark:
@@ -470,14 +480,17 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
             events["unattributed"].append(opened)
         else:
             out.connections += 1
-            out.attributed_by_watermark += by_watermark
+            out.attributed_by_watermark += by_watermark and not robust
+            out.attributed_by_robust_mark += by_watermark and robust
             out.attributed_by_tag += not by_watermark
             opened_by_call.setdefault(iid, []).append(opened)
             events["connection"].append(opened)
             if conn.get("id") is not None:
                 out.connection_calls[int(conn["id"]) % (1 << textmark.CONN_BITS)] = iid
-            if marked == iid and isinstance(wm, dict):
+            if marked == iid and isinstance(wm, dict) and not robust:
                 _add_marked(out, iid, wm)
+            if by_watermark and robust:
+                out.robust_audio_s[iid] = out.robust_audio_s.get(iid, 0.0) + float(conn.get("audio_seconds") or 0.0)
             closed = conn.get("closed_at")
             spans.setdefault(iid, []).append((opened, math.inf if closed is None else float(closed), by_watermark))
             b = conn.get("audio_bytes", conn.get("bytes_received"))
@@ -486,7 +499,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
                 out.audio_bytes += int(b)
                 entry = out.per_call.setdefault(iid, [0, 0])
                 entry[0] += 1
-                entry[1] += int(b)
+                entry[1] += 0 if by_watermark and robust else int(b)
         out.keepalives += int(conn.get("keepalives") or 0)
         if conn.get("closed_at") is None:
             out.open_now += 1
@@ -504,7 +517,7 @@ def provider_counts_from_emulator(stats: dict[str, Any], interaction_prefix: str
         else:
             cause = None
         if mine:
-            out.conn_records.setdefault(iid, []).append(_conn_record(conn, cause, by_watermark))
+            out.conn_records.setdefault(iid, []).append(_conn_record(conn, cause, by_watermark, by_watermark and robust))
     if not have_bytes:
         out.audio_bytes = None
     out.duplicates += _watermark_duplicates(spans)
@@ -544,7 +557,8 @@ def _add_marked(out: ProviderCounts, call: str, wm: dict[str, Any]) -> None:
     out.marked_repeated[call] = out.marked_repeated.get(call, 0) + int(wm.get("repeated") or 0)
 
 
-def _conn_record(conn: dict[str, Any], cause_1011: str | None, by_watermark: bool) -> dict[str, Any]:
+def _conn_record(conn: dict[str, Any], cause_1011: str | None, by_watermark: bool,
+                 robust: bool = False) -> dict[str, Any]:
     """The few fields of an emulator connection record the per-call drill-down shows."""
     keep = ("id", "opened_at", "closed_at", "close_code", "close_reason", "audio_seconds", "audio_bytes",
             "keepalives", "finalizes", "close_stream", "results_sent", "duplicate")
@@ -553,12 +567,21 @@ def _conn_record(conn: dict[str, Any], cause_1011: str | None, by_watermark: boo
         rec["cause_1011"] = cause_1011
     if by_watermark:
         rec["by_watermark"] = True
+    if robust:
+        rec["by_robust_mark"] = True
     return rec
 
 
 def watermark_note(counts: ProviderCounts | None, watermark: bool, sent_audio: bool) -> str | None:
-    """Marked audio went out, the provider has connection records, and not one carried a mark."""
-    if not watermark or not sent_audio or counts is None or not counts.records or counts.marked_connections:
+    """Marked audio went out, the provider has connection records, and not one carried a mark (or only
+    the robust mark: the target changes the audio, the call is known but not its frames)."""
+    if not watermark or not sent_audio or counts is None or not counts.records:
+        return None
+    if counts.attributed_by_robust_mark:
+        return (f"watermark LSB code not found on {counts.attributed_by_robust_mark} connection(s): the target "
+                "changes the audio (resampling, gain or transcoding); attributed by the robust mark "
+                "(the call only: no per-frame loss or replay)")
+    if counts.marked_connections:
         return None
     if counts.connections + counts.unattributed == 0:
         return None
@@ -876,8 +899,10 @@ class SoakStats:
             return out
         lost = sent_measured = extra = 0
         unreached = 0
-        for call, (sent, _ms) in self.audio_sent_by_call.items():
+        for call, (sent, sent_ms) in self.audio_sent_by_call.items():
             conns, got = p.per_call.get(call, (0, 0))
+            if call in p.robust_audio_s and sent_ms > 0:  # at the target's rate: by duration, in sent bytes
+                got += int(round(p.robust_audio_s[call] * 1000.0 * sent / sent_ms))
             if conns == 0:
                 unreached += 1
                 if p.unattributed:
@@ -1088,6 +1113,7 @@ class SoakStats:
                 provider.update({
                     "unattributed_connections": p.unattributed, "unattributed_audio_bytes": p.unattributed_audio_bytes,
                     "attributed_by_tag": p.attributed_by_tag, "attributed_by_watermark": p.attributed_by_watermark,
+                    "attributed_by_robust_mark": p.attributed_by_robust_mark,
                     "marked_connections": p.marked_connections,
                     "calls_reached": eligible - unreached, "calls_with_audio": eligible,
                     "open_at_end": p.open_now, "opened_after_end": p.opened_after, "reconnects": p.reconnects,

@@ -51,8 +51,9 @@ def print_summary(doc: dict[str, Any], what: str, console: Console | None = None
     if "unattributed_connections" in prov:
         t.add_row("provider: calls reached / with audio; unattributed conns",
                   f"{prov['calls_reached']} / {prov['calls_with_audio']}; {prov['unattributed_connections']}")
-        t.add_row("provider: connections attributed by tag / by watermark",
-                  f"{prov.get('attributed_by_tag', 0)} / {prov.get('attributed_by_watermark', 0)}")
+        t.add_row("provider: connections attributed by tag / by watermark / by robust mark",
+                  f"{prov.get('attributed_by_tag', 0)} / {prov.get('attributed_by_watermark', 0)}"
+                  f" / {prov.get('attributed_by_robust_mark', 0)}")
         t.add_row("provider: open at end / opened after end; reconnects; 429s",
                   f"{prov['open_at_end']} / {prov['opened_after_end']}; {prov['reconnects']}; {_f(prov['rejected_429'])}")
         causes = ", ".join(f"{k} {v}" for k, v in prov["closes_1011_by_cause"].items()) or "none"

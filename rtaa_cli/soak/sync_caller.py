@@ -291,7 +291,7 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
     frame_s = spec.frame_ms / 1000.0
     frames = spec.frames
     # the shared audio's base64 is encoded once per process; marked audio is per call, so per frame at send
-    b64 = MarkedB64(frames, spec.call_sid) if spec.watermark else _b64_payloads(tuple(frames))
+    b64 = MarkedB64(frames, spec.call_sid, spec.sample_rate) if spec.watermark else _b64_payloads(tuple(frames))
     n = len(frames)
     hold_k = round(spec.hold_at_s / frame_s) if spec.kind == "hold" else n + 1
     switch_k = -1
@@ -372,8 +372,8 @@ class MarkedB64:
 
     __slots__ = ("frames", "marker", "samples")
 
-    def __init__(self, frames: Sequence[bytes], call_sid: str) -> None:
-        self.frames, self.marker = frames, Marker(call_sid)
+    def __init__(self, frames: Sequence[bytes], call_sid: str, sample_rate: int = 8000) -> None:
+        self.frames, self.marker = frames, Marker(call_sid, sample_rate=sample_rate)
         self.samples = len(frames[0]) // 2 if frames else 0  # every frame but the (padded) last has this size
 
     def __len__(self) -> int:
