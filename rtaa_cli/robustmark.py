@@ -59,13 +59,13 @@ def shifts(cid: int) -> list[int]:
     return [0] + [(word >> (SHIFT_BITS * (3 - i))) & (PERIOD - 1) for i in range(4)]
 
 
-def mark_period(cid: int, level_dbfs: float = LEVEL_DBFS, rate: int = RATE) -> np.ndarray | None:
+def mark_period(cid: int, level_dbfs: float | None = None, rate: int = RATE) -> np.ndarray | None:
     """One period of call ``cid``'s mark at ``rate`` (float64 samples, added to s16 audio): the 8 kHz
     mark, band-limited-interpolated for a caller at a multiple of 8 kHz (the emulator resamples any
     stream to 8 kHz); None at other rates (no robust mark)."""
     if rate <= 0 or rate % RATE:
         return None
-    amp = 32768.0 * 10.0 ** (level_dbfs / 20.0) / math.sqrt(COMPONENTS)
+    amp = 32768.0 * 10.0 ** ((LEVEL_DBFS if level_dbfs is None else level_dbfs) / 20.0) / math.sqrt(COMPONENTS)
     base = amp * sum(np.roll(_PN[i], s) for i, s in enumerate(shifts(cid)))
     k = rate // RATE
     if k == 1:
@@ -88,6 +88,19 @@ def add_mark(samples: np.ndarray, period: np.ndarray, sample_offset: int) -> np.
     return np.clip(np.rint(samples + m), -32768, 32767).astype(np.int16)
 
 
+def _wrap_add(acc: np.ndarray, at: int, x: np.ndarray) -> None:
+    """``acc[(at + i) % len(acc)] += x[i]`` (the fold), with slices instead of an index per sample."""
+    p = acc.shape[0]
+    head = min(p - at, x.shape[0])
+    acc[at:at + head] += x[:head]
+    rest = x[head:]
+    if rest.shape[0]:
+        whole = rest.shape[0] // p * p
+        if whole:
+            acc += rest[:whole].reshape(-1, p).sum(axis=0)
+        acc[:rest.shape[0] - whole] += rest[whole:]
+
+
 class Detector:
     """Streaming detector of one connection's audio (int16 mono at ``rate``); see the module docstring."""
 
@@ -97,7 +110,7 @@ class Detector:
         if rate != RATE:
             import soxr  # a dependency of rtaa; only streams at another rate need it
 
-            self._resampler = soxr.ResampleStream(rate, RATE, 1, dtype="float32")
+            self._resampler = soxr.ResampleStream(rate, RATE, 1, dtype="float32", quality="LQ")  # the mark is robust: cheap
         self.z_sync, self.z_data = z_sync, z_data
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
@@ -114,6 +127,7 @@ class Detector:
         self.found_after_s: float | None = None  # seconds of audio (8 kHz) folded when decided
         self.analyses = 0
         self._analysed_at = 0  # samples folded at the last analysis
+        self.trace: list[float] | None = None  # a list here gets every analysis' sync z (the null measurement)
 
     def feed_samples(self, samples: np.ndarray) -> None:
         if self.call is not None:
@@ -161,11 +175,8 @@ class Detector:
         if not nb:
             return
         blocks = y[:nb * BLOCK].reshape(nb, BLOCK)
-        w = 1.0 / np.maximum((blocks * blocks).mean(axis=1), FLOOR)
-        rows = PERIOD // BLOCK
-        acc = self._acc.reshape(rows, BLOCK)
-        idx = (self._block + np.arange(nb)) % rows
-        np.add.at(acc, idx, blocks * w[:, None])
+        w = 1.0 / np.maximum(np.einsum("ij,ij->i", blocks, blocks) / BLOCK, FLOOR)
+        _wrap_add(self._acc, (self._block * BLOCK) % PERIOD, (blocks * w[:, None]).ravel())
         self._block += nb
         self.folded += nb * BLOCK
 
@@ -184,6 +195,8 @@ class Detector:
         sync = np.fft.irfft(spec * _TPL_CONJ[0], n=PERIOD) * (scale / _TPL_NORM[0])
         phase = int(np.argmax(sync))
         z0 = float(sync[phase])
+        if self.trace is not None:
+            self.trace.append(z0)
         self.z = z0 if self.z is None else max(self.z, z0)
         if z0 < self.z_sync:
             return
@@ -191,10 +204,20 @@ class Detector:
         peaks = np.argmax(corr, axis=1)
         if (corr[np.arange(COMPONENTS - 1), peaks] < self.z_data).any():
             return
+        # shifts relative to the sync at sub-sample precision: a target's fractional delay (a linear
+        # resampler delays by half a sample) moves every peak alike, and a half-sample peak is two lags
+        at0 = phase + _subsample(sync, phase)
         word = 0
-        for p in peaks:
-            word = (word << SHIFT_BITS) | ((int(p) - phase) % PERIOD)
+        for c, p in zip(corr, peaks):
+            word = (word << SHIFT_BITS) | (int(round(int(p) + _subsample(c, int(p)) - at0)) % PERIOD)
         cid, crc = word >> 16, word & 0xFFFF
         if _crc(cid) != crc:
             return
         self.call, self.z, self.found_after_s = cid, z0, round(self.folded / RATE, 3)
+
+
+def _subsample(c: np.ndarray, k: int) -> float:
+    """The peak's offset from lag ``k`` (-0.5 .. 0.5), from the parabola through its neighbours."""
+    y0, y1, y2 = c[k - 1], c[k], c[(k + 1) % c.shape[0]]
+    den = y0 - 2.0 * y1 + y2
+    return 0.0 if den >= 0 else float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5))

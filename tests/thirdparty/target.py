@@ -21,6 +21,9 @@ Broken variants (the ground truth stays exact): ``--publish-times N`` publishes 
 ``--reconnect-every-s S`` closes and reopens a call's Deepgram connection every S s, dropping the audio
 that arrives while it reconnects and re-sending the last ``--replay-ms`` of audio on the new one;
 ``--starve-after-s S`` stops forwarding a call's audio after S s (the connection stays open).
+Audio-changing variants (not broken, but they destroy rtaa's LSB watermark): ``--resample-hz 16000``
+resamples each call's 8 kHz audio before Deepgram (``--resampler soxr``, the default, or ``linear``: a
+plain linear interpolator) and asks for ``sample_rate=16000``; ``--gain-db G`` scales it.
 ``--webhook URL`` also POSTs each result as JSON ``{type, call, seq, text, confidence, timestamp_ms}``.
 With ``--sse``, ``/published`` also gives each call's ``audio``: bytes in (from the caller), forwarded
 (to Deepgram, replays included), dropped, replayed, and the Deepgram connections it opened.
@@ -38,12 +41,14 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import redis.asyncio as aredis
+import soxr
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-LISTEN = "model=nova-3&encoding=linear16&sample_rate=8000&channels=1&interim_results=true&endpointing=300"
+LISTEN = "model=nova-3&encoding=linear16&sample_rate={rate}&channels=1&interim_results=true&endpointing=300"
 
 
 OPEN_CALLS: list[str] = []  # call SIDs in the order they started (--cross-talk picks another one)
@@ -113,13 +118,40 @@ class SseHub:
             writer.close()
 
 
+class AudioTransform:
+    """What the target does to the audio before Deepgram: resampling 8 kHz -> ``--resample-hz`` (soxr,
+    streaming, or a plain linear interpolator) and a gain; the identity by default."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.rate, self.gain = args.resample_hz, 10.0 ** (args.gain_db / 20.0)
+        self.linear = args.resampler == "linear"
+        self.stream = soxr.ResampleStream(8000, self.rate, 1, dtype="float32") if self.rate and not self.linear else None
+        self.prev: float | None = None  # the linear interpolator's last input sample
+
+    def __call__(self, pcm: bytes, last: bool = False) -> bytes:
+        if not self.rate and self.gain == 1.0:
+            return pcm
+        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        if self.stream is not None:
+            x = self.stream.resample_chunk(x, last=last)
+        elif self.rate and x.size:  # linear: k output samples per input sample, between the previous and this one
+            k = self.rate // 8000
+            xs = np.concatenate(([x[0] if self.prev is None else self.prev], x))
+            self.prev = float(x[-1])
+            frac = np.arange(1, k + 1, dtype=np.float32) / k
+            x = (xs[:-1, None] * (1 - frac) + xs[1:, None] * frac).ravel()
+        return np.clip(np.rint(x * self.gain), -32768, 32767).astype("<i2").tobytes()
+
+
 class Call:
     def __init__(self, args: argparse.Namespace, pub: aredis.Redis | SseHub, call_sid: str) -> None:
         self.args, self.pub, self.key = args, pub, f"{args.prefix}{call_sid}"
         self.call_sid = call_sid
         self.buf = b""
         self.seq = 0
-        self.chunk = args.rechunk_ms * 16  # bytes of 8 kHz s16le per chunk (0: forward frames as they come)
+        self.rate = args.resample_hz or 8000  # what Deepgram gets
+        self.chunk = args.rechunk_ms * self.rate // 500  # bytes of s16le per chunk (0: forward frames as they come)
+        self.transform = AudioTransform(args)
         self.dg = None  # None while reconnecting (--reconnect-every-s): audio arriving then is dropped
         self.truth = AUDIO.setdefault(call_sid, {"in": 0, "forwarded": 0, "dropped": 0, "replayed": 0,
                                                  "connections": 0})
@@ -128,7 +160,7 @@ class Call:
 
     async def _connect(self):
         tag = f"&tag={self.call_sid}" if self.args.tag else ""
-        dg = await connect(f"{self.args.deepgram}/v1/listen?{LISTEN}{tag}",
+        dg = await connect(f"{self.args.deepgram}/v1/listen?{LISTEN.format(rate=self.rate)}{tag}",
                            additional_headers={"Authorization": "Token thirdparty"}, proxy=None)
         self.truth["connections"] += 1
         self.opened_at = time.monotonic()
@@ -143,7 +175,7 @@ class Call:
         """BROKEN variant: a new connection every few seconds; what arrives meanwhile is lost."""
         await old.close()
         dg = await self._connect()
-        replay = bytes(self.history[-self.args.replay_ms * 16:]) if self.args.replay_ms else b""
+        replay = bytes(self.history[-self.args.replay_ms * self.rate // 500:]) if self.args.replay_ms else b""
         if replay:
             await dg.send(replay)
             self.truth["replayed"] += len(replay)
@@ -156,10 +188,11 @@ class Call:
         self.truth["forwarded"] += len(piece)
         if self.args.replay_ms:
             self.history += piece
-            del self.history[:-self.args.replay_ms * 16]
+            del self.history[:-self.args.replay_ms * self.rate // 500]
 
     async def audio(self, pcm: bytes) -> None:
         self.truth["in"] += len(pcm)
+        pcm = self.transform(pcm)
         now = time.monotonic()
         if self.dg is None or (self.args.starve_after_s and now - self.started > self.args.starve_after_s):
             self.truth["dropped"] += len(pcm)
@@ -181,6 +214,7 @@ class Call:
     async def stop(self) -> None:
         while self.dg is None:  # a reconnect in flight: let it finish
             await asyncio.sleep(0.01)
+        self.buf += self.transform(b"", last=True)
         if self.buf:
             await self._send(self.buf)
         await self.dg.send(json.dumps({"type": "CloseStream"}))
@@ -280,5 +314,8 @@ if __name__ == "__main__":
     p.add_argument("--webhook", default="", help="Also POST each result to this URL ({call_sid} is replaced)")
     p.add_argument("--starve-after-s", type=float, default=0.0,
                    help="Stop forwarding a call's audio after this long (broken variant)")
+    p.add_argument("--resample-hz", type=int, default=0, help="Resample the 8 kHz audio to this rate for Deepgram")
+    p.add_argument("--resampler", choices=("soxr", "linear"), default="soxr")
+    p.add_argument("--gain-db", type=float, default=0.0, help="Scale the audio by this gain before Deepgram")
     p.add_argument("--forever", action="store_true", help="Run until killed (default: until stdin closes)")
     asyncio.run(main(p.parse_args()))
