@@ -462,3 +462,35 @@ def test_untagged_connections_are_attributed_by_their_watermark() -> None:
     assert watermark_note(prov, True, True) is None
     assert watermark_note(plain, False, True) is None
     assert "watermark not found: the target changes the audio" in watermark_note(plain, True, True)
+
+
+def test_connections_whose_lsb_code_did_not_survive_are_attributed_by_the_robust_mark() -> None:
+    """A connection whose audio lost the LSB code (resampled to 16 kHz) but carried a call's robust mark
+    (``robust_mark``) is that call's, counted apart (``attributed_by_robust_mark``); its audio is compared
+    by duration (its bytes are at 16 kHz); the LSB code wins where both were found; the note says which."""
+    from rtaa_cli.soak.stats import SoakStats, watermark_note
+    from rtaa_cli.watermark import call_hex
+
+    t0 = 1000.0
+    lsb = {"call": call_hex("rtaaY-2"), "packets": 10, "first": 0, "last": 9, "missing": 0, "repeated": 0,
+           "runs": [[0, 10]], "overflow": False}
+    conns = [
+        {"interaction": None, "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 64000, "audio_seconds": 2.0,
+         "watermark": None, "robust_mark": {"call": call_hex("rtaaY-1"), "z": 12.0, "found_after_s": 1.0}},
+        {"interaction": None, "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 1920, "audio_seconds": 0.12,
+         "watermark": lsb, "robust_mark": {"call": call_hex("rtaaY-2"), "z": 9.0, "found_after_s": 0.1}},
+        {"interaction": None, "opened_at": t0 + 1, "closed_at": t0 + 5, "audio_bytes": 500, "audio_seconds": 0.1,
+         "watermark": None, "robust_mark": {"call": call_hex("someone else"), "z": 9.0, "found_after_s": 0.1}},
+    ]
+    prov = provider_counts_from_emulator({"connections": conns, "interactions": {}}, "rtaaY-", since=t0,
+                                         call_sids=["rtaaY-1", "rtaaY-2"])
+    assert (prov.connections, prov.attributed_by_robust_mark, prov.attributed_by_watermark, prov.unattributed) == (2, 1, 1, 1)
+    assert prov.per_call == {"rtaaY-1": [1, 0], "rtaaY-2": [1, 1920]} and prov.robust_audio_s == {"rtaaY-1": 2.0}
+    assert [r.get("by_robust_mark", False) for r in prov.conn_records["rtaaY-1"]] == [True]
+    note = watermark_note(prov, True, True)
+    assert note is not None and "LSB code not found on 1 connection" in note and "robust mark" in note
+    stats = SoakStats()
+    stats.audio_sent_by_call = {"rtaaY-1": (32000, 2000.0), "rtaaY-2": (1920, 120.0)}  # 8 kHz: 2 s and 0.12 s
+    stats.set_provider(prov)
+    audio = stats.audio_accounting()
+    assert audio["lost_bytes"] == 0 and audio["measured_calls"] == 2, audio
