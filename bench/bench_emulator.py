@@ -17,6 +17,7 @@ timestamps results; JSON is parsed after the run) so that one core can pace hund
     python bench/bench_emulator.py --quick    # N = 50, 200; 5 s per step
     python bench/bench_emulator.py --steps 100,500 --seconds 20 --nice -10
     python bench/bench_emulator.py --steps 500 --watermark   # the audio marked as rtaa's callers mark it
+    python bench/bench_emulator.py --steps 500 --compare-robust   # + a run without the robust mark's detector
 """
 from __future__ import annotations
 
@@ -110,6 +111,25 @@ def _run_emulator(port_queue, cpu: int, nice: int) -> None:
             await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def _run_emulator_no_robust(port_queue, cpu: int, nice: int) -> None:
+    """The emulator without the robust mark's detector (--compare-robust: its cost, same run)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from rtaa_cli.emulator import session
+
+    class Off:
+        def __init__(self, rate: int) -> None:
+            pass
+
+        def feed_samples(self, samples) -> None:
+            pass
+
+        def report(self, final: bool = True) -> None:
+            return None
+
+    session.RobustMarkDetector = Off  # bench only: the emulator has no switch for it
+    _run_emulator(port_queue, cpu, nice)
 
 
 def _run_baseline(port_queue, cpu: int, nice: int) -> None:
@@ -354,6 +374,8 @@ def main() -> None:
                          "development VM -10 did not measurably reduce their waiting; default 0")
     ap.add_argument("--watermark", action="store_true",
                     help="send audio marked as rtaa's callers mark it (the emulator's decoder stays locked)")
+    ap.add_argument("--compare-robust", action="store_true",
+                    help="also run each step without the robust mark's detector (its CPU cost, same run)")
     args = ap.parse_args()
     if args.watermark:
         os.environ["RTAA_BENCH_WATERMARK"] = "1"  # read by the spawned driver processes
@@ -376,6 +398,11 @@ def main() -> None:
         base = _measure(_run_baseline, n, warmup_s, measure_s, args.nice)
         ratio = emu["cpu_pct"] / base["cpu_pct"] if base["cpu_pct"] > 0 else float("nan")
         rows.append((n, emu, base))
+        if args.compare_robust:
+            off = _measure(_run_emulator_no_robust, n, warmup_s, measure_s, args.nice)
+            print(f"{n:>5} | without the robust detector: emu CPU% {off['cpu_pct']:.1f}, late p99 {off['p99']:.1f}, "
+                  f"CPU ratio vs base {off['cpu_pct'] / base['cpu_pct']:.2f}; with it / without: "
+                  f"{emu['cpu_pct'] / off['cpu_pct']:.2f}", flush=True)
         print(f"{n:>5} | {emu['cpu_pct']:>8.1f} | {emu['wait_ms_s']:>8.1f} | {emu['p50']:>8.1f} | {emu['p99']:>8.1f} | "
               f"{100 * emu['within_50ms']:>6.1f}% | {emu['results']:>7} | {base['cpu_pct']:>9.1f} | "
               f"{base['p99']:>8.1f} | {ratio:>9.2f} | {emu['driver_cpu_pct']:>8.1f} | {emu['send_lag_p99']:>11.1f} | "

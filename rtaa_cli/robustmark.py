@@ -18,7 +18,7 @@ much: that also makes it gain-invariant), and folded modulo PERIOD into one accu
 integration over the whole connection, whatever its chunking or offset. From time to time the
 accumulator is correlated (FFT) with each component: the sync's peak gives the phase, each data
 component's peak relative to it 12 bits, and the word must pass its CRC. A decision needs the sync's
-peak z-score above :data:`Z_SYNC` (chosen from the measured null distribution, docs/own-pipeline.md)
+peak z-score above :data:`Z_SYNC` (chosen from the measured null distribution, docs/soak.md "Robust mark")
 and every data peak above :data:`Z_DATA`. The id is reported like the LSB code's (8 hex digits).
 """
 from __future__ import annotations
@@ -130,10 +130,9 @@ class Detector:
         self.trace: list[float] | None = None  # a list here gets every analysis' sync z (the null measurement)
 
     def feed_samples(self, samples: np.ndarray) -> None:
-        if self.call is not None:
-            self.samples += samples.shape[0]
-            return  # decided: nothing more to learn (the id of a connection does not change)
         self.samples += samples.shape[0]
+        if self.call is not None:
+            return  # decided: nothing more to learn (the id of a connection does not change)
         self._pending.append(samples)
         self._pending_n += samples.shape[0]
         if self._pending_n >= BATCH:

@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         wait_final: Optional[float] = typer.Option(None, "--wait-final", metavar="SECONDS", help="After stop, wait this long at most for the call's final transcripts (default 10; 30 for the embedded pipeline, whose pocketsphinx can trail real time)."),
         json_out: Optional[str] = typer.Option(None, "--json", metavar="[FILE]", help="Write the result as JSON to FILE, or to stdout (then stdout has JSON only)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, transcript lines or summary."),
-        watermark: bool = typer.Option(False, "--watermark/--no-watermark", help="Mark the call's audio in the samples' least significant bit (inaudible), as soak and smoke do by default, so an emulator attributes the provider connection without a tag (docs/soak.md, Watermark)."),
+        watermark: bool = typer.Option(False, "--watermark/--no-watermark", help="Mark the call's audio in the samples' least significant bit (inaudible) and with a low-level spread-spectrum mark (-54 dBFS), as soak and smoke do by default, so an emulator attributes the provider connection without a tag (docs/soak.md, Watermark)."),
         provider: str = typer.Option("fake", "--provider", help="Embedded pipeline's provider when no --url: fake (offline Deepgram emulator with pocketsphinx), sphinx or deepgram (DEEPGRAM_API_KEY)."),
     ) -> None:
         """Replay an audio file as an Exotel call: connected, start, paced media, dtmf, stop.

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         max_latency_ms: float = typer.Option(2000.0, help="Limit for the p95 latency of final results (ms)."),
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per check)."),
-        watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
+        watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) and with a low-level spread-spectrum mark (-54 dBFS, survives resampling and gain) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
     ) -> None:
         """Smoke-test a deployed pipeline: health, one replayed call, a final transcript, latency under the limit, no duplicate provider connection, no 1011.
 

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         web: bool = typer.Option(False, "--web", help="Serve a live page of the run on any free port (printed); the same as --web-port 0."),
         web_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Serve a live page of the run at http://HOST:PORT/ (0: any free port, printed): active, completed and failed calls, duplicates, 1011s, latency p50/p95 over time, failing calls, and the verdict at the end (docs/soak.md, Live page)."),
         web_host: str = typer.Option("127.0.0.1", help="With --web/--web-port: the address to listen on."),
-        watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
+        watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) and with a low-level spread-spectrum mark (-54 dBFS, survives resampling and gain) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
 
