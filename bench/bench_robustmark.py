@@ -130,7 +130,7 @@ def detection(trials: int, windows: tuple[float, ...], seed: int = 3) -> None:
                     sid = f"CAdet{seed}-{sname}-{tname}-{w}-{t}"
                     start = int(rng.integers(0, max(1, clip.shape[0] - int(w * 8000))))
                     # the call's audio from its first sample (the mark's phase), then the window of it
-                    marked = Marker(sid).mark(clip.tobytes(), 0)
+                    marked = Marker(sid, robust=True).mark(clip.tobytes(), 0)
                     x = np.frombuffer(marked, dtype="<i2")[start:start + int(w * 8000)]
                     y = fn(x)
                     det = robustmark.Detector(rate)
@@ -202,7 +202,7 @@ def null(frames: int, seed: int = 1) -> dict:
 def cost(seconds: int = 60) -> None:
     rng = np.random.default_rng(2)
     x = _s16(rng.normal(0, 2000, 8000 * seconds))
-    marked = np.frombuffer(Marker("CAcost").mark(x.tobytes(), 0), dtype="<i2")
+    marked = np.frombuffer(Marker("CAcost", robust=True).mark(x.tobytes(), 0), dtype="<i2")
     x16 = _s16(soxr.resample(x.astype(np.float32), 8000, 16000))
     for name, rate, y in (("8 kHz marked", 8000, marked), ("8 kHz unmarked", 8000, x), ("16 kHz unmarked", 16000, x16)):
         step = FRAME * rate // 8000
@@ -249,7 +249,7 @@ def _finals_wer(pcm: bytes) -> float:
     return wer(reference, " ".join(m["channel"]["alternatives"][0]["transcript"] for m in finals)).value
 
 
-def wer_with_and_without(copies: int) -> None:
+def wer_with_and_without(copies: int, robust_only: bool = False) -> None:
     """Sphinx WER of call.wav: unmarked (and copies with 50 samples moved by 1 LSB: the engine's own noise),
     LSB code alone, LSB code + robust mark (a different call id per copy)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -262,9 +262,14 @@ def wer_with_and_without(copies: int) -> None:
         idx = rng.integers(0, a.size, 50)
         a[idx] += rng.choice([-1, 1], 50)
         conditions["unmarked (+ 1-LSB copies)"].append(_s16(a).tobytes())
-    conditions["LSB code alone"] = [Marker(f"CAwer{i}", robust=False).mark(audio.tobytes(), 0) for i in range(copies)]
-    conditions[f"LSB code + robust mark ({robustmark.LEVEL_DBFS:g} dBFS)"] = [
-        Marker(f"CAwer{i}").mark(audio.tobytes(), 0) for i in range(copies)]
+    if not robust_only:
+        conditions["LSB code alone"] = [Marker(f"CAwer{i}", robust=False).mark(audio.tobytes(), 0) for i in range(copies)]
+    else:
+        conditions.clear()
+    frames = [audio[i:i + FRAME].tobytes() for i in range(0, audio.shape[0], FRAME)]  # marked as callers do
+    gate = "" if robustmark.GATE_DB is None else f", gated {robustmark.GATE_DB:g} dB below each frame"
+    conditions[f"LSB code + robust mark ({robustmark.LEVEL_DBFS:g} dBFS{gate})"] = [
+        b"".join(Marker(f"CAwer{i}", robust=True).mark_frames(frames)) for i in range(copies)]
     with ProcessPoolExecutor(2) as pool:
         for name, pcms in conditions.items():
             values = list(pool.map(_finals_wer, pcms))
@@ -278,10 +283,14 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: detection,null,cost")
     ap.add_argument("--wer", type=int, default=0, help="also the sphinx WER of call.wav, N copies per condition (slow)")
+    ap.add_argument("--wer-robust-only", action="store_true", help="with --wer: only the robust-mark condition")
     ap.add_argument("--level", type=float, help="the mark's level in dBFS (default robustmark.LEVEL_DBFS)")
+    ap.add_argument("--gate", type=float, help="keep each frame's mark this many dB below the frame (robustmark.GATE_DB)")
     args = ap.parse_args()
     if args.level is not None:
         robustmark.LEVEL_DBFS = args.level
+    if args.gate is not None:
+        robustmark.GATE_DB = args.gate
     skip = set(args.skip.split(","))
     print(f"robust mark: {robustmark.LEVEL_DBFS:g} dBFS, period {robustmark.PERIOD}, Z_SYNC {robustmark.Z_SYNC:g}, "
           f"Z_DATA {robustmark.Z_DATA:g}")
@@ -297,7 +306,7 @@ def main() -> None:
     if "cost" not in skip:
         cost()
     if args.wer:
-        wer_with_and_without(args.wer)
+        wer_with_and_without(args.wer, args.wer_robust_only)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from rtaa_cli.feeds.recorder import FeedRecorder, Transcript
 from rtaa_cli.feeds.url import feed_url_for, redact_url
 from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
 from rtaa_cli.pacing import PacingStats, Pacer, wait_async
+from rtaa_cli import robustmark
 from rtaa_cli.watermark import Marker
 
 # Bounds on what one call keeps (counts are always complete; beyond these, items are dropped).
@@ -67,6 +68,7 @@ class CallOptions:
     dtmf_duration_ms: int = 250
     stop_reason: str = "stopped"
     watermark: bool = False  # mark the audio's LSBs with the call (rtaa_cli.watermark): emulator attribution
+    robust_mark: bool = robustmark.DEFAULT_ON  # with watermark: also the robust mark (rtaa_cli.robustmark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,7 @@ class CallScript:
         yield Step(0.0, "connected", enc.connected())
         yield Step(0.0, "start", enc.start(o.from_, o.to, o.custom_parameters))
         inserts, j, shift = self._inserts(), 0, 0.0
-        marker = Marker(o.call_sid, sample_rate=o.sample_rate) if o.watermark else None
+        marker = Marker(o.call_sid, robust=o.robust_mark, sample_rate=o.sample_rate) if o.watermark else None
         sample = 0  # the frame's first sample in the call's audio (the watermark's position)
         frame_s = self.frame_s
         for k in range(len(self.frames) + 1):

@@ -33,6 +33,10 @@ PERIOD = 4096
 COMPONENTS = 5  # sync + 4 data components
 SHIFT_BITS = 12  # log2(PERIOD): bits per data component
 LEVEL_DBFS = -54.0
+# Whether rtaa's callers add it by default (--robust-mark/--no-robust-mark; --no-watermark turns both
+# marks off): see docs/soak.md "Robust mark" for the measured WER that decides it.
+DEFAULT_ON = False
+GATE_DB: float | None = None  # if set, a frame's mark stays this many dB below the frame's own level
 BLOCK = 256  # samples per weighting block (PERIOD is a multiple)
 Z_SYNC = 7.0  # the sync peak's z-score needed (the null's maximum over 10^6 frames is far below)
 Z_DATA = 4.5  # each data component's peak z-score needed
@@ -85,6 +89,11 @@ def add_mark(samples: np.ndarray, period: np.ndarray, sample_offset: int) -> np.
         m = period[start:start + n]
     else:
         m = np.resize(np.roll(period, -start), n)
+    if GATE_DB is not None:  # never louder than the frame itself less GATE_DB: silence stays silent
+        rms = math.sqrt(float(np.dot(samples.astype(np.float64), samples)) / n) if n else 0.0
+        mark_rms = 32768.0 * 10.0 ** (LEVEL_DBFS / 20.0)
+        g = min(1.0, rms / (mark_rms * 10.0 ** (GATE_DB / 20.0)))
+        m = m * g
     return np.clip(np.rint(samples + m), -32768, 32767).astype(np.int16)
 
 

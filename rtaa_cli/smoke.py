@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from rtaa_cli import verdict
+from rtaa_cli import robustmark, verdict
 
 from rtaa_cli.caller import CallOptions, CallScript, run_call
 from rtaa_cli.errors import RtaaError
@@ -46,6 +46,7 @@ class SmokeOptions:
     call_prefix: str = "rtaa-smoke-"
     feed_map: str | None = None  # --feed-map: field mapping of a foreign feed schema
     watermark: bool = True  # mark the call's audio (rtaa_cli.watermark)
+    robust_mark: bool = robustmark.DEFAULT_ON  # with watermark: also the robust mark (rtaa_cli.robustmark)
 
 
 def _base(url: str, scheme: str, path: str) -> str:
@@ -105,7 +106,7 @@ def run_smoke(opts: SmokeOptions) -> dict[str, Any]:
     script = CallScript(list(frames), CallOptions(call_sid=call_sid, stream_sid="ST" + uuid.uuid4().hex[:24],
                                                  account_sid="AC_rtaa_smoke", sample_rate=opts.sample_rate,
                                                  frame_ms=opts.frame_ms, custom_parameters={"rtaa": "smoke"},
-                                                 watermark=opts.watermark))
+                                                 watermark=opts.watermark, robust_mark=opts.robust_mark))
     result = asyncio.run(run_call(opts.url, script, speed=opts.speed, transcripts_url=feed_url or None,
                                   wait_final_s=opts.wait_final_s, mapping=parse_feed_map(opts.feed_map)))  # feed URL: rtaa_cli.feeds.url rule
     samples = result.latency

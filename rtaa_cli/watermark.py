@@ -108,12 +108,12 @@ class Marker:
     """Marks one call's audio: ``mark(pcm, sample_offset)`` for PCM starting at that sample of the
     call (frames may be any size; each call has its own marker, the audio may be shared).
 
-    With ``robust`` (the default) the low-level spread-spectrum mark of :mod:`rtaa_cli.robustmark` is
+    With ``robust`` (default: robustmark.DEFAULT_ON) the low-level spread-spectrum mark of :mod:`rtaa_cli.robustmark` is
     added first (it survives resampling and gain; the LSB code then carries the frame sequence)."""
 
     __slots__ = ("cid", "robust")
 
-    def __init__(self, call_sid: str, robust: bool = True, sample_rate: int = 8000) -> None:
+    def __init__(self, call_sid: str, robust: bool = robustmark.DEFAULT_ON, sample_rate: int = 8000) -> None:
         self.cid = call_id(call_sid)
         self.robust = robustmark.mark_period(self.cid, rate=sample_rate) if robust else None
 

@@ -99,7 +99,7 @@ for spec, rec in zip(specs, records):
     media_texts = [m for m in msgs if m.startswith('{"event":"media"')]
     identical = None
     # the audio the call should carry: its frames, LSB-marked with its call id unless unmarked
-    expected = Marker(spec.call_sid, sample_rate=spec.sample_rate).mark_frames(spec.frames) if spec.watermark else list(spec.frames)
+    expected = Marker(spec.call_sid, robust=spec.robust_mark, sample_rate=spec.sample_rate).mark_frames(spec.frames) if spec.watermark else list(spec.frames)
     if isinstance(start, Start):  # what StreamEncoder (the one codec) would have sent, byte for byte
         enc = StreamEncoder(start.stream_sid, start.call_sid, start.account_sid, start.sample_rate)
         enc.sequence_number = start.sequence_number

@@ -28,7 +28,7 @@ def _s16(x) -> np.ndarray:
 
 
 def _marked(sid: str, pcm: np.ndarray, rate: int = 8000) -> np.ndarray:
-    return np.frombuffer(Marker(sid, sample_rate=rate).mark(pcm.tobytes(), 0), dtype="<i2")
+    return np.frombuffer(Marker(sid, robust=True, sample_rate=rate).mark(pcm.tobytes(), 0), dtype="<i2")
 
 
 def _detect(x: np.ndarray, rate: int, chunk: int = 577) -> dict | None:

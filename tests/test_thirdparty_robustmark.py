@@ -26,7 +26,7 @@ def variants():
 @pytest.mark.parametrize("name", ["soxr", "linear", "gain"])
 def test_a_pipeline_that_changes_the_audio_is_attributed_by_the_robust_mark(variants, name, tmp_path) -> None:
     target = variants[name]
-    code, doc, mine = soak(target, target["sse"], FEED_MAP, tmp_path)
+    code, doc, mine = soak(target, target["sse"], FEED_MAP, tmp_path, "--robust-mark")
     truth = {sid: c["audio"] for sid, c in published(target).items() if sid.startswith(doc["run"]["call_prefix"])}
     prov = doc["provider"]
     calls = doc["calls"]["started"]
@@ -44,3 +44,13 @@ def test_a_pipeline_that_changes_the_audio_is_attributed_by_the_robust_mark(vari
     assert audio["loss"] is not None and audio["loss"] < 0.01, audio
     rows = {row["name"]: row for row in doc["thresholds"]}
     assert rows["unattributed_connections"]["status"] == "pass", rows
+
+
+def test_without_the_robust_mark_the_same_pipeline_is_unattributed(variants, tmp_path) -> None:
+    """The control: the LSB code alone does not survive the resampling target (the reason for the mark)."""
+    target = variants["soxr"]
+    _code, doc, _mine = soak(target, target["sse"], FEED_MAP, tmp_path, "--no-robust-mark")
+    prov = doc["provider"]
+    assert prov["attributed_by_robust_mark"] == 0 and prov["attributed_by_watermark"] == 0, prov
+    assert prov["unattributed_connections"] >= doc["calls"]["started"], prov
+    assert any(n.startswith("watermark not found: the target changes the audio") for n in doc["run"]["notes"])

@@ -54,14 +54,15 @@ def published(target: dict[str, str]) -> dict[str, dict[str, Any]]:
         return orjson.loads(r.read())
 
 
-def soak(target: dict[str, str], feed: str, feed_map: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict, dict]:
+def soak(target: dict[str, str], feed: str, feed_map: str, tmp_path: Path,
+         *extra: str) -> tuple[subprocess.CompletedProcess, dict, dict]:
     """`rtaa soak` (the small SCENARIO) against the target reading ``feed``; (process, report, this run's
     calls in the target's ground truth)."""
     toml = tmp_path / "thirdparty.toml"
     toml.write_text(SCENARIO)
     out = tmp_path / "thirdparty.json"
     r = subprocess.run([*RTAA, "soak", str(toml), "--quiet", "--json", str(out), "--target", target["target"],
-                        "--transcripts", feed, "--feed-map", feed_map, "--provider-stats", target["stats"]],
+                        "--transcripts", feed, "--feed-map", feed_map, "--provider-stats", target["stats"], *extra],
                        capture_output=True, text=True, timeout=180)
     assert out.exists(), r.stdout + r.stderr
     doc = orjson.loads(out.read_bytes())

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from rtaa_cli import robustmark
 from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_bytes, load_audio
 from rtaa_cli.caller import CallOptions, CallResult, CallScript, Transcript, redact_url, run_call
 from rtaa_cli.latency import latency_summary
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[str] = typer.Option(None, "--json", metavar="[FILE]", help="Write the result as JSON to FILE, or to stdout (then stdout has JSON only)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, transcript lines or summary."),
         watermark: bool = typer.Option(False, "--watermark/--no-watermark", help="Mark the call's audio in the samples' least significant bit (inaudible) and with a low-level spread-spectrum mark (-54 dBFS), as soak and smoke do by default, so an emulator attributes the provider connection without a tag (docs/soak.md, Watermark)."),
+        robust_mark: bool = typer.Option(robustmark.DEFAULT_ON, "--robust-mark/--no-robust-mark", help="With the watermark: also add a low-level spread-spectrum mark (-54 dBFS) that survives resampling and gain, so an emulator attributes connections of a pipeline that changes the audio (docs/soak.md, Robust mark; off by default: it raises the sphinx WER of the fixture)."),
         provider: str = typer.Option("fake", "--provider", help="Embedded pipeline's provider when no --url: fake (offline Deepgram emulator with pocketsphinx), sphinx or deepgram (DEEPGRAM_API_KEY)."),
     ) -> None:
         """Replay an audio file as an Exotel call: connected, start, paced media, dtmf, stop.
@@ -173,7 +175,7 @@ def register(app: typer.Typer) -> None:
             stream_sid=stream_sid or "ST" + uuid.uuid4().hex,
             account_sid=account_sid, from_=from_, to=to, custom_parameters=parse_custom(custom),
             sample_rate=sample_rate, frame_ms=frame_ms, dtmf=parse_dtmf(dtmf), holds=parse_holds(hold),
-            watermark=watermark,
+            watermark=watermark, robust_mark=robust_mark,
         )
         headers = parse_headers(header)
         if json_out not in (None, _STDOUT) and Path(json_out).suffix.lower() in AUDIO_SUFFIXES:

@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from rtaa_cli import robustmark
 from rtaa_cli.errors import RtaaError
 
 
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
         json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here."),
         junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML (one testcase per check)."),
         watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) and with a low-level spread-spectrum mark (-54 dBFS, survives resampling and gain) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
+        robust_mark: bool = typer.Option(robustmark.DEFAULT_ON, "--robust-mark/--no-robust-mark", help="With the watermark: also add a low-level spread-spectrum mark (-54 dBFS) that survives resampling and gain, so an emulator attributes connections of a pipeline that changes the audio (docs/soak.md, Robust mark; off by default: it raises the sphinx WER of the fixture)."),
     ) -> None:
         """Smoke-test a deployed pipeline: health, one replayed call, a final transcript, latency under the limit, no duplicate provider connection, no 1011.
 
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
         opts = SmokeOptions(url=url, health_url=health, transcripts_url=transcripts, provider_stats_url=provider_stats,
                             audio=resolve_audio(audio, None), length_s=(length or None), speed=speed,
                             wait_final_s=wait_final, max_latency_p95_ms=max_latency_ms, feed_map=feed_map,
-                            watermark=watermark)
+                            watermark=watermark, robust_mark=robust_mark)
         check_report_paths(json_path, junit)
         doc = run_smoke(opts)
         write_reports(doc, json_path, junit, None, "smoke")

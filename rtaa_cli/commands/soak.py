@@ -5,6 +5,7 @@ from typing import List, Optional
 
 import typer
 
+from rtaa_cli import robustmark
 from rtaa_cli.errors import RtaaError
 
 
@@ -52,6 +53,7 @@ def register(app: typer.Typer) -> None:
         web_port: Optional[int] = typer.Option(None, min=0, max=65535, help="Serve a live page of the run at http://HOST:PORT/ (0: any free port, printed): active, completed and failed calls, duplicates, 1011s, latency p50/p95 over time, failing calls, and the verdict at the end (docs/soak.md, Live page)."),
         web_host: str = typer.Option("127.0.0.1", help="With --web/--web-port: the address to listen on."),
         watermark: bool = typer.Option(True, "--watermark/--no-watermark", help="Mark each call's audio in the samples' least significant bit (inaudible) and with a low-level spread-spectrum mark (-54 dBFS, survives resampling and gain) so the emulator attributes untagged provider connections to their call (docs/soak.md, Watermark)."),
+        robust_mark: bool = typer.Option(robustmark.DEFAULT_ON, "--robust-mark/--no-robust-mark", help="With the watermark: also add a low-level spread-spectrum mark (-54 dBFS) that survives resampling and gain, so an emulator attributes connections of a pipeline that changes the audio (docs/soak.md, Robust mark; off by default: it raises the sphinx WER of the fixture)."),
     ) -> None:
         """Soak-test a pipeline with Locust: paced virtual callers, a live table, then a verdict and reports.
 
@@ -129,7 +131,7 @@ def register(app: typer.Typer) -> None:
             expect_workers=(expect_workers if master else (sc.processes if sc.processes > 1 else 0)),
             spawn_local_workers=not master, master_bind_host=master_bind if master else "127.0.0.1",
             master_port=master_port if master else 0, watch_after_s=parse_duration(watch_after),
-            watermark=watermark, metrics_port=metrics_port, metrics_host=metrics_host,
+            watermark=watermark, robust_mark=robust_mark, metrics_port=metrics_port, metrics_host=metrics_host,
             web_port=web_port if web_port is not None else (0 if web else None), web_host=web_host,
         )
         code, doc = runner.run_soak(opts)

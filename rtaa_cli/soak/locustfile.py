@@ -25,6 +25,7 @@ from typing import Any
 from locust import User, task
 from locust.exception import StopUser
 
+from rtaa_cli import robustmark
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.audioset import call_frames
@@ -114,6 +115,7 @@ class RtaaCaller(User):
             server_hangup_ok=sc.server_hangup == "ok",
             oversize_bytes=sc.oversize_bytes,
             start_at=cfg.get("burst_at") if self._first else None, watermark=bool(cfg.get("watermark", True)),
+            robust_mark=bool(cfg.get("robust_mark", robustmark.DEFAULT_ON)),
         )
         self._first = False
         runner = self.environment.runner

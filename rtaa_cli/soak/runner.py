@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from rtaa_cli import robustmark
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.verdict import EXIT_CODES
 from rtaa_cli.soak import locustfile
@@ -91,6 +92,7 @@ class SoakOptions:
     web_port: int | None = None  # serve the live page (rtaa_cli/soak/live_web.py; 0: any free port)
     web_host: str = "127.0.0.1"
     watermark: bool = True  # callers mark their audio (rtaa_cli.watermark): attribution of untagged connections
+    robust_mark: bool = robustmark.DEFAULT_ON  # with watermark: also the robust mark (rtaa_cli.robustmark)
 
 
 # ------------------------------------------------------------------------------- HTTP helpers
@@ -448,7 +450,7 @@ def _run_against(opts: SoakOptions, target: Target, thresholds: dict[str, Thresh
             f"Locust worker {msg.data['client']}: {msg.data['error']}"))
         config = {"scenario": sc.to_dict(), "url": target.url, "transcripts_url": target.transcripts_url,
                   "headers": opts.headers, "call_prefix": prefix, "burst_at": burst_at,
-                  "stop_new_calls_at": t0 + sc.duration_s + start_delay, "watermark": opts.watermark,
+                  "stop_new_calls_at": t0 + sc.duration_s + start_delay, "watermark": opts.watermark, "robust_mark": opts.robust_mark,
                   "stop_timeout": stop_timeout}
         if distributed:
             runner.send_message(locustfile.MSG_CONFIG, config)

@@ -46,6 +46,7 @@ from rtaa_cli.pacing import Pacer, wait_sync
 from rtaa_cli.soak.frame_scheduler import MediaRun, scheduler
 from rtaa_cli.soak.scenario import BAD_INPUTS
 from rtaa_cli.soak.stats import CallRecord
+from rtaa_cli import robustmark
 from rtaa_cli.watermark import Marker
 
 OPEN_TIMEOUT_S = 10.0  # Exotel: the bot must answer within 10 s
@@ -75,6 +76,7 @@ class CallSpec:
     start_at: float | None = None  # wall time to start sending (burst); None: now
     speed: float = 1.0
     watermark: bool = True  # mark each frame's LSBs with this call (rtaa_cli.watermark) as it is sent
+    robust_mark: bool = robustmark.DEFAULT_ON  # with watermark: also the robust mark (rtaa_cli.robustmark)
 
 
 def _open(url: str, headers: dict[str, str]) -> ClientConnection:
@@ -291,7 +293,7 @@ def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLo
     frame_s = spec.frame_ms / 1000.0
     frames = spec.frames
     # the shared audio's base64 is encoded once per process; marked audio is per call, so per frame at send
-    b64 = MarkedB64(frames, spec.call_sid, spec.sample_rate) if spec.watermark else _b64_payloads(tuple(frames))
+    b64 = MarkedB64(frames, spec.call_sid, spec.sample_rate, spec.robust_mark) if spec.watermark else _b64_payloads(tuple(frames))
     n = len(frames)
     hold_k = round(spec.hold_at_s / frame_s) if spec.kind == "hold" else n + 1
     switch_k = -1
@@ -372,8 +374,9 @@ class MarkedB64:
 
     __slots__ = ("frames", "marker", "samples")
 
-    def __init__(self, frames: Sequence[bytes], call_sid: str, sample_rate: int = 8000) -> None:
-        self.frames, self.marker = frames, Marker(call_sid, sample_rate=sample_rate)
+    def __init__(self, frames: Sequence[bytes], call_sid: str, sample_rate: int = 8000,
+                 robust: bool = robustmark.DEFAULT_ON) -> None:
+        self.frames, self.marker = frames, Marker(call_sid, robust=robust, sample_rate=sample_rate)
         self.samples = len(frames[0]) // 2 if frames else 0  # every frame but the (padded) last has this size
 
     def __len__(self) -> int:
