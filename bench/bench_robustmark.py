@@ -13,7 +13,8 @@ attributions on unmarked audio, and its cost.
    (the resampling path). Prints the decisions (false attributions, must be 0) and the sync z-score
    distribution over every analysis (what Z_SYNC is chosen against).
 3. Cost per 36 ms frame: the detector (8 kHz marked, 8 kHz unmarked, 16 kHz unmarked) and the marker
-   (LSB code alone vs with the robust mark).
+   (LSB code alone vs with the robust mark), and the emulator's stream core (Session) per frame with the
+   robust detector and without it, same run (ratio).
 4. (--wer N) The sphinx WER of call.wav unmarked, with the LSB code alone, and with both marks.
 
     python bench/bench_robustmark.py                     # 10^6 null frames, 200 trials per cell
@@ -223,6 +224,63 @@ def cost(seconds: int = 60) -> None:
         print(f"marker cost per 36 ms frame, {'LSB code + robust mark' if robust else 'LSB code alone'}: {us:.1f} us")
 
 
+def session_cost(streams: int = 40, seconds: float = 20.0, rounds: int = 5) -> None:
+    """CPU (process time) of the emulator's sans-I/O stream core (Session: decoding, LSB decoder,
+    segmenter, results) per 36 ms frame, with the robust detector and without it (swapped out), in
+    alternating rounds of the same run; the minimum per variant (least disturbed by other work)."""
+    from urllib.parse import parse_qsl
+
+    from rtaa_cli.emulator import session as session_mod
+    from rtaa_cli.emulator.params import parse_listen_params
+    from rtaa_cli.emulator.transcribers import PlaceholderTranscriber
+
+    real = session_mod.RobustMarkDetector
+
+    class Off:
+        def __init__(self, rate: int) -> None:
+            pass
+
+        def feed_samples(self, samples) -> None:
+            pass
+
+        def report(self, final: bool = True) -> None:
+            return None
+
+    clip = speech()[0]
+    audio = {"unmarked 8 kHz": (8000, np.resize(clip, int(seconds * 8000))),
+             "marked 8 kHz (both marks)": (8000, np.frombuffer(Marker("CAsess", robust=True).mark(
+                 np.resize(clip, int(seconds * 8000)).tobytes(), 0), dtype="<i2")),
+             "unmarked 16 kHz": (16000, _s16(soxr.resample(np.resize(clip, int(seconds * 8000)).astype(np.float32),
+                                                           8000, 16000)))}
+    for name, (rate, x) in audio.items():
+        params = parse_listen_params(parse_qsl(f"model=nova-3&encoding=linear16&sample_rate={rate}&interim_results=true"
+                                               "&endpointing=300"))
+        step = FRAME * rate // 8000
+        frames = [x[i:i + step].tobytes() for i in range(0, x.shape[0] - step + 1, step)]
+        best = {"with": float("inf"), "without": float("inf")}
+        for _ in range(rounds):
+            for variant in ("with", "without"):
+                session_mod.RobustMarkDetector = real if variant == "with" else Off
+                sessions = [session_mod.Session(params, request_id="r", created="c", now=0.0, idle_timeout_s=1e9,
+                                                delay_s=lambda: 0.0,
+                                                transcriber_factory=lambda r: PlaceholderTranscriber(r))
+                            for _ in range(streams)]
+                t0 = time.process_time()
+                for k, f in enumerate(frames):
+                    for sess in sessions:
+                        sess.receive_audio(f, k * 0.036)
+                        sess.data_to_send()
+                for sess in sessions:
+                    if sess.robust_mark is not None:
+                        sess.robust_mark.report(final=True)
+                best[variant] = min(best[variant], (time.process_time() - t0) / (len(frames) * streams) * 1e6)
+        session_mod.RobustMarkDetector = real
+        print(f"emulator session CPU per 36 ms frame, {name}: {best['with']:.1f} us with the robust detector, "
+              f"{best['without']:.1f} us without (ratio {best['with'] / best['without']:.2f}; at 500 real-time "
+              f"streams: {best['with'] * 500 / 36e3 * 100:.0f} % vs {best['without'] * 500 / 36e3 * 100:.0f} % of a core)",
+              flush=True)
+
+
 def _finals_wer(pcm: bytes) -> float:
     """WER of call.wav's reference against the finals of ``pcm`` through a sphinx emulator (one process)."""
     import asyncio
@@ -281,7 +339,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: detection,null,cost")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: detection,null,cost,session")
     ap.add_argument("--wer", type=int, default=0, help="also the sphinx WER of call.wav, N copies per condition (slow)")
     ap.add_argument("--wer-robust-only", action="store_true", help="with --wer: only the robust-mark condition")
     ap.add_argument("--level", type=float, help="the mark's level in dBFS (default robustmark.LEVEL_DBFS)")
@@ -305,6 +363,8 @@ def main() -> None:
         print("  by source (frames): " + ", ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items())))
     if "cost" not in skip:
         cost()
+    if "session" not in skip:
+        session_cost()
     if args.wer:
         wer_with_and_without(args.wer, args.wer_robust_only)
 
