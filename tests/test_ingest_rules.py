@@ -260,3 +260,46 @@ def test_rule_values_are_the_bad_input_metric_kinds() -> None:
     assert {r.value for r in Rule} >= {"rate_limit", "binary_frame", "garbage_only", "media_before_start",
                                        "media_after_stop", "audio_rate", "duplicate_start", "wrong_sample_rate",
                                        "call_hijack", "over_principal_capacity", "over_capacity"}
+
+
+def _in_state(ing: Ingest, state: str) -> Stream:
+    s = ing.stream()
+    if state == "awaiting_start":
+        return s
+    ing.start(s, "CA1")
+    if state == "superseded":
+        ing.start(ing.stream(), "CA1")
+    elif state == "stopped":
+        ing.rules.stop(s)
+    return s
+
+
+def _outcome(ing: Ingest, s: Stream, event: str) -> str:
+    try:
+        if event == "start":
+            ing.start(s, "CA1")
+            return "started"
+        if event == "media":
+            return ing.rules.media(s, FRAME, 0.1).value
+        if event == "stop":
+            return "end call" if ing.rules.stop(s) else "ignored"
+        return "grace" if ing.rules.disconnected(s, 0.2) else "nothing"
+    except StreamRuleError as err:
+        return err.kind.value
+
+
+# The module docstring's table, row by row.
+TABLE = {
+    "awaiting_start": {"start": "started", "media": "media_before_start", "stop": "ignored", "disconnect": "nothing"},
+    "streaming": {"start": "duplicate_start", "media": "forward", "stop": "end call", "disconnect": "grace"},
+    "superseded": {"start": "duplicate_start", "media": "discard", "stop": "ignored", "disconnect": "nothing"},
+    "stopped": {"start": "duplicate_start", "media": "media_after_stop", "stop": "ignored", "disconnect": "nothing"},
+}
+
+
+@pytest.mark.parametrize("state,event", [(st, ev) for st, row in TABLE.items() for ev in row])
+def test_the_state_table(state: str, event: str) -> None:
+    ing = Ingest()
+    s = _in_state(ing, state)
+    assert s.state.value == state
+    assert _outcome(ing, s, event) == TABLE[state][event]
