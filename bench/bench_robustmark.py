@@ -131,7 +131,9 @@ def detection(trials: int, windows: tuple[float, ...], seed: int = 3) -> None:
                     sid = f"CAdet{seed}-{sname}-{tname}-{w}-{t}"
                     start = int(rng.integers(0, max(1, clip.shape[0] - int(w * 8000))))
                     # the call's audio from its first sample (the mark's phase), then the window of it
-                    marked = Marker(sid, robust=True).mark(clip.tobytes(), 0)
+                    pcm = clip.tobytes()  # marked frame by frame, as callers do (a gate follows each frame)
+                    marked = b"".join(Marker(sid, robust=True).mark_frames(
+                        [pcm[i:i + 2 * FRAME] for i in range(0, len(pcm), 2 * FRAME)]))
                     x = np.frombuffer(marked, dtype="<i2")[start:start + int(w * 8000)]
                     y = fn(x)
                     det = robustmark.Detector(rate)

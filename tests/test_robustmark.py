@@ -147,3 +147,22 @@ def test_a_live_report_does_no_decoding_and_the_final_one_decides_on_all_it_got(
     assert det.analyses == 1 and r is not None and r["call"] == call_hex("CAshort")
     det.feed_samples(x)  # decided: further audio costs nothing
     assert det.report() == r and det.analyses == 1
+
+
+def test_a_gated_mark_leaves_digital_silence_silent_and_is_still_found(monkeypatch) -> None:
+    """With GATE_DB, each frame's mark stays that far below the frame's own level: the fixture's digital
+    silence between utterances stays digital silence (what harmed the sphinx WER), speech still names
+    the call after soxr to 16 kHz, later than without the gate (the silence was where it was found)."""
+    monkeypatch.setattr(robustmark, "GATE_DB", 20.0)
+    pcm = _speech()[:8000 * 12]
+    frames = [pcm[i:i + 288].tobytes() for i in range(0, pcm.shape[0], 288)]
+    marked = np.frombuffer(b"".join(Marker("CAgated", robust=True).mark_frames(frames)), dtype="<i2")
+    silent = [i for i, f in enumerate(frames) if not np.frombuffer(f, dtype="<i2").any()]
+    assert silent  # the fixture has digital silence
+    for i in silent:
+        assert (np.abs(marked[i * 288:(i + 1) * 288]) <= 1).all()  # only the LSB code's +-1
+    loud = (marked.astype(np.float64) - pcm)
+    assert 20 * np.log10(np.sqrt(np.mean(loud ** 2)) / 32768) < robustmark.LEVEL_DBFS  # quieter overall
+    y = _s16(soxr.resample(marked.astype(np.float32), 8000, 16000))
+    r = _detect(y, 16000)
+    assert r is not None and r["call"] == call_hex("CAgated") and r["found_after_s"] > 1.5, r
