@@ -42,6 +42,7 @@ from rtaa_cli.latency import LatencySamples, SendLog, latency_summary
 from rtaa_cli.pacing import PacingStats, Pacer, wait_async
 from rtaa_cli import robustmark
 from rtaa_cli.watermark import Marker
+from rtaa_cli.wserrors import ws_error_reason
 
 # Bounds on what one call keeps (counts are always complete; beyond these, items are dropped).
 MAX_SERVER_MESSAGES_KEPT = 1000
@@ -303,19 +304,17 @@ def _proxy_for(url: str) -> str | bool | None:
 
 
 def describe_connect_error(url: str, exc: BaseException) -> str:
-    """One readable line for a failed WebSocket handshake."""
-    where = redact_url(url)
+    """One readable line for a failed WebSocket handshake: the URL (credentials redacted) and the reason."""
+    reason = ws_error_reason(exc)
     if isinstance(exc, websockets.InvalidStatus):
-        return f"{where}: server rejected the WebSocket handshake with HTTP {exc.response.status_code}"
-    if isinstance(exc, websockets.InvalidURI):
-        return f"{where}: not a ws:// or wss:// URL"
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return f"{where}: timed out opening the WebSocket"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"{where}: connection refused"
-    if isinstance(exc, OSError):
-        return f"{where}: cannot connect ({exc.strerror or exc})"
-    return f"{where}: cannot open the WebSocket ({type(exc).__name__}: {exc})"
+        reason = f"server rejected the WebSocket handshake with {reason}"
+    elif isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        reason = "timed out opening the WebSocket"
+    elif isinstance(exc, OSError) and not isinstance(exc, ConnectionRefusedError):
+        reason = f"cannot connect ({reason})"
+    elif not isinstance(exc, (websockets.InvalidURI, ConnectionRefusedError)):
+        reason = f"cannot open the WebSocket ({type(exc).__name__}: {reason})"
+    return f"{redact_url(url)}: {reason}"
 
 
 # ------------------------------------------------------------------------------- asyncio driver

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import orjson
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
@@ -48,6 +48,7 @@ from rtaa_cli.soak.scenario import BAD_INPUTS
 from rtaa_cli.soak.stats import CallRecord
 from rtaa_cli import robustmark
 from rtaa_cli.watermark import Marker
+from rtaa_cli.wserrors import ws_error_reason
 
 OPEN_TIMEOUT_S = 10.0  # Exotel: the bot must answer within 10 s
 CLOSE_WAIT_S = 5.0  # bounded wait for the server's close after bad input / stop
@@ -232,7 +233,7 @@ def run_call(spec: CallSpec) -> CallRecord:
             try:
                 feed = _open_feed(spec.transcripts_url, spec.call_sid, recorder, spec.headers)
             except (OSError, WebSocketException, TimeoutError) as exc:
-                rec.errors.append(f"transcript feed: {_describe(exc)}")
+                rec.errors.append(f"transcript feed: {ws_error_reason(exc)}")
                 feed = None
         rec.transcripts_observed = feed is not None
         stream = _Stream(spec, rec)
@@ -241,7 +242,7 @@ def run_call(spec: CallSpec) -> CallRecord:
             stream.open()
         except (OSError, WebSocketException, TimeoutError) as exc:
             rec.connected = False
-            rec.failure = f"connect: {_describe(exc)}"
+            rec.failure = f"connect: {ws_error_reason(exc)}"
             return rec
         if spec.kind.startswith("bad:"):
             _play_bad(spec, stream, pacer, rec)
@@ -252,7 +253,7 @@ def run_call(spec: CallSpec) -> CallRecord:
         return rec
     except (OSError, WebSocketException, TimeoutError) as exc:
         if rec.failure is None:
-            rec.failure = f"transport: {_describe(exc)}"
+            rec.failure = f"transport: {ws_error_reason(exc)}"
         return rec
     finally:
         for s in streams:
@@ -277,16 +278,6 @@ def record_feed(rec: CallRecord, recorder: FeedRecorder) -> None:
     rec.gaps, rec.gap_ms = recorder.gaps, round(recorder.gap_ms, 1)
     rec.mark_connections = {str(k): v for k, v in recorder.mark_connections.items()}
     rec.errors.extend(recorder.problems())
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, InvalidStatus):
-        return f"HTTP {exc.response.status_code}"
-    if isinstance(exc, ConnectionClosed):
-        rcvd = exc.rcvd
-        return f"closed {rcvd.code} {rcvd.reason}" if rcvd else "connection lost (no close frame)"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:160]
 
 
 def _play(spec: CallSpec, streams: list[_Stream], pacer: Pacer, send_log: SendLog, rec: CallRecord) -> None:
