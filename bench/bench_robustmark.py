@@ -252,6 +252,8 @@ def session_cost(streams: int = 40, seconds: float = 20.0, rounds: int = 5) -> N
     audio = {"unmarked 8 kHz": (8000, np.resize(clip, int(seconds * 8000))),
              "marked 8 kHz (both marks)": (8000, np.frombuffer(Marker("CAsess", robust=True).mark(
                  np.resize(clip, int(seconds * 8000)).tobytes(), 0), dtype="<i2")),
+             "marked 8 kHz (LSB code only, the default)": (8000, np.frombuffer(Marker("CAsess", robust=False).mark(
+                 np.resize(clip, int(seconds * 8000)).tobytes(), 0), dtype="<i2")),
              "unmarked 16 kHz": (16000, _s16(soxr.resample(np.resize(clip, int(seconds * 8000)).astype(np.float32),
                                                            8000, 16000)))}
     for name, (rate, x) in audio.items():

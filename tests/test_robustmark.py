@@ -166,3 +166,31 @@ def test_a_gated_mark_leaves_digital_silence_silent_and_is_still_found(monkeypat
     y = _s16(soxr.resample(marked.astype(np.float32), 8000, 16000))
     r = _detect(y, 16000)
     assert r is not None and r["call"] == call_hex("CAgated") and r["found_after_s"] > 1.5, r
+
+
+def _session(rate: int):
+    from urllib.parse import parse_qsl
+
+    from rtaa_cli.emulator.params import parse_listen_params
+    from rtaa_cli.emulator.session import Session
+    from rtaa_cli.emulator.transcribers import PlaceholderTranscriber
+
+    params = parse_listen_params(parse_qsl(f"model=nova-3&encoding=linear16&sample_rate={rate}&interim_results=true"))
+    return Session(params, request_id="r", created="c", now=0.0, idle_timeout_s=1e9, delay_s=lambda: 0.0,
+                   transcriber_factory=lambda r: PlaceholderTranscriber(r))
+
+
+def test_the_emulator_stream_uses_the_robust_mark_only_where_the_lsb_code_is_lost() -> None:
+    """Unchanged audio: the LSB code names the call and the robust detector is not even fed (no CPU on
+    the default, LSB-only streams); the same call resampled to 16 kHz: the robust mark names it."""
+    x = _marked("CAsession", _speech()[:8000 * 4])
+    plain, resampled = _session(8000), _session(16000)
+    y = _s16(soxr.resample(x.astype(np.float32), 8000, 16000))
+    for k in range(0, x.shape[0], 288):
+        plain.receive_audio(x[k:k + 288].tobytes(), k / 8000)
+    for k in range(0, y.shape[0], 576):
+        resampled.receive_audio(y[k:k + 576].tobytes(), k / 16000)
+    assert plain.watermark.report()["call"] == call_hex("CAsession")
+    assert plain.robust_mark.samples < 8000 and plain.robust_mark.report() is None  # fed until the LSB lock only
+    assert resampled.watermark.report() is None
+    assert resampled.robust_mark.report()["call"] == call_hex("CAsession")

@@ -155,7 +155,8 @@ class Session:
                 self.watermark.feed_samples(samples)
             if self.robust_mark is None:
                 self.robust_mark = RobustMarkDetector(self._decoder.sample_rate or 8000)
-            self.robust_mark.feed_samples(samples)
+            if self.watermark is None or not self.watermark.calls:  # the LSB code found: the audio is unchanged
+                self.robust_mark.feed_samples(samples)
             self._feed(0, samples, now)
         else:
             for channel, x in enumerate(split_channels(samples, self.params.multichannel)):
