@@ -631,3 +631,35 @@ def test_sigterm_of_an_ingest_waits_for_its_calls_finals_on_its_feeds(deployment
         await until_async(lambda: call_keys(prefix) == [], 5, "the calls' keys to be deleted")
 
     run(main(), 90)
+
+
+def test_the_scale_soak_scenario_runs_ingest_and_workers_on_redis(tmp_path) -> None:
+    """scenarios/scale.toml as shipped (shorter calls, 2 workers, this test's Redis): `rtaa soak` starts 1 ingest
+    and the workers as separate processes on the Redis bus, every call completes with no duplicate provider
+    stream, and nothing of the run is left in Redis."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from redis_support import keys
+    from scaleout_support import CLI, ENV
+
+    text = (Path(__file__).parent.parent / "scenarios" / "scale.toml").read_text()
+    text = text.replace("[call]\n", '[call]\nlength = "3s"\n').replace("workers = 3", "workers = 2")
+    text = text.replace("[scale]\n", f'[scale]\nredis = "{redis_url()}"\n')
+    toml = tmp_path / "scale.toml"
+    toml.write_text(text)
+    out = tmp_path / "scale.json"
+    done = subprocess.run(CLI + ["soak", str(toml), "--quiet", "--users", "4", "--duration", "4s", "--json", str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = orjson.loads(out.read_bytes())
+    description = doc["run"]["description"]
+    assert "1 ingest + 2 workers on Redis" in description, description
+    calls = doc["calls"]
+    print(f"scale soak: {description}; verdict {doc['verdict']}, calls {calls['started']} started, "
+          f"{calls['completed']} completed")
+    assert doc["verdict"] == "pass", doc
+    assert calls["started"] == calls["completed"] >= 4 and calls["failed"] == 0, calls
+    prefix = re.search(r"prefix (\S+)\)", description).group(1)
+    assert keys(prefix) == []

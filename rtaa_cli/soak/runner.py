@@ -198,22 +198,42 @@ def local_target(scenario: Scenario, serve_args: list[str] | None = None, log=No
     env = dict(os.environ, DEEPGRAM_API_KEY=os.environ.get("DEEPGRAM_API_KEY", "soak-local-key"),
                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     procs: list[subprocess.Popen] = []
+    prefix = bus_url = ""
     try:
         emu, emu_info = _start_json(
             _rtaa_cmd("fake-deepgram", "--host", "127.0.0.1", "--port", "0", "--json", "--quiet", "--no-live",
                       "--idle-timeout", f"{scenario.faults.idle_timeout_s:g}"),
             env, "the emulator (rtaa fake-deepgram)", log)
         procs.append(emu)
-        serve, info = _start_json(
-            _rtaa_cmd("serve", "--host", "127.0.0.1", "--port", "0", "--json", "--provider", "deepgram",
-                      "--deepgram-url", emu_info["url"], *(serve_args or [])),
-            env, "the local pipeline (rtaa serve)", log)
-        procs.append(serve)
+        provider = ("--provider", "deepgram", "--deepgram-url", emu_info["url"])
+        description = "local rtaa serve + emulator"
+        if scenario.scale_workers:
+            # Scale-out (docs/scale-out.md): 1 ingest + N workers as separate processes on one Redis, under a
+            # key prefix of this run's own (deleted at the end).
+            bus_url = scenario.scale_redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+            prefix = f"rtaa-soak-{os.urandom(4).hex()}"
+            bus = ("--bus", bus_url, "--bus-prefix", prefix, "--lease-ms", str(scenario.scale_lease_ms))
+            serve, info = _start_json(_rtaa_cmd("serve", "--host", "127.0.0.1", "--port", "0", "--json", *bus,
+                                                "--role", "ingest", *(serve_args or [])),
+                                      env, "the local ingest (rtaa serve --role ingest)", log)
+            procs.append(serve)
+            for i in range(scenario.scale_workers):
+                wrk, _ = _start_json(_rtaa_cmd("serve", "--host", "127.0.0.1", "--json", *bus, "--role", "worker",
+                                               *provider, *(serve_args or [])),
+                                     env, f"local worker {i + 1} (rtaa serve --role worker)", log)
+                procs.append(wrk)
+            description = (f"local 1 ingest + {scenario.scale_workers} workers on Redis {bus_url} (prefix {prefix})"
+                           " + emulator")
+        else:
+            serve, info = _start_json(_rtaa_cmd("serve", "--host", "127.0.0.1", "--port", "0", "--json", *provider,
+                                                *(serve_args or [])),
+                                      env, "the local pipeline (rtaa serve)", log)
+            procs.append(serve)
         _wait_http(info["health"], serve, "the local pipeline (rtaa serve)")
         yield Target(url=info["ingest"], transcripts_url=info["transcripts"], health_url=info["health"],
                      metrics_url=info["metrics"], provider_stats_url=emu_info["stats"],
                      provider_control_url=emu_info["control"], exclusive_provider=True,
-                     description="local rtaa serve + emulator")
+                     description=description)
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -224,6 +244,22 @@ def local_target(scenario: Scenario, serve_args: list[str] | None = None, log=No
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
+        if prefix:
+            _delete_keys(bus_url, prefix)
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    """What a scale run leaves in Redis once its processes stopped (the feed, announcements; calls clean up
+    after themselves): a soak must not leave its keys behind."""
+    import redis
+
+    try:
+        r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        for key in r.scan_iter(match=prefix + ":*", count=1000):
+            r.delete(key)
+        r.close()
+    except (redis.RedisError, OSError):
+        pass  # Redis is gone: nothing of the run can be left in it either
 
 
 # ------------------------------------------------------------------------------------ the run

@@ -123,6 +123,11 @@ class Scenario:
     # [[stages]] (k6's stages, Locust's LoadTestShape): (duration s, users at its end); the users ramp
     # linearly from the previous stage's count (0 before the first). Empty: [load] users for duration.
     stages: list[tuple[float, int]] = field(default_factory=list)
+    # [scale]: the local target as 1 ingest + N workers, separate processes on a Redis bus (docs/scale-out.md);
+    # 0 workers: one `rtaa serve` on the memory bus
+    scale_workers: int = 0
+    scale_lease_ms: int = 2000
+    scale_redis: str = ""  # "" = REDIS_URL, else redis://127.0.0.1:6379/0
     path: str | None = None
 
     def with_overrides(self, *, users: int | None = None, spawn_rate: float | None = None,
@@ -178,6 +183,7 @@ _SECTIONS = {
     "pacing": {"max_lateness_p99_ms"},
     "delivery": {"tolerance_ms"},
     "feed": {"map"},
+    "scale": {"workers", "lease_ms", "redis"},
 }
 
 
@@ -351,6 +357,15 @@ def parse_scenario(doc: dict[str, Any], where: str = "scenario") -> Scenario:
         s.max_lateness_p99_ms = _number(sec["pacing"]["max_lateness_p99_ms"], "pacing.max_lateness_p99_ms", 0)
     if "tolerance_ms" in sec["delivery"]:
         s.delivery_tolerance_ms = _number(sec["delivery"]["tolerance_ms"], "delivery.tolerance_ms", 0)
+    scale = sec["scale"]
+    if "workers" in scale:
+        s.scale_workers = int(_number(scale["workers"], "scale.workers", 0))
+    if "lease_ms" in scale:
+        s.scale_lease_ms = int(_number(scale["lease_ms"], "scale.lease_ms", 200))
+    if "redis" in scale:
+        s.scale_redis = str(scale["redis"])
+        if not s.scale_redis.startswith(("redis://", "rediss://")):
+            raise RtaaError(f"{where}: scale.redis must be a redis:// URL, not {s.scale_redis!r}")
     return s
 
 
