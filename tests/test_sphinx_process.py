@@ -1,5 +1,5 @@
 """pocketsphinx in worker processes (rtaa_cli/emulator/sphinx_process.py): the same words as the
-in-process decoder, and a worker that dies fails its streams visibly (the emulator closes them 1011)
+in-process decoder (times within a frame or so), and a worker that dies fails its streams visibly (the emulator closes them 1011)
 while the next stream gets a fresh worker."""
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ def test_the_worker_process_decodes_exactly_like_the_in_process_decoder() -> Non
     samples = np.frombuffer(call_audio(4.0), dtype=np.int16)
     local, remote = _decode(SphinxTranscriber(RATE), samples), _decode(RemoteSphinxTranscriber(RATE), samples)
     assert local and [w[0] for w in local]  # real words, so the comparison means something
-    assert remote == local
+    # Same words; pocketsphinx's word times can differ by a frame (10 ms) between two decoders of the
+    # same audio (seen once in CI: 0.20 vs 0.21 s), so times are compared to within 50 ms.
+    assert [w[0] for w in remote] == [w[0] for w in local]
+    assert all(abs(r[1] - l[1]) <= 0.05 and abs(r[2] - l[2]) <= 0.05 for r, l in zip(remote, local)), (remote, local)
 
 
 def test_a_dead_worker_fails_its_stream_and_the_next_stream_gets_a_new_one() -> None:
