@@ -118,17 +118,10 @@ def _run_emulator_no_robust(port_queue, cpu: int, nice: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from rtaa_cli.emulator import session
 
-    class Off:
-        def __init__(self, rate: int) -> None:
-            pass
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/, for its sibling
+    from bench_robustmark import DetectorOff
 
-        def feed_samples(self, samples) -> None:
-            pass
-
-        def report(self, final: bool = True) -> None:
-            return None
-
-    session.RobustMarkDetector = Off  # bench only: the emulator has no switch for it
+    session.RobustMarkDetector = DetectorOff
     _run_emulator(port_queue, cpu, nice)
 
 

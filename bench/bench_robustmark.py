@@ -35,6 +35,19 @@ import soxr
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rtaa_cli import robustmark  # noqa: E402
+
+
+class DetectorOff:
+    """The emulator's robust-mark detector, switched off (bench only: the emulator has no switch for it)."""
+
+    def __init__(self, rate: int) -> None:
+        pass
+
+    def feed_samples(self, samples) -> None:
+        pass
+
+    def report(self, final: bool = True) -> None:
+        return None
 from rtaa_cli.audio import load_audio  # noqa: E402
 from rtaa_cli.emulator.audio import MULAW_TO_PCM16  # noqa: E402
 from rtaa_cli.soak.audioset import synthetic_pcm  # noqa: E402
@@ -238,16 +251,6 @@ def session_cost(streams: int = 40, seconds: float = 20.0, rounds: int = 5) -> N
 
     real = session_mod.RobustMarkDetector
 
-    class Off:
-        def __init__(self, rate: int) -> None:
-            pass
-
-        def feed_samples(self, samples) -> None:
-            pass
-
-        def report(self, final: bool = True) -> None:
-            return None
-
     clip = speech()[0]
     audio = {"unmarked 8 kHz": (8000, np.resize(clip, int(seconds * 8000))),
              "marked 8 kHz (both marks)": (8000, np.frombuffer(Marker("CAsess", robust=True).mark(
@@ -264,7 +267,7 @@ def session_cost(streams: int = 40, seconds: float = 20.0, rounds: int = 5) -> N
         best = {"with": float("inf"), "without": float("inf")}
         for _ in range(rounds):
             for variant in ("with", "without"):
-                session_mod.RobustMarkDetector = real if variant == "with" else Off
+                session_mod.RobustMarkDetector = real if variant == "with" else DetectorOff
                 sessions = [session_mod.Session(params, request_id="r", created="c", now=0.0, idle_timeout_s=1e9,
                                                 delay_s=lambda: 0.0,
                                                 transcriber_factory=lambda r: PlaceholderTranscriber(r))
