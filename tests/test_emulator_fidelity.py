@@ -195,6 +195,44 @@ def test_unsupported_feature_combinations_are_refused_with_the_services_400(emu_
     assert dg_error == body["err_msg"] and body["request_id"]
 
 
+@pytest.mark.parametrize("query, status, err_code, err_msg", [
+    ({"summarize": "v2"}, 400, "Bad Request", "Summarization is not available for streaming."),
+    ({"topics": "true"}, 403, "UNAUTHORIZED_FEATURES_REQUESTED",
+     'Project does not have access to the requested feature/s ["topics"].'),
+    ({"intents": "true", "custom_intent": "refund"}, 403, "UNAUTHORIZED_FEATURES_REQUESTED",
+     'Project does not have access to the requested feature/s ["intents"].'),
+    ({"detect_language": "true"}, 400, "Bad Request",
+     "Language detection is not available for streaming; use language=multi."),
+])
+def test_prerecorded_only_features_get_the_live_services_answer(emu_factory, query, status, err_code, err_msg):
+    """What Deepgram's live handshake answers to pre-recorded intelligence features (docs/emulator.md,
+    Fidelity): a client that sends them through the SDK's additional_query_parameters sees the same here."""
+    emu = emu_factory()
+    got_status, body, dg_error = _refused(emu, request_options={"additional_query_parameters": query})
+    assert (got_status, body["err_code"], body["err_msg"]) == (status, err_code, err_msg)
+    assert dg_error == err_msg and body["request_id"]
+    emu.wait_quiet()
+    assert emu.stats()["totals"][f"rejected_{status}"] == 1
+
+
+def test_parameters_the_live_service_ignores_change_nothing(emu_factory):
+    """sentiment (the live service accepts it and returns none), paragraphs/utterances/utt_split, custom
+    topics/intents without topics/intents, measurements, mip_opt_out, callback_method, no_delay: the same
+    results as without them, and no field the SDK's models do not know."""
+    emu = emu_factory(text_mark=False)
+    ignored = {"sentiment": "true", "paragraphs": "true", "utterances": "true", "utt_split": "0.8",
+               "custom_topic": "billing", "custom_topic_mode": "strict", "custom_intent": "refund",
+               "custom_intent_mode": "extended", "measurements": "true", "no_delay": "true",
+               "summarize": "false", "detect_language": "false", "topics": "false", "intents": "false"}
+    audio = call_audio(7.5)
+    plain = sdk_stream(emu, audio, interim_results=True)
+    with_them = sdk_stream(emu, audio, interim_results=True, mip_opt_out=True, callback_method="PUT",
+                           request_options={"additional_query_parameters": ignored})
+    assert finals(plain) and [_shape(m) for m in finals(with_them)] == [_shape(m) for m in finals(plain)]
+    assert [type(m) for m in with_them] == [type(m) for m in plain]
+    assert all(not m.model_extra and not m.channel.model_extra for m in with_them if isinstance(m, ListenV1Results))
+
+
 def test_alternatives_on_older_models_gives_n_alternatives(emu_factory):
     emu = emu_factory(text_mark=False)
     received = sdk_stream(emu, call_audio(7.5), model="nova",

@@ -8,6 +8,7 @@ parameter does is in docs/emulator.md (Fidelity); text parameters become a :clas
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -36,17 +37,31 @@ for _domain in ("general", "meeting", "phonecall", "finance", "conversationalai"
 for _domain in ("general", "meeting", "phonecall", "finance"):
     MODELS.setdefault(f"enhanced-{_domain}", (f"{_domain}-enhanced", "2022-05-18.0", "enhanced"))
     MODELS.setdefault(f"base-{_domain}", (f"{_domain}", "2021-11-10.1", "base"))
+for _domain in ("general", "phonecall", "medical"):
+    MODELS.setdefault(f"nova-{_domain}", (f"{_domain}-nova", "2023-11-14.3290", "nova"))
+# The SDK's model names without a tier are the base tier's domain models.
+for _domain in ("meeting", "phonecall", "finance", "conversationalai", "voicemail", "video"):
+    MODELS.setdefault(_domain, (_domain, "2021-11-10.1", "base"))
 # Assumption [??]: the real default when `model` is absent; the SDK always sends one.
 DEFAULT_MODEL = "base"
 
 # BCP-47-looking tags (en, en-US, pt-BR, zh-Hant...). Anything else (e.g. "english") is a 400.
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 # Models that only do English (domain-tuned nova-2/enhanced/base and nova-3-medical).
-_ENGLISH_ONLY = re.compile(r"^(nova-2-(?!general).+|nova-3-medical|enhanced-.+|base-.+)$")
+_ENGLISH_ONLY = re.compile(r"^(nova-2-(?!general).+|nova-3-medical|nova-(phonecall|medical)|enhanced-.+|base-.+"
+                           r"|meeting|phonecall|finance|conversationalai|voicemail|video)$")
 
 _BOOL_PARAMS = ("interim_results", "punctuate", "smart_format", "multichannel", "vad_events", "numerals",
                 "profanity_filter", "dictation", "diarize", "mip_opt_out", "detect_entities", "paragraphs",
-                "utterances", "filler_words", "no_delay")
+                "utterances", "filler_words", "no_delay", "topics", "intents", "sentiment", "measurements")
+# Parameters accepted (and validated) that change nothing in the emulator's messages; why, for each, is in
+# docs/emulator.md (Fidelity). Every other parameter a Deepgram SDK can send has an effect or a refusal
+# (tests/test_emulator_params_complete.py holds the SDK's parameters against this).
+NO_EFFECT_PARAMS = frozenset({"mip_opt_out", "no_delay", "paragraphs", "utterances", "utt_split", "callback_method",
+                              "sentiment", "custom_topic", "custom_topic_mode", "custom_intent", "custom_intent_mode",
+                              "measurements"})
+_CALLBACK_METHODS = ("POST", "GET", "PUT", "DELETE")  # the SDK's ListenV1CallbackMethod
+_CUSTOM_MODES = ("extended", "strict")
 # redact values -> the emulator's rules (textfmt.REDACT_RULES); "false" is none.
 _REDACT_RULES = {"true": "numbers", "numbers": "numbers", "aggressive_numbers": "numbers", "pci": "pci",
                  "ssn": "ssn", "credit_card": "pci", "cvv": "pci"}
@@ -165,6 +180,9 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
         _bool(pairs, name)
 
     model = _one(pairs, "model") or DEFAULT_MODEL
+    if model == "custom":
+        # The SDK lists it for a project's own trained models; the emulator has none.
+        raise _bad("Custom models are not available in the rtaa emulator.")
     if model not in MODELS:
         raise _bad("No such model/language/tier combination found.")
     language = _one(pairs, "language") or "en"
@@ -246,6 +264,10 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
         raise _bad(f"Too many search terms: at most {SEARCH_LIMIT} are accepted.")  # text [??]
     if _one(pairs, "callback") is not None:
         raise _bad("Callbacks are not supported by the rtaa emulator (it does not POST results anywhere).")
+    callback_method = _one(pairs, "callback_method")
+    if callback_method is not None and callback_method not in _CALLBACK_METHODS:
+        raise _invalid("callback_method", callback_method)
+    _refuse_prerecorded_only(pairs)
     version = _one(pairs, "version")
     if version is not None and version not in ("latest", MODELS[model][1]):
         raise _bad("No such model/language/tier combination found.")
@@ -298,6 +320,28 @@ def parse_listen_params(query: list[tuple[str, str]]) -> StreamParams:
         detect_entities=detect_entities, alternatives=alternatives, text=text, search=search,
         boosted=tuple(boosted), suppressed=frozenset(suppressed),
     )
+
+
+def _refuse_prerecorded_only(pairs: dict[str, list[str]]) -> None:
+    """Pre-recorded features on the live endpoint, as the service answers them (Deepgram's streaming feature
+    overview lists only entity detection under Intelligence; docs/emulator.md, Fidelity, has the sources)."""
+    summarize = _one(pairs, "summarize")
+    if summarize is not None and summarize != "false":
+        raise _bad("Summarization is not available for streaming.")
+    if any(value != "false" for value in pairs.get("detect_language", ())):
+        raise _bad("Language detection is not available for streaming; use language=multi.")  # text [??]
+    unauthorized = [name for name in ("topics", "intents") if _bool(pairs, name)]
+    if unauthorized:
+        # The service's answer is a 403 that reads like a missing entitlement (its text, verbatim).
+        raise HandshakeRejected(403, "UNAUTHORIZED_FEATURES_REQUESTED",
+                                f"Project does not have access to the requested feature/s {json.dumps(unauthorized)}.")
+    for name in ("custom_topic_mode", "custom_intent_mode"):
+        mode = _one(pairs, name)
+        if mode is not None and mode not in _CUSTOM_MODES:
+            raise _invalid(name, mode)
+    utt_split = _one(pairs, "utt_split")
+    if utt_split is not None and not re.fullmatch(r"\d{1,4}(\.\d{1,6})?", utt_split):
+        raise _invalid("utt_split", utt_split)  # seconds (the pre-recorded API's number)
 
 
 def engine_refusal(params: StreamParams, engine: str) -> HandshakeRejected | None:
