@@ -39,7 +39,8 @@ def emu_factory(monkeypatch):
         handle.stop()
 
 
-def sdk_stream(emu, audio: bytes, chunk: int = FRAME_BYTES * 10, request_options=None, **params) -> list:
+def sdk_stream(emu, audio: bytes, chunk: int = FRAME_BYTES * 10, request_options=None, bound: float = BOUND,
+               **params) -> list:
     """Stream ``audio`` with the async SDK as fast as it goes, in ``chunk``-byte frames; CloseStream; drain."""
 
     async def run() -> list:
@@ -53,7 +54,7 @@ def sdk_stream(emu, audio: bytes, chunk: int = FRAME_BYTES * 10, request_options
                 out.append(message)
         return out
 
-    return asyncio.run(asyncio.wait_for(run(), BOUND))
+    return asyncio.run(asyncio.wait_for(run(), bound))
 
 
 def finals(messages: list) -> list:
@@ -111,6 +112,21 @@ def test_default_endpointing_finals_vad_events_and_utterance_ends_follow_the_fix
     # Was 55 finals (30 under 0.3 s, 8 without words) for the 5 sentences: every 10 ms energy dip ended one.
     assert len(fins) <= 15 and all(m.channel.alternatives[0].words for m in fins), [m.duration for m in fins]
     assert sum(m.duration < 0.3 for m in fins) <= 1
+
+
+SPHINX_BOUND = 120.0  # safety net: decoding the 27.5 s call takes ~10-20 s on a loaded 2-core machine
+
+
+def test_sphinx_utterance_ends_on_the_whole_fixture_equal_its_pauses_over_utterance_end_ms(emu_factory):
+    """The sphinx engine's word ends place the UtteranceEnds: one per pause of call.wav longer than
+    utterance_end_ms (4 of its 4 pauses of 1.13-1.22 s), each at that sentence's last word."""
+    emu = emu_factory(engine="sphinx")
+    received = sdk_stream(emu, call_audio(), bound=SPHINX_BOUND, interim_results=True, endpointing=300,
+                          utterance_end_ms=1000)
+    pauses = [a["speech_end"] for a, b in zip(SEGMENTS, SEGMENTS[1:]) if b["speech_start"] - a["speech_end"] > 1.0]
+    ends = [m.last_word_end for m in received if isinstance(m, ListenV1UtteranceEnd)]
+    assert len(pauses) == 4 and len(ends) == len(pauses), (ends, pauses)
+    assert all(abs(e - p) <= 0.2 for e, p in zip(ends, pauses)), (ends, pauses)
 
 
 # ----------------------------------------------------------------- 2. parameters with an effect, or a 400
