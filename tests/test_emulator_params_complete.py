@@ -22,7 +22,7 @@ with warnings.catch_warnings():  # the SDK imports websockets.legacy (Deprecatio
     from deepgram.listen.v1.client import AsyncV1Client, V1Client
     from deepgram.listen.v1.media.client import MediaClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "docs" / "emulator.md").is_file())  # any tests/ depth
 NOT_QUERY = {"self", "authorization", "request_options", "url", "request"}  # headers, options, the REST body
 
 
