@@ -1,7 +1,7 @@
 """Per-frame cost of the Exotel codec on the ingest's hot path, against a naive baseline in the same run.
 
 Baseline: ``json.loads`` + ``base64.b64decode`` (what a naive forwarder does, docs/architecture.md). rtaa:
-``rtaa_cli.exotel.parse_event`` (orjson + strict binascii + validation of every field) and the
+``rtaa_cli.protocols.exotel.parse_event`` (orjson + strict binascii + validation of every field) and the
 caller side ``StreamEncoder.media``. Prints microseconds per frame and the ratio to the baseline.
 
     python bench/bench_exotel.py [--frames 20000]
@@ -13,7 +13,7 @@ import base64
 import json
 import time
 
-from rtaa_cli.exotel import StreamEncoder, build_media, parse_event
+from rtaa_cli.protocols.exotel import StreamEncoder, build_media, parse_event
 
 PCM = bytes(range(256)) * 2 + bytes(64)  # 576 B: 36 ms at 8 kHz
 

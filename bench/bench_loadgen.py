@@ -84,7 +84,7 @@ def _child(mode: str, n: int, call_s: float, url: str, spread_s: float) -> None:
     from locust.env import Environment
     from locust.exception import StopUser
 
-    from rtaa_cli.exotel import StreamEncoder
+    from rtaa_cli.protocols.exotel import StreamEncoder
     from rtaa_cli.pacing import LatenessHistogram
     from rtaa_cli.soak.audioset import call_frames
     from rtaa_cli.soak.sync_caller import CallSpec, run_call

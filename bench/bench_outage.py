@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rtaa_cli.emulator import Emulator, EmulatorConfig  # noqa: E402
-from rtaa_cli.exotel import StreamEncoder  # noqa: E402
+from rtaa_cli.protocols.exotel import StreamEncoder  # noqa: E402
 from rtaa_cli.pipeline.config import PipelineConfig, ProviderConfig, WorkerConfig  # noqa: E402
 from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider  # noqa: E402
 from rtaa_cli.pipeline.server import PipelineServer  # noqa: E402

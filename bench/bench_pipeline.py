@@ -261,7 +261,7 @@ async def role_callers(url: str, calls: int, seconds: float) -> None:
     import numpy as np
     from websockets.asyncio.client import connect
 
-    from rtaa_cli.exotel import StreamEncoder
+    from rtaa_cli.protocols.exotel import StreamEncoder
 
     t = np.arange(int(0.8 * RATE)) / RATE
     burst = (0.25 * 32767 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)

@@ -37,7 +37,7 @@ import orjson
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from rtaa_cli.exotel import StreamEncoder  # noqa: E402
+from rtaa_cli.protocols.exotel import StreamEncoder  # noqa: E402
 
 CLI = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
 ENV = {**os.environ, "NO_PROXY": "*", "DEEPGRAM_API_KEY": "bench-key"}

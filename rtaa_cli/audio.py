@@ -19,7 +19,7 @@ import soundfile
 import soxr
 
 from rtaa_cli.errors import RtaaError
-from rtaa_cli.exotel import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
+from rtaa_cli.protocols.exotel import DEFAULT_SAMPLE_RATE, SAMPLE_RATES
 
 DEFAULT_FRAME_MS = 36  # observed in production (docs/incidents.md); Exotel documents 100 ms
 BYTES_PER_SAMPLE = 2  # s16le mono

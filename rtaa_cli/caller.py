@@ -29,8 +29,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_padding, frames
-from rtaa_cli.closecodes import CLEAN_CLOSES
-from rtaa_cli.exotel import DEFAULT_SAMPLE_RATE, ExotelProtocolError, Media, StreamEncoder, parse_event
+from rtaa_cli.protocols.closecodes import CLEAN_CLOSES
+from rtaa_cli.protocols.exotel import DEFAULT_SAMPLE_RATE, ExotelProtocolError, Media, StreamEncoder, parse_event
 from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds import redis_feed, sse_feed
 from rtaa_cli.feeds.redis_feed import is_redis

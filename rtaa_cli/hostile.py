@@ -21,7 +21,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from rtaa_cli.exotel import StreamEncoder
+from rtaa_cli.protocols.exotel import StreamEncoder
 
 SENTINEL = b"\x00sentinel"
 SENTINEL_REASON = "binary frames are not Exotel messages"

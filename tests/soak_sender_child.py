@@ -15,7 +15,7 @@ import threading
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from rtaa_cli.exotel import Media, Start, StreamEncoder, parse_event
+from rtaa_cli.protocols.exotel import Media, Start, StreamEncoder, parse_event
 from rtaa_cli.soak import sync_caller
 from rtaa_cli.soak.sync_caller import CallSpec, run_call
 from rtaa_cli.watermark import Marker

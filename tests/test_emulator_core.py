@@ -9,7 +9,7 @@ import pytest
 
 from rtaa_cli.emulator.accounting import Accounting
 from rtaa_cli.emulator.audio import ALAW_TO_PCM16, MULAW_TO_PCM16, AudioDecoder, UndecodableAudio
-from rtaa_cli.emulator.messages import NET0001
+from rtaa_cli.protocols.deepgram import NET0001
 from rtaa_cli.emulator.params import HandshakeRejected, parse_listen_params
 from rtaa_cli.emulator.segmenter import Segmenter
 from rtaa_cli.emulator.session import Close, Send, Session

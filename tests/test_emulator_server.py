@@ -21,7 +21,8 @@ import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from rtaa_cli.emulator import Emulator, EmulatorConfig, start_in_thread
-from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
+from rtaa_cli.emulator.messages import INTERNAL_FAULT
+from rtaa_cli.protocols.deepgram import NET0001
 from rtaa_cli.latency import SendLog
 
 with warnings.catch_warnings():  # the SDK imports websockets.legacy (DeprecationWarning)

@@ -7,8 +7,8 @@ import base64
 import orjson
 import pytest
 
-from rtaa_cli.closecodes import Close
-from rtaa_cli.exotel import (
+from rtaa_cli.protocols.closecodes import Close
+from rtaa_cli.protocols.exotel import (
     Clear,
     Connected,
     Dtmf,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rtaa_cli.closecodes import Close
+from rtaa_cli.protocols.closecodes import Close
 from rtaa_cli.pipeline.config import IngestConfig
 from rtaa_cli.pipeline.ingest_rules import (AWAITING_START, DISCARD, DROPPED_REASON, FORWARD, GARBAGE_ONLY_LIMIT,
                                             OWNED_REASON, STOPPED, STREAMING, SUPERSEDED, SUPERSEDED_REASON,

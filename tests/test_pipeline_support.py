@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from rtaa_cli.emulator import Emulator, EmulatorConfig
-from rtaa_cli.exotel import StreamEncoder
+from rtaa_cli.protocols.exotel import StreamEncoder
 from rtaa_cli.pipeline.config import IngestConfig, PipelineConfig, ProviderConfig, WorkerConfig
 from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
 from rtaa_cli.pipeline.server import PipelineServer

@@ -1,5 +1,5 @@
 """The deepgram provider reads Results straight off the SDK's socket: well-formed ones become
-ProviderResults with the wire values; malformed provider messages are skipped and counted, never fatal."""
+protocols.deepgram Results with the wire values; malformed provider messages are skipped and counted, never fatal."""
 from __future__ import annotations
 
 import asyncio

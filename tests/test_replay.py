@@ -11,7 +11,7 @@ import pytest
 
 from rtaa_cli.audio import frame_padding, load_audio
 from rtaa_cli.caller import CallOptions, CallRecorder, CallScript, Step, feed_url_for, latency_summary, redact_url, run_call
-from rtaa_cli.exotel import Connected, Dtmf, Media, Start, Stop, build_clear, build_mark, build_media
+from rtaa_cli.protocols.exotel import Connected, Dtmf, Media, Start, Stop, build_clear, build_mark, build_media
 from test_replay_server import RecordingServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"

@@ -14,7 +14,7 @@ import pytest
 
 from rtaa_cli.commands.replay import parse_custom, parse_dtmf, parse_headers, parse_holds
 from rtaa_cli.errors import RtaaError
-from rtaa_cli.exotel import Dtmf, Media, Start, Stop
+from rtaa_cli.protocols.exotel import Dtmf, Media, Start, Stop
 from test_replay_server import BOUND_S, RecordingServer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"

@@ -18,7 +18,7 @@ import orjson
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from rtaa_cli.exotel import Media, Start, Stop, parse_event
+from rtaa_cli.protocols.exotel import Media, Start, Stop, parse_event
 
 BOUND_S = 20.0  # safety net for waits in tests; a hang fails with a message instead
 

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from redis_support import call_keys, delete, new_prefix, redis_url
-from rtaa_cli.exotel import StreamEncoder
+from rtaa_cli.protocols.exotel import StreamEncoder
 from scaleout_support import Proc, emulator, ingest, worker
 from test_pipeline_support import assert_tiles, frames_of, http_get, run, speech_like
 

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
+from rtaa_cli.emulator.messages import INTERNAL_FAULT
+from rtaa_cli.protocols.deepgram import NET0001
 from rtaa_cli.soak.htmlreport import call_events, external_references, report_figures
 from rtaa_cli.soak.memory import TargetMemory
 from rtaa_cli.soak.report import histogram_bins, write_reports

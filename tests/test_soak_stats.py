@@ -12,7 +12,8 @@ import pytest
 from rtaa_cli.pacing import LatenessHistogram
 from rtaa_cli.soak.memory import TargetMemory, rss_from_metrics
 from rtaa_cli.soak.report import html_report
-from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
+from rtaa_cli.emulator.messages import INTERNAL_FAULT
+from rtaa_cli.protocols.deepgram import NET0001
 from rtaa_cli.soak.stats import (
     PROVIDER_RECORD_METRICS, CallRecord, Histogram, PacingLimits, ProviderCounts, SoakStats, Threshold,
     SendWindow, apply_overrides, classify_1011, default_thresholds, parse_threshold_override, provider_counts_from_emulator,

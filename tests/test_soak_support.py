@@ -11,7 +11,7 @@ default, with switches that re-create the failures of docs/incidents.md one at a
 * ``drop_every``: drops every Nth frame while more than one call is active (audio loss);
 * ``bad_1011``: answers the caller's bad input with 1011 (its own fault) instead of 1003/1007/1008.
 
-It speaks Exotel (rtaa_cli.exotel, the one codec), serves transcript feeds per
+It speaks Exotel (rtaa_cli.protocols.exotel, the one codec), serves transcript feeds per
 docs/transcript-feed.md and /health; runs on its own asyncio loop in a daemon thread so a test can
 run ``rtaa soak --target`` against it as a subprocess. Not a pipeline: only what the soak needs.
 """
@@ -30,7 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
-from rtaa_cli.exotel import Connected, ExotelProtocolError, Media, Start, Stop, parse_event
+from rtaa_cli.protocols.exotel import Connected, ExotelProtocolError, Media, Start, Stop, parse_event
 
 
 @dataclass

@@ -1,19 +1,16 @@
-"""Server -> client JSON messages of Deepgram's live API (docs/deepgram-protocol.md §3), serialised with orjson."""
+"""What the emulator puts into Deepgram's server -> client messages: uuids, model info, and the fidelity
+effects of a stream's parameters (punctuation, diarization, languages, entities, alternatives, keyterms).
+The messages' types and fields are :mod:`rtaa_cli.protocols.deepgram`'s."""
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 
-import orjson
-
 from rtaa_cli.emulator.features import alternative_words, find_entities
 from rtaa_cli.emulator.params import MODELS, StreamParams
 from rtaa_cli.emulator.transcribers import Word
+from rtaa_cli.protocols import deepgram as dg
 
-NET0001 = ("Deepgram did not receive audio data or a text message within the timeout window. "
-           "See https://dpgr.am/net0001")
-# Assumption [??]: docs/deepgram-protocol.md §4: no source confirmed the current DATA-0000 code/text; 1008 as the current docs reportedly say.
-DATA0000 = "DATA-0000: The payload cannot be decoded as audio. See https://dpgr.am/data0000"
 # Reason of the injected mid-stream 1011 fault (Deepgram's own internal-error texts vary).
 INTERNAL_FAULT = "Deepgram encountered an internal error while processing the stream (rtaa fault injection)."
 
@@ -53,7 +50,7 @@ class MessageFactory:
         texts = []
         last = len(words) - 1
         for i, (word, w_start, w_end, conf) in enumerate(words):
-            obj: dict = {"word": word, "start": w_start, "end": w_end, "confidence": conf}
+            shown: str | None = None
             if self.punctuated:
                 # Capitalised only where a sentence starts: the stream's first result, or after a
                 # speech_final (which ends its sentence with a full stop).
@@ -62,75 +59,39 @@ class MessageFactory:
                     shown += marks[i]  # dictated punctuation ("comma" -> ",")
                 if i == last and speech_final and not shown.endswith((".", "?", "!")):
                     shown += "."
-                obj["punctuated_word"] = shown
-                texts.append(shown)
-            else:
-                texts.append(word)
-            if speakers is not None:
-                obj["speaker"] = speakers[i]
-            if self._multilingual:
-                obj["language"] = "en"  # the emulator's words are English
-            word_objs.append(obj)
-        alt: dict = {"transcript": " ".join(texts),
-                     "confidence": round(sum(w[3] for w in words) / len(words), 4) if words else 0.0}
-        if self._multilingual and words:
-            # Absent without words: the SDK's model says it "can be absent", and LiveKit's plugin reads
-            # alt["languages"][0] whenever the key is there (an empty list crashed its message handler).
-            alt["languages"] = ["en"]
-        if self._hinted is not None:
-            alt["languages_hinted"] = self._hinted
-        alt["words"] = word_objs
-        return alt
+            texts.append(word if shown is None else shown)
+            word_objs.append(dg.build_word(
+                word, w_start, w_end, conf, punctuated_word=shown,
+                speaker=None if speakers is None else speakers[i],
+                language="en" if self._multilingual else None))  # the emulator's words are English
+        # ``languages`` is absent without words: the SDK's model says it "can be absent", and LiveKit's plugin
+        # reads alt["languages"][0] whenever the key is there (an empty list crashed its message handler).
+        return dg.build_alternative(
+            " ".join(texts), round(sum(w[3] for w in words) / len(words), 4) if words else 0.0, word_objs,
+            languages=["en"] if self._multilingual and words else None, languages_hinted=self._hinted)
 
     def results(self, *, channel: int, channels: int, start: float, end: float, words: Sequence[Word],
                 is_final: bool, speech_final: bool, from_finalize: bool, speakers: Sequence[int] | None = None,
                 sentence_start: bool = True, marks: Sequence[str] | None = None,
                 search: list[dict] | None = None) -> bytes:
         variants = alternative_words(words, self._alternatives) if self._alternatives > 1 else [words]
-        body: dict = {"alternatives": [self._alternative(v, speakers, speech_final, sentence_start, marks)
-                                       for v in variants]}
-        if search is not None:  # channel.search, as in the service's responses ([??] on interims too)
-            body["search"] = search
-        msg: dict = {
-            "type": "Results",
-            "channel_index": [channel, channels],
-            "duration": round(end - start, 3),
-            "start": round(start, 3),
-            "is_final": is_final,
-            "speech_final": speech_final,
-            "channel": body,
-            "metadata": self._metadata,
-            "from_finalize": from_finalize,
-        }
-        if self._entities and is_final:  # "only present in is_final messages", [] when none (SDK model)
-            msg["entities"] = find_entities(words)
-        return orjson.dumps(msg)
+        # channel.search as in the service's responses ([??] on interims too); entities "only present in
+        # is_final messages", [] when none (SDK model)
+        return dg.build_results(
+            channel=channel, channels=channels, start=round(start, 3), duration=round(end - start, 3),
+            is_final=is_final, speech_final=speech_final, from_finalize=from_finalize,
+            alternatives=[self._alternative(v, speakers, speech_final, sentence_start, marks) for v in variants],
+            metadata=self._metadata, search=search,
+            entities=find_entities(words) if self._entities and is_final else None)
 
     def metadata(self, *, sha256: str, created: str, duration: float, channels: int) -> bytes:
-        msg: dict = {"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
-                     "sha256": sha256, "created": created, "duration": round(duration, 6), "channels": channels}
-        if duration > 0:  # models/model_info only when audio was processed (docs/deepgram-protocol.md §3)
-            uid = model_uuid(self.model)
-            msg["models"] = [uid]
-            msg["model_info"] = {uid: model_info(self.model)}
-        return orjson.dumps(msg)
-
-    @staticmethod
-    def utterance_end(channel: int, channels: int, last_word_end: float) -> bytes:
-        return orjson.dumps({"type": "UtteranceEnd", "channel": [channel, channels], "last_word_end": last_word_end})
-
-    @staticmethod
-    def speech_started(channel: int, channels: int, timestamp: float) -> bytes:
-        return orjson.dumps({"type": "SpeechStarted", "channel": [channel, channels], "timestamp": round(timestamp, 3)})
-
-    @staticmethod
-    def schema_error(description: str, original: str) -> bytes:
-        return orjson.dumps({"type": "Error", "variant": "SchemaError", "description": description,
-                             "message": original})
+        # models/model_info only when audio was processed (docs/deepgram-protocol.md §3)
+        info = {model_uuid(self.model): model_info(self.model)} if duration > 0 else None
+        return dg.build_metadata(request_id=self.request_id, sha256=sha256, created=created,
+                                 duration=round(duration, 6), channels=channels, model_info=info)
 
     def configure_failure(self, code: str, description: str) -> bytes:
-        return orjson.dumps({"type": "ConfigureFailure", "request_id": self.request_id, "code": code,
-                             "description": description})
+        return dg.build_configure_failure(self.request_id, code, description)
 
     def configure_reply(self, keyterms: list | None, nova3: bool, boostable: bool = True) -> bytes:
         # Assumption [??]: known only from the SDK 7.16 types (docs/deepgram-protocol.md §2).
@@ -138,7 +99,4 @@ class MessageFactory:
             why = "Keyterms are only supported with Nova-3 models." if not nova3 else \
                 "Keyterms are not supported by the rtaa emulator's sphinx engine."
             return self.configure_failure("CONFIGURE_KEYTERMS_NOT_SUPPORTED", why)
-        msg: dict = {"type": "ConfigureSuccess", "request_id": self.request_id}
-        if keyterms is not None:
-            msg["keyterms"] = keyterms
-        return orjson.dumps(msg)
+        return dg.build_configure_success(self.request_id, keyterms)

@@ -18,16 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
-from rtaa_cli.closecodes import Close as CloseCode
+from rtaa_cli.protocols.closecodes import Close as CloseCode
 from rtaa_cli.emulator.audio import AudioDecoder, UndecodableAudio
 from rtaa_cli.emulator.features import Diarizer
-from rtaa_cli.emulator.messages import DATA0000, NET0001, MessageFactory
+from rtaa_cli.emulator.messages import MessageFactory
 from rtaa_cli.emulator.params import KEYTERM_TOKEN_LIMIT, MODELS, StreamParams
 from rtaa_cli.emulator.segmenter import SegmentEvent, Segmenter
 from rtaa_cli.emulator.textfmt import format_words, search_hits
 from rtaa_cli.emulator.transcribers import Transcriber
+from rtaa_cli.protocols import deepgram as dg
+from rtaa_cli.protocols.deepgram import DATA0000, NET0001, ControlType
 from rtaa_cli.robustmark import Detector as RobustMarkDetector
 from rtaa_cli.watermark import Decoder as WatermarkDecoder
 
@@ -123,13 +124,8 @@ class Session:
         I/O shell's loop only: the idle timer is about the client's silence, not the emulator's backlog,
         and once the client has asked to close (CloseStream, empty frame) it only waits for its results."""
         self.arrived = now
-        if message == b"" or (isinstance(message, str) and '"CloseStream"' in message.replace(" ", "")):
-            try:
-                msg = orjson.loads(message) if isinstance(message, str) else None
-            except orjson.JSONDecodeError:
-                return
-            if message == b"" or (isinstance(msg, dict) and msg.get("type") == "CloseStream"):
-                self._close_requested = True
+        if dg.is_close_stream(message):
+            self._close_requested = True
 
     def receive_audio(self, data: bytes, now: float) -> None:
         if self.closing is not None:
@@ -166,25 +162,21 @@ class Session:
         if self.closing is not None:
             return
         self.last_activity = now  # any frame resets the idle timer, even a bad one (NET-0001 is about silence)
-        try:
-            msg = orjson.loads(text)
-            kind = msg.get("type") if isinstance(msg, dict) else None
-        except orjson.JSONDecodeError:
-            msg, kind = None, None
-        if kind == "KeepAlive":
+        kind, msg = dg.parse_control(text)
+        if kind is ControlType.KEEP_ALIVE:
             self.keepalives += 1
-        elif kind == "Finalize":
+        elif kind is ControlType.FINALIZE:
             self.finalizes += 1
             self._flush(now, from_finalize=True)
-        elif kind == "CloseStream":
+        elif kind is ControlType.CLOSE_STREAM:
             self._close_stream(now)
-        elif kind == "Configure":
+        elif kind is ControlType.CONFIGURE and isinstance(msg, dict):
             self._configure(msg, now)
         else:
             # Assumption [??]: the socket stays open after a SchemaError (unknown, docs/deepgram-protocol.md §2).
             self.schema_errors += 1
             why = "Unknown message type." if isinstance(msg, dict) else "Could not parse the text message as JSON."
-            self._emit(now, self._messages.schema_error(why, text[:1000]), "Error")
+            self._emit(now, dg.build_schema_error(why, text[:1000]), "Error")
 
     def _configure(self, msg: dict, now: float) -> None:
         """Mid-stream changes: ``keyterms`` (Nova-3) replace the boosted terms; ``features.numerals`` turns
@@ -284,7 +276,7 @@ class Session:
         channels = len(self._tracks) if self.params.multichannel else 1
         w = ev.window
         if ev.kind == "speech_started":
-            self._emit(now, self._messages.speech_started(channel, channels, w.start / rate), "SpeechStarted")
+            self._emit(now, dg.build_speech_started(channel, channels, w.start / rate), "SpeechStarted")
             return
         final = ev.kind == "final"
         if track.last_word_end is not None and w.voiced_start is not None:
@@ -315,7 +307,7 @@ class Session:
             gap_end = (seg.position if onset is None else onset) / seg.rate
         if (gap_end - track.last_word_end) * 1000.0 >= self.params.utterance_end_ms:
             channels = len(self._tracks) if self.params.multichannel else 1
-            self._emit(now, self._messages.utterance_end(channel, channels, track.last_word_end), "UtteranceEnd")
+            self._emit(now, dg.build_utterance_end(channel, channels, track.last_word_end), "UtteranceEnd")
             track.last_word_end = None
 
     def _flush(self, now: float, *, from_finalize: bool) -> None:
@@ -377,6 +369,6 @@ class VoiceTap:
         for channel, (seg, x) in enumerate(zip(self._segmenters, channels)):
             for ev in seg.feed(x):
                 if ev.kind == "speech_started":
-                    out.append(Send(now + self._delay_s(), MessageFactory.speech_started(
+                    out.append(Send(now + self._delay_s(), dg.build_speech_started(
                         channel, total, ev.window.start / seg.rate), "SpeechStarted"))
         return out

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from rtaa_cli.closecodes import Close as CloseCode
+from rtaa_cli.protocols.closecodes import Close as CloseCode
 from rtaa_cli.emulator.accounting import Accounting, ConnectionRecord
 from rtaa_cli.emulator.config import EmulatorConfig
 from rtaa_cli.emulator.connection import InlineConnection

@@ -3,9 +3,8 @@
 Every feed tap (WebSocket, SSE/HTTP, Redis, webhook) hands its messages here, so every caller
 understands the same schemas the same way:
 
-* rtaa's own schema (``{"type": "transcript", "interaction_id", "text", "is_final",
-  "audio_start_ms", "audio_end_ms", ...}``, ``call_started``, ``call_ended``, ``gap``: audio the pipeline
-  says no final will cover);
+* rtaa's own schema (:mod:`rtaa_cli.protocols.feed`: ``transcript``, ``call_started``, ``call_ended``,
+  ``gap``: audio the pipeline says no final will cover);
 * Deepgram's live ``Results`` message forwarded as is (``channel.alternatives[0].transcript``,
   ``is_final``, ``start``/``duration`` in seconds);
 * any other JSON schema through a :class:`FieldMapping` (dotted paths, ``--feed-map``).
@@ -20,8 +19,10 @@ from typing import Any, Mapping
 
 import orjson
 
-EVENT_KINDS = ("transcript", "call_started", "call_ended", "gap", "other")
-RTAA_KINDS = frozenset(("transcript", "call_started", "call_ended", "gap"))
+from rtaa_cli.protocols import deepgram as dg
+from rtaa_cli.protocols import feed
+from rtaa_cli.protocols.feed import FeedEvent, Kind
+
 MAPPING_KEYS = ("call_id", "text", "is_final", "audio_start_ms", "audio_end_ms", "audio_start_s",
                 "audio_end_s", "seq", "ended")
 _MISSING = object()
@@ -33,23 +34,6 @@ class FeedError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class FeedEvent:
-    """A feed message, normalised. ``call_id`` None: the message names no call (a per-call feed)."""
-
-    kind: str  # one of EVENT_KINDS ("other": understood, not a result, e.g. a keep-alive)
-    call_id: str | None = None
-    text: str = ""
-    is_final: bool = False
-    audio_start_ms: float | None = None
-    audio_end_ms: float | None = None
-    seq: int | None = None
-    speech_final: bool = False
-    from_finalize: bool = False
-    provider_connection: int | None = None
-    raw: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,14 +106,14 @@ class FieldMapping:
         call = _get(msg, self.call_id) if self.call_id else None
         call_id = None if call is _MISSING or call is None else str(call)
         if self.ended is not None and _check(msg, self.ended):
-            return FeedEvent("call_ended", call_id, raw=msg)
+            return FeedEvent(Kind.CALL_ENDED, call_id, raw=msg)
         text = _get(msg, self.text)
         if not isinstance(text, str):
             what = "missing" if text is _MISSING else f"a {type(text).__name__}, not text"
             raise FeedError(f"field mapping text={'.'.join(self.text)}: {what} (keys: {_keys(msg)})")
         seq = _get(msg, self.seq) if self.seq else None
         return FeedEvent(
-            "transcript", call_id, text=text,
+            Kind.TRANSCRIPT, call_id, text=text,
             is_final=True if self.is_final is None else _check(msg, self.is_final),
             audio_start_ms=_scaled(msg, self.audio_start), audio_end_ms=_scaled(msg, self.audio_end),
             seq=seq if type(seq) is int else None, raw=msg)
@@ -170,10 +154,6 @@ def _scaled(msg: Mapping[str, Any], where: tuple[tuple[str, ...], float] | None)
     return float(value) * where[1] if type(value) in (int, float) else None
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) else None
-
-
 def _keys(msg: Mapping[str, Any]) -> str:
     keys = sorted(map(str, msg))
     return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
@@ -197,42 +177,31 @@ def parse_message(raw: str | bytes | Mapping[str, Any], mapping: FieldMapping | 
     msg = decode(raw)
     if mapping is not None:
         return mapping.event(msg)
+    event = feed.parse(msg)
+    if event is not None:
+        return event
     kind = msg.get("type")
-    if kind in RTAA_KINDS and "interaction_id" in msg:
-        return _rtaa_event(kind, msg)
-    if kind == "Results" and isinstance(msg.get("channel"), Mapping):
+    if kind == dg.MessageType.RESULTS and isinstance(msg.get("channel"), Mapping):
         return _deepgram_event(msg)
-    if kind in ("Metadata", "SpeechStarted", "UtteranceEnd", "KeepAlive"):
-        return FeedEvent("other", raw=msg)
+    if kind in _DEEPGRAM_OTHER:
+        return FeedEvent(feed.OTHER, raw=msg)
     if "interaction_id" in msg and isinstance(kind, str):
-        return FeedEvent("other", str(msg["interaction_id"]), raw=msg)  # a newer rtaa message type
+        return FeedEvent(feed.OTHER, str(msg["interaction_id"]), raw=msg)  # a newer rtaa message type
     shown = f"type {kind!r}" if kind is not None else "no 'type'"
     raise FeedError(f"unknown schema ({shown}; keys: {_keys(msg)}): give a field mapping, e.g. "
                     "--feed-map 'text=text,is_final=type==final'")
 
 
-def _rtaa_event(kind: str, msg: Mapping[str, Any]) -> FeedEvent:
-    call = msg.get("interaction_id")
-    call_id = None if call is None else str(call)
-    if kind == "gap":
-        return FeedEvent("gap", call_id, audio_start_ms=_number(msg.get("audio_start_ms")),
-                         audio_end_ms=_number(msg.get("audio_end_ms")), raw=msg)
-    if kind != "transcript":
-        return FeedEvent(kind, call_id, raw=msg)
-    seq, conn, text = msg.get("seq"), msg.get("provider_connection"), msg.get("text")
-    return FeedEvent(
-        "transcript", call_id, text=text if type(text) is str else "", is_final=msg.get("is_final") is True,
-        audio_start_ms=_number(msg.get("audio_start_ms")), audio_end_ms=_number(msg.get("audio_end_ms")),
-        seq=seq if type(seq) is int else None, speech_final=msg.get("speech_final") is True,
-        from_finalize=msg.get("from_finalize") is True, provider_connection=conn if type(conn) is int else None,
-        raw=msg)
+# Deepgram's messages that carry no transcript (a target forwarding its provider's stream as is)
+_DEEPGRAM_OTHER = (dg.MessageType.METADATA, dg.MessageType.SPEECH_STARTED, dg.MessageType.UTTERANCE_END,
+                   dg.ControlType.KEEP_ALIVE)
 
 
 def _deepgram_event(msg: Mapping[str, Any]) -> FeedEvent:
     text = _get(msg, ("channel", "alternatives", "0", "transcript"))
-    start, duration = _number(msg.get("start")), _number(msg.get("duration"))
+    start, duration = feed.number(msg.get("start")), feed.number(msg.get("duration"))
     end_ms = None if start is None or duration is None else (start + duration) * 1000.0
     return FeedEvent(
-        "transcript", None, text=text if type(text) is str else "", is_final=msg.get("is_final") is True,
+        Kind.TRANSCRIPT, None, text=text if type(text) is str else "", is_final=msg.get("is_final") is True,
         audio_start_ms=None if start is None else start * 1000.0, audio_end_ms=end_ms,
         speech_final=msg.get("speech_final") is True, from_finalize=msg.get("from_finalize") is True, raw=msg)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from rtaa_cli import textmark
-from rtaa_cli.feeds.parse import FeedError, FeedEvent, FieldMapping, parse_message
+from rtaa_cli.feeds.parse import FeedError, FieldMapping, parse_message
 from rtaa_cli.latency import LatencySamples, SendLog
+from rtaa_cli.protocols.feed import FeedEvent, Kind
 
 MAX_TRANSCRIPTS_KEPT = 20_000
 MAX_ERRORS_KEPT = 20
@@ -88,20 +89,20 @@ class FeedRecorder:
         if owner is not None and owner != self.call_id:
             self.other_calls += 1
             return None
-        if event.kind == "call_started":
+        if event.kind == Kind.CALL_STARTED:
             self.call_started = True
             return None
-        if event.kind == "call_ended":
-            self.call_ended = event.raw or {"type": "call_ended"}
+        if event.kind == Kind.CALL_ENDED:
+            self.call_ended = event.raw or {"type": Kind.CALL_ENDED}
             return None
-        if event.kind == "gap":
+        if event.kind == Kind.GAP:
             self.gaps += 1
             lost = event.raw.get("lost_ms") if event.raw is not None else None
             if type(lost) not in (int, float) and event.audio_start_ms is not None and event.audio_end_ms is not None:
                 lost = event.audio_end_ms - event.audio_start_ms
             self.gap_ms += float(lost) if type(lost) in (int, float) and lost > 0 else 0.0
             return None
-        if event.kind != "transcript":
+        if event.kind != Kind.TRANSCRIPT:
             return None
         start, end = event.audio_start_ms, event.audio_end_ms
         marks = textmark.decode(event.text) if event.text else []

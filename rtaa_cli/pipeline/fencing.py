@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Callable
 
-from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult
+from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError
+from rtaa_cli.protocols.deepgram import Result
 
 Holds = Callable[[str], bool]
 
@@ -110,7 +111,7 @@ class FencedConnection(ProviderConnection):
         await self._check()
         await self._inner.close_stream()
 
-    def results(self) -> AsyncIterator[ProviderResult]:
+    def results(self) -> AsyncIterator[Result]:
         return self._inner.results()
 
     async def aclose(self) -> None:

@@ -1,4 +1,4 @@
-"""Exotel ingest: one WebSocket per stream, events parsed by :mod:`rtaa_cli.exotel`, audio onto the bus.
+"""Exotel ingest: one WebSocket per stream, events parsed by :mod:`rtaa_cli.protocols.exotel`, audio onto the bus.
 
 Outcomes (all counted in ``rtaa_bad_input_total{kind}`` or ``rtaa_caller_closes_total{code}`` and logged
 with the interaction id when known; no bad input affects another call):
@@ -49,8 +49,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from rtaa_cli import logs
-from rtaa_cli.closecodes import Close
-from rtaa_cli.exotel import ErrorKind, ExotelProtocolError, Media, Start, Stop, parse_event
+from rtaa_cli.protocols.closecodes import Close
+from rtaa_cli.protocols.exotel import ErrorKind, ExotelProtocolError, Media, Start, Stop, parse_event
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.auth import ANONYMOUS, Principal
 from rtaa_cli.pipeline.config import IngestConfig

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from enum import Enum, StrEnum
 from typing import Protocol, TypeVar
 
-from rtaa_cli.closecodes import Close
+from rtaa_cli.protocols.closecodes import Close
 from rtaa_cli.pipeline.config import IngestConfig
 from rtaa_cli.pipeline.ratelimit import TokenBucket, audio_bucket
 
@@ -137,7 +137,7 @@ class LiveCall(Protocol):
 
 
 class StartFields(Protocol):
-    """The fields of an Exotel start the rules use (:class:`rtaa_cli.exotel.Start`)."""
+    """The fields of an Exotel start the rules use (:class:`rtaa_cli.protocols.exotel.Start`)."""
 
     @property
     def stream_sid(self) -> str: ...

@@ -39,7 +39,7 @@ from rtaa_cli.pipeline.entrylog import EntryLog, parse_id
 from rtaa_cli.pipeline.fencing import FencedProvider, LeaseClock
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import Provider
-from rtaa_cli.pipeline.transcripts import call_ended_msg, call_started_msg
+from rtaa_cli.protocols import feed
 
 log = logs.get("rtaa.bus")
 
@@ -455,7 +455,7 @@ class RedisBus:
             self.metrics.bus_fenced_ops.inc()
             return
         ck = o.log.acked(0)
-        self._write(o, orjson.dumps(call_started_msg(iid, stream_sid)),
+        self._write(o, orjson.dumps(feed.call_started_message(iid, stream_sid, time.time())),
                     ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
                      "seq", 0, "sid", stream_sid, "rate", inter.sample_rate, "live", 1], "")
 
@@ -465,7 +465,7 @@ class RedisBus:
             self.metrics.bus_fenced_ops.inc()
             return
         ck = o.log.ended()
-        self._write(o, orjson.dumps(call_ended_msg(iid, reason)),
+        self._write(o, orjson.dumps(feed.call_ended_message(iid, reason, time.time())),
                     ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
                      "seq", 0, "live", 0], "")
 
@@ -565,16 +565,16 @@ class RedisBus:
             if pub is not None:
                 pub.fail(msg["reason"])
             return
-        if kind == "transcript":
+        if kind == feed.Kind.TRANSCRIPT:
             if msg["seq"] <= self._seen.get(iid, 0):
                 self.metrics.bus_duplicates_dropped.inc()
                 return  # a write retried after a lost reply, or a takeover's overlap
             self._seen[iid] = msg["seq"]
-        elif kind == "call_started":
+        elif kind == feed.Kind.CALL_STARTED:
             self._seen[iid] = 0
         if self._sink is not None:
             self._sink(msg)
-        if kind == "call_ended":
+        if kind == feed.Kind.CALL_ENDED:
             self._seen.pop(iid, None)
             if pub is not None:
                 if pub.pending_end:

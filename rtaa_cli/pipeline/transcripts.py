@@ -25,7 +25,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from rtaa_cli import logs
-from rtaa_cli.closecodes import Close
+from rtaa_cli.protocols import feed
+from rtaa_cli.protocols.closecodes import Close
 from rtaa_cli.pipeline.auth import ANONYMOUS, Principal, may_read
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 
@@ -33,14 +34,6 @@ log = logs.get("rtaa.transcripts")
 
 NOT_ENTITLED_REASON = "not entitled to this call"
 _CALL_ENDED = object()  # queue sentinel: close the per-call subscriber after this
-
-
-def call_started_msg(interaction_id: str, stream_sid: str) -> dict[str, Any]:
-    return {"type": "call_started", "interaction_id": interaction_id, "stream_sid": stream_sid, "at": time.time()}
-
-
-def call_ended_msg(interaction_id: str, reason: str) -> dict[str, Any]:
-    return {"type": "call_ended", "interaction_id": interaction_id, "reason": reason, "at": time.time()}
 
 
 class Subscriber:
@@ -69,7 +62,7 @@ class TranscriptHub:
 
     # -- publishing (synchronous: the worker never waits on a reader) ----------------------------
     def publish(self, msg: dict[str, Any]) -> None:
-        msg["sent_at"] = time.time()
+        msg[feed.SENT_AT] = time.time()
         data = orjson.dumps(msg)
         if self._jsonl is not None:
             self._jsonl.write(data + b"\n")
@@ -80,22 +73,22 @@ class TranscriptHub:
             self._offer(sub, data)
 
     def call_started(self, interaction_id: str, stream_sid: str) -> None:
-        self.deliver(call_started_msg(interaction_id, stream_sid))
+        self.deliver(feed.call_started_message(interaction_id, stream_sid, time.time()))
 
     def call_ended(self, interaction_id: str, reason: str) -> None:
-        self.deliver(call_ended_msg(interaction_id, reason))
+        self.deliver(feed.call_ended_message(interaction_id, reason, time.time()))
 
     def deliver(self, msg: dict[str, Any]) -> None:
         """Any feed message, local or from another process (Redis bus): the same effects either way."""
         kind = msg["type"]
         iid = msg["interaction_id"]
-        if kind == "call_started":
+        if kind == feed.Kind.CALL_STARTED:
             owner = self._owner_of(iid)
             for sub in list(self._by_call.get(iid, ())):
                 if not may_read(sub.principal, owner):
                     self._deny(sub, owner)
         self.publish(msg)
-        if kind == "call_ended":
+        if kind == feed.Kind.CALL_ENDED:
             for sub in self._by_call.get(iid, ()):
                 self._offer(sub, _CALL_ENDED)
             if self._jsonl is not None:

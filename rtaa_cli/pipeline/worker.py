@@ -27,17 +27,16 @@ from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.config import WorkerConfig
 from rtaa_cli.pipeline.heap import HeapTrimmer
 from rtaa_cli.pipeline.metrics import PipelineMetrics
-from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult
+from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError
+from rtaa_cli.protocols import feed
+from rtaa_cli.protocols.deepgram import Result
+from rtaa_cli.protocols.feed import GapCause
 from rtaa_cli.pipeline.timeline import CallTimeline
 
 log = logs.get("rtaa.worker")
 sampled = logs.Sampled(log)  # per-frame warnings: a bounded sample, the metrics count every frame
 
 ACTIVE, ENDING, ENDED = "active", "ending", "ended"
-# Causes of a gap (audio no final will cover), the `cause` of rtaa_audio_gaps_total and of the feed's gap message.
-GAP_REPLAY_TRIM = "replay_trim"  # the outage outlasted the replay buffer: its oldest audio was never resent
-GAP_FINALIZE_TIMEOUT = "finalize_timeout"  # the finals did not come within --finalize-timeout-s of the stop
-GAP_PROVIDER_UNAVAILABLE = "provider_unavailable"  # the call ended while its provider was given up on
 _REPLAY_CHUNK = 32 * 1024  # replayed audio goes out in messages of this size
 
 Publish = Callable[[dict[str, Any]], None]
@@ -173,7 +172,7 @@ class Interaction:
         if number > 1:
             self.metrics.provider_reconnects.inc()
         tl = self.timeline
-        self._report_gap(GAP_REPLAY_TRIM, tl.replay_gap())
+        self._report_gap(GapCause.REPLAY_TRIM, tl.replay_gap())
         start, audio = tl.unfinalized()
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._spawn(self._receive(conn, number, start, done))
@@ -314,7 +313,7 @@ class Interaction:
             if self.on_failure is not None and self.state is ACTIVE:
                 self.on_failure(exc)  # tell the caller now, not on its next frame
 
-    def _on_result(self, r: ProviderResult, number: int, base: int) -> None:
+    def _on_result(self, r: Result, number: int, base: int) -> None:
         tl = self.timeline
         start_ms = tl.to_stream_ms(base, r.start)
         end_ms = tl.to_stream_ms(base, r.end)
@@ -330,24 +329,13 @@ class Interaction:
             return
         offset_s = base / tl.bytes_per_ms / 1000.0
         self.seq += 1
-        msg = {
-            "type": "transcript",
-            "interaction_id": self.interaction_id,
-            "stream_sid": self.stream_sid,
-            "seq": self.seq,
-            "is_final": r.is_final,
-            "speech_final": r.speech_final,
-            "from_finalize": r.from_finalize,
-            "text": r.text,
-            "confidence": r.confidence,
-            "words": [{"word": w.word, "start": round(w.start + offset_s, 3), "end": round(w.end + offset_s, 3),
-                       "confidence": w.confidence} for w in r.words],
-            "audio_start_ms": round(start_ms, 1),
-            "audio_end_ms": round(end_ms, 1),
-            "provider": self.provider.name,
-            "provider_connection": number,
-            "received_at": time.time(),
-        }
+        msg = feed.transcript_message(
+            interaction_id=self.interaction_id, stream_sid=self.stream_sid, seq=self.seq, is_final=r.is_final,
+            speech_final=r.speech_final, from_finalize=r.from_finalize, text=r.text, confidence=r.confidence,
+            words=[feed.word(w.word, round(w.start + offset_s, 3), round(w.end + offset_s, 3), w.confidence)
+                   for w in r.words],
+            audio_start_ms=round(start_ms, 1), audio_end_ms=round(end_ms, 1), provider=self.provider.name,
+            provider_connection=number, received_at=time.time())
         self._publish(msg)
         (self.metrics.results_final if r.is_final else self.metrics.results_interim).inc()
         frame_at = tl.received_at(end_ms)
@@ -356,7 +344,7 @@ class Interaction:
                 time.perf_counter() - frame_at)
 
     # -- gaps --------------------------------------------------------------------------------------
-    def _report_gap(self, cause: str, span: tuple[int, int] | None) -> None:
+    def _report_gap(self, cause: GapCause, span: tuple[int, int] | None) -> None:
         """Audio no final will cover: counted, logged, and a ``gap`` message on the call's feed
         (docs/transcript-feed.md), in order with its transcripts and before ``call_ended``."""
         if span is None:
@@ -368,9 +356,8 @@ class Interaction:
         self.metrics.audio_gap_seconds.labels(cause=cause).inc(lost_ms / 1000.0)
         log.warning("audio_gap", interaction_id=self.interaction_id, cause=cause, audio_start_ms=round(start_ms, 1),
                     audio_end_ms=round(end_ms, 1), lost_ms=round(lost_ms, 1))
-        self._publish({"type": "gap", "interaction_id": self.interaction_id, "stream_sid": self.stream_sid,
-                       "cause": cause, "audio_start_ms": round(start_ms, 1), "audio_end_ms": round(end_ms, 1),
-                       "lost_ms": round(lost_ms, 1), "at": time.time()})
+        self._publish(feed.gap_message(self.interaction_id, self.stream_sid, cause, round(start_ms, 1),
+                                       round(end_ms, 1), round(lost_ms, 1), time.time()))
 
     async def _keepalive_loop(self) -> None:
         interval = self.cfg.keepalive_interval_s
@@ -394,20 +381,20 @@ class Interaction:
         if self.state is not ACTIVE:
             return
         self.state = ENDING
-        lost: str | None = None  # why the audio after the last final will never be transcribed
+        lost: GapCause | None = None  # why the audio after the last final will never be transcribed
         try:
             async with asyncio.timeout(self.cfg.finalize_timeout_s):
                 await self._finish_stream()
         except TimeoutError:
-            lost = GAP_FINALIZE_TIMEOUT
+            lost = GapCause.FINALIZE_TIMEOUT
             self.metrics.finalize_timeouts.inc()
             log.warning("finalize_timeout", interaction_id=self.interaction_id,
                         timeout_s=self.cfg.finalize_timeout_s)
         except (ProviderError, CallEnded) as exc:
-            lost = GAP_PROVIDER_UNAVAILABLE
+            lost = GapCause.PROVIDER_UNAVAILABLE
             log.warning("finalize_failed", interaction_id=self.interaction_id, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - never let a provider fault skip the teardown or escape
-            lost = GAP_PROVIDER_UNAVAILABLE
+            lost = GapCause.PROVIDER_UNAVAILABLE
             log.warning("finalize_failed", interaction_id=self.interaction_id, error=repr(exc))
         finally:
             if lost is not None:

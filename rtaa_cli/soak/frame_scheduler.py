@@ -5,7 +5,7 @@ and gevent's ``sendall`` (a ``getsockopt`` per call), one Locust process spent ~
 36 ms frame and ran late beyond ~150 calls. Here a call's greenlet hands a *run* of frames (up to
 its next hold / reconnect / second stream) to the process's scheduler and waits; the scheduler
 pops whichever frame is due next, builds it from base64 encoded once per process
-(:func:`rtaa_cli.exotel.b64_payloads`), frames it (:func:`text_frame`, masked as a client must)
+(:func:`rtaa_cli.protocols.exotel.b64_payloads`), frames it (:func:`text_frame`, masked as a client must)
 and writes it with one non-blocking ``os.write``.
 
 The schedule stays drift-free and lateness is measured as before: frame ``k`` of a run is due at
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 from rtaa_cli.internals import text_frame, write_nowait  # noqa: F401  (text_frame: re-exported for tests)
 
 if TYPE_CHECKING:
-    from rtaa_cli.exotel import StreamEncoder
+    from rtaa_cli.protocols.exotel import StreamEncoder
     from rtaa_cli.latency import SendLog
     from rtaa_cli.pacing import Pacer
     from rtaa_cli.soak.stats import CallRecord

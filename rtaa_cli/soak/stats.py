@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from rtaa_cli.emulator.messages import INTERNAL_FAULT, NET0001
 from rtaa_cli import textmark, verdict
+from rtaa_cli.emulator.messages import INTERNAL_FAULT
 from rtaa_cli.pacing import LatenessHistogram
+from rtaa_cli.protocols.deepgram import NET0001
 from rtaa_cli.soak.callsample import CallSampler
 from rtaa_cli.soak.memory import TargetMemory
 from rtaa_cli.watermark import PACKET_BITS, CallSeen, call_hex

@@ -1,7 +1,7 @@
 """A blocking virtual Exotel caller for Locust (gevent) and smoke: plays one call and returns a
 :class:`~rtaa_cli.soak.stats.CallRecord`.
 
-Built from the shared pieces: :class:`rtaa_cli.exotel.StreamEncoder` (the one codec),
+Built from the shared pieces: :class:`rtaa_cli.protocols.exotel.StreamEncoder` (the one codec),
 :class:`rtaa_cli.pacing.Pacer` + ``wait_sync`` (the one drift-free pacer; ``time.sleep`` is gevent's
 once Locust patched it), :class:`rtaa_cli.latency.SendLog` (the one latency definition) and the
 sans-I/O :class:`~rtaa_cli.feeds.recorder.FeedRecorder` (the feed bookkeeping replay uses too). websockets' *sync* client works under
@@ -33,7 +33,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from rtaa_cli.exotel import StreamEncoder, b64_payloads, build_media
+from rtaa_cli.protocols.exotel import StreamEncoder, b64_payloads, build_media
 from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds.recorder import FeedRecorder
 from rtaa_cli.feeds.redis_feed import SyncRedisFeed, is_redis

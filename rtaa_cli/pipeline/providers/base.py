@@ -1,32 +1,13 @@
 """What the worker needs from a speech provider: open one streaming connection per interaction, send
-audio / KeepAlive / Finalize / CloseStream, and receive results until the connection closes."""
+audio / KeepAlive / Finalize / CloseStream, and receive results until the connection closes. Every provider
+speaks in Deepgram's terms (:class:`rtaa_cli.protocols.deepgram.Result`: interim/final, speech_final,
+from_finalize), whatever its engine."""
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-
-@dataclass(slots=True)
-class Word:
-    word: str
-    start: float  # seconds, provider-connection time
-    end: float
-    confidence: float = 0.0
-
-
-@dataclass(slots=True)
-class ProviderResult:
-    """One ``Results`` message; times are seconds since the connection's first audio byte."""
-
-    is_final: bool
-    text: str
-    start: float
-    end: float
-    speech_final: bool = False
-    from_finalize: bool = False
-    confidence: float = 0.0
-    words: list[Word] = field(default_factory=list)
+from rtaa_cli.protocols.deepgram import Result
 
 
 class ProviderError(Exception):
@@ -64,7 +45,7 @@ class ProviderConnection(abc.ABC):
         """Ask for the final results of all audio sent; the provider closes (1000) after them."""
 
     @abc.abstractmethod
-    def results(self) -> AsyncIterator[ProviderResult]: ...
+    def results(self) -> AsyncIterator[Result]: ...
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -14,7 +14,8 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 
 from rtaa_cli.internals import sdk_websocket, send_binary_nowait, write_backlog
-from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError, ProviderResult, Word
+from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError
+from rtaa_cli.protocols import deepgram as dg
 
 with warnings.catch_warnings():
     # The SDK's async client imports websockets.legacy (DeprecationWarning); harmless, but it would turn
@@ -60,6 +61,7 @@ class DeepgramConnection(ProviderConnection):
         backlog = write_backlog(self._ws)
         return backlog is not None and backlog < _HIGH_WATER
 
+    # The control messages (protocols/deepgram.py ControlType) are the SDK's to write.
     async def keep_alive(self) -> None:
         await self._sock.send_keep_alive()
 
@@ -69,10 +71,10 @@ class DeepgramConnection(ProviderConnection):
     async def close_stream(self) -> None:
         await self._sock.send_close_stream()
 
-    async def results(self) -> AsyncIterator[ProviderResult]:
+    async def results(self) -> AsyncIterator[dg.Result]:
         # Raw frames + orjson rather than the SDK's ``async for msg in sock``: the SDK does the same
         # json.loads and then builds pydantic models for every message, which profiled at ~10 % of the
-        # pipeline's CPU at 100 calls; the wire schema (docs/deepgram-protocol.md) is read directly instead.
+        # pipeline's CPU at 100 calls; the wire schema is read by rtaa_cli.protocols.deepgram instead.
         try:
             async for raw in self._ws:
                 if isinstance(raw, bytes):
@@ -82,9 +84,9 @@ class DeepgramConnection(ProviderConnection):
                 except orjson.JSONDecodeError:
                     self.unparsable += 1
                     continue
-                if type(msg) is not dict or msg.get("type") != "Results":
+                if type(msg) is not dict or msg.get("type") != dg.MessageType.RESULTS:
                     continue  # Metadata, UtteranceEnd, SpeechStarted, unknown types
-                result = _to_result(msg)
+                result = dg.parse_results(msg)
                 if result is None:
                     self.unparsable += 1
                 else:
@@ -98,39 +100,6 @@ class DeepgramConnection(ProviderConnection):
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self._stack.aclose()
-
-
-def _num(value: Any) -> float:
-    return float(value) if type(value) in (int, float) else 0.0
-
-
-def _to_result(msg: dict) -> ProviderResult | None:
-    """A ``Results`` message (docs/deepgram-protocol.md) -> ProviderResult; None when it has no usable alternative."""
-    channel = msg.get("channel")
-    alts = channel.get("alternatives") if type(channel) is dict else None
-    if not alts or type(alts) is not list or type(alts[0]) is not dict:
-        return None
-    alt = alts[0]
-    words = []
-    for w in alt.get("words") or ():
-        if type(w) is not dict:
-            return None
-        text = w.get("punctuated_word") or w.get("word")
-        if type(text) is not str:
-            return None
-        words.append(Word(text, _num(w.get("start")), _num(w.get("end")), _num(w.get("confidence"))))
-    start = _num(msg.get("start"))
-    transcript = alt.get("transcript")
-    return ProviderResult(
-        is_final=msg.get("is_final") is True,
-        text=transcript if type(transcript) is str else "",
-        start=start,
-        end=start + _num(msg.get("duration")),
-        speech_final=msg.get("speech_final") is True,
-        from_finalize=msg.get("from_finalize") is True,
-        confidence=_num(alt.get("confidence")),
-        words=words,
-    )
 
 
 class DeepgramProvider(Provider):

@@ -19,7 +19,8 @@ import numpy as np
 
 from rtaa_cli.emulator.segmenter import Segmenter
 from rtaa_cli.emulator.sphinx_process import RemoteSphinxTranscriber
-from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderResult, Word
+from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection
+from rtaa_cli.protocols.deepgram import Result, Word
 
 _QUEUE = 1024  # pending decode jobs (frames) per connection; beyond -> the connection closes 1011
 MAX_WINDOW_MS = 15000  # continuous speech is forced final after this long (an HMM decoder needs whole words)
@@ -36,14 +37,14 @@ class SphinxConnection(ProviderConnection):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rtaa-sphinx")
         self._executor_open = True
         self._jobs: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_QUEUE)
-        self._results: asyncio.Queue[ProviderResult | None] = asyncio.Queue()
+        self._results: asyncio.Queue[Result | None] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _init(self) -> None:
         self._transcriber = await asyncio.get_running_loop().run_in_executor(
             self._executor, RemoteSphinxTranscriber, self.rate)
 
-    def _decode(self, kind: str, pcm: bytes) -> list[ProviderResult]:
+    def _decode(self, kind: str, pcm: bytes) -> list[Result]:
         assert self._transcriber is not None
         if kind == "audio":
             samples = np.frombuffer(pcm, dtype=np.int16)
@@ -56,7 +57,7 @@ class SphinxConnection(ProviderConnection):
             if ev.kind != "final":
                 continue
             words = [Word(w, s, e, c) for (w, s, e, c) in self._transcriber.words(ev.window, True)]
-            out.append(ProviderResult(
+            out.append(Result(
                 is_final=True, text=" ".join(w.word for w in words), start=ev.window.start / self.rate,
                 end=ev.window.end / self.rate, speech_final=ev.speech_final, from_finalize=ev.from_finalize,
                 confidence=min((w.confidence for w in words), default=0.0), words=words))
@@ -103,7 +104,7 @@ class SphinxConnection(ProviderConnection):
     async def close_stream(self) -> None:
         self._put(("close", b""))
 
-    async def results(self) -> AsyncIterator[ProviderResult]:
+    async def results(self) -> AsyncIterator[Result]:
         while True:
             item = await self._results.get()
             if item is None:

@@ -15,8 +15,12 @@ Parsing is lenient where real peers differ and strict where data would be wrong:
   omit it: missing numbers are 0, missing strings are ``""``, a missing ``media_format`` means
   Exotel's default (raw, 8000 Hz).
 
-Close codes come from :mod:`rtaa_cli.closecodes`: 1007 for malformed JSON, a missing field, a
+Close codes come from :mod:`rtaa_cli.protocols.closecodes`: 1007 for malformed JSON, a missing field, a
 wrong type or bad base64; 1003 for an unknown event (binary frames are the transport's job).
+
+This module says what one frame means. The rules over a stream's sequence of frames (start before media,
+one start, nothing after stop) are the server's and live with the call rules they interleave with, in
+:mod:`rtaa_cli.pipeline.ingest_rules`.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from typing import Any, Callable
 
 import orjson
 
-from rtaa_cli.closecodes import Close
+from rtaa_cli.protocols.closecodes import Close
 
 # Rates Exotel streams at (``?sample-rate=`` on the stream URL); 8000 is the default.
 SAMPLE_RATES = (8000, 16000, 24000)
