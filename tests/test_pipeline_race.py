@@ -18,29 +18,39 @@ from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import ProviderError
 from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
 from rtaa_cli.pipeline import worker as workermod
-from rtaa_cli.pipeline.providers.base import ProviderConnection
 from rtaa_cli.pipeline.worker import Interaction
+from rtaa_cli.pipeline.worker_rules import Action, CallRules, Link, Replay
 from test_pipeline_support import FRAME, Caller, pipeline, run, speech_like, until
 
 BROKEN = os.environ.get("RTAA_BREAK_SINGLE_FLIGHT") == "1"
 SLOW_HANDSHAKE = EmulatorConfig(handshake_delay_ms=(150.0, 300.0), seed=3)
 
 
+class NaiveRules(CallRules):
+    """The check-then-create bug of docs/incidents.md (001): every need that finds no open stream opens one
+    (check, then create), so frames arriving during a handshake open duplicates."""
+
+    def need(self, now: float) -> Action:
+        if self.link is Link.OPEN:
+            return Action.SEND
+        if self.link is Link.FAILED:
+            return Action.FAIL
+        self._begin(now)
+        return Action.OPEN
+
+    frame = need
+
+    def connected(self) -> Replay:
+        self.link = Link.CONNECTING  # another opening may have moved on meanwhile
+        return super().connected()
+
+    def ready(self, sent: int, now: float) -> int:
+        self.link = Link.REPLAYING
+        return super().ready(sent, now)
+
+
 class NaiveInteraction(Interaction):
-    """The check-then-create bug of docs/incidents.md (001): every frame that finds no open stream opens
-    one (check, then create), so frames arriving during a handshake open duplicates."""
-
-    async def connection(self) -> ProviderConnection:
-        if self._conn is not None:
-            return self._conn
-        if self.failure is not None:
-            raise self.failure
-        conn = await self.provider.open(self.interaction_id, self.sample_rate)
-        await self._activate(conn)
-        return conn
-
-    async def _join_opening(self) -> None:
-        await self.connection()
+    rules_cls = NaiveRules
 
 
 @pytest.fixture

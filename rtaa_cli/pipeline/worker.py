@@ -14,6 +14,10 @@ Per interaction (:class:`Interaction`):
   The audio not yet covered by a final is replayed and the new connection's timestamps are offset to
   stream audio time, so the transcript neither loses nor repeats a segment (see
   :mod:`rtaa_cli.pipeline.timeline`).
+
+Every one of these decisions is made by the call's :class:`~rtaa_cli.pipeline.worker_rules.CallRules`
+(sans I/O, tested without sockets); :class:`Interaction` is its shell: it feeds the rules events with the
+time from its clock and carries out what they return (tasks, sockets, sleeps, publishing, metrics, logs).
 """
 from __future__ import annotations
 
@@ -28,24 +32,19 @@ from rtaa_cli.pipeline.config import WorkerConfig
 from rtaa_cli.pipeline.heap import HeapTrimmer
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import Provider, ProviderConnection, ProviderError
+from rtaa_cli.pipeline.timeline import CallTimeline
+from rtaa_cli.pipeline.worker_rules import Action, CallRules, Phase, ResultVerdict
 from rtaa_cli.protocols import feed
 from rtaa_cli.protocols.deepgram import Result
 from rtaa_cli.protocols.feed import GapCause
-from rtaa_cli.pipeline.timeline import CallTimeline
 
 log = logs.get("rtaa.worker")
 sampled = logs.Sampled(log)  # per-frame warnings: a bounded sample, the metrics count every frame
 
-ACTIVE, ENDING, ENDED = "active", "ending", "ended"
+ACTIVE = Phase.ACTIVE
 _REPLAY_CHUNK = 32 * 1024  # replayed audio goes out in messages of this size
 
 Publish = Callable[[dict[str, Any]], None]
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
-    """Delay after failed attempt ``attempt`` (1, 2, ...): base * 2**(n-1), capped, times jitter in
-    [0.5, 1) from ``rand`` in [0, 1), so calls that lost the provider together do not retry in step."""
-    return min(cap_s, base_s * 2 ** min(attempt - 1, 30)) * (0.5 + rand / 2)
 
 
 class CallEnded(Exception):
@@ -53,62 +52,77 @@ class CallEnded(Exception):
 
 
 class Interaction:
+    """One call's provider stream, the I/O shell of its :class:`~rtaa_cli.pipeline.worker_rules.CallRules`:
+    it asks the rules what to do, does it (open, send, sleep, publish), counts it and logs it."""
+
+    rules_cls: type[CallRules] = CallRules
+
     def __init__(self, interaction_id: str, sample_rate: int, provider: Provider, cfg: WorkerConfig,
-                 metrics: PipelineMetrics, publish: Publish) -> None:
+                 metrics: PipelineMetrics, publish: Publish, clock: Callable[[], float] = time.perf_counter) -> None:
         self.interaction_id = interaction_id
         self.sample_rate = sample_rate
         self.provider = provider
         self.cfg = cfg
         self.metrics = metrics
         self._publish = publish
-        self.state = ACTIVE
+        self._clock = clock  # the rules' time; frames' received_at are on the same clock
         self.finished = False  # set by the worker's _finish (exactly once per interaction)
         self.failure_reported = False  # call_failed logged and the caller told (exactly once)
         self.stream_sid = ""
         self.timeline = CallTimeline(sample_rate, cfg.replay_limit_s, cfg.latency_window_frames)
+        self.rules = self.rules_cls(cfg, self.timeline, clock())
         self.seq = 0
-        self.connections_opened = 0
-        self._connections_open = 0  # activated and not yet closed: > 1 would be a duplicate
-        self.failure: ProviderError | None = None
-        self._conn: ProviderConnection | None = None
-        self._conn_base = 0  # stream position of the current connection's first byte
-        self._conn_sent = 0  # stream position sent on the current connection
+        self._conn: ProviderConnection | None = None  # set exactly while the rules' link is OPEN
         self._conn_done: asyncio.Future[int | None] | None = None
-        self._opening: asyncio.Task[ProviderConnection] | None = None
-        # Set while the provider stream is down and being retried (lost mid-call, or an open failed): frames
-        # then go to the bounded replay buffer instead of waiting, so the bus never backs up on an outage.
-        self._outage = asyncio.Event()
+        self._opening: asyncio.Task[ProviderConnection] | None = None  # while the rules' link is opening
+        self._outage = asyncio.Event()  # mirrors rules.outage, for frames waiting on an opening
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._last_sent = time.perf_counter()
-        self._conn_ready_at = 0.0  # when the current connection became usable (after its replay)
         self._trimmed_reported = 0
         self._empty_logged = False
         # Called when the provider is given up on outside a frame's path (e.g. a reopen during a hold).
         self.on_failure: Callable[[ProviderError], None] | None = None
         self._spawn(self._keepalive_loop())
 
+    @property
+    def state(self) -> str:
+        return self.rules.phase.value
+
+    @property
+    def failure(self) -> ProviderError | None:
+        return self.rules.failure
+
+    @property
+    def connections_opened(self) -> int:
+        return self.rules.connections_opened
+
     # -- provider stream: single-flight --------------------------------------------------------
     async def connection(self) -> ProviderConnection:
         conn = self._conn
         if conn is not None:
             return conn
-        if self.failure is not None:
-            raise self.failure  # gave up on this call's provider: fail fast, do not retry per frame
+        action = self.rules.need(self._clock())
+        if action is Action.FAIL:
+            assert self.rules.failure is not None
+            raise self.rules.failure  # gave up on this call's provider: fail fast, do not retry per frame
+        if action is Action.CALL_ENDED:
+            raise CallEnded(self.interaction_id)
         # shield: a waiter that is cancelled must not cancel the opening the others wait for.
-        return await asyncio.shield(self._opening_task())
+        return await asyncio.shield(self._opening_for(action))
 
-    def _opening_task(self) -> asyncio.Task[ProviderConnection]:
-        task = self._opening
-        if task is None:
-            task = self._opening = asyncio.get_running_loop().create_task(self._open())
+    def _opening_for(self, action: Action) -> asyncio.Task[ProviderConnection]:
+        """OPEN: start the one opening task; JOIN: the one under way."""
+        if action is Action.OPEN:
+            self._opening = asyncio.get_running_loop().create_task(self._open())
         else:
             self.metrics.duplicate_opens_prevented.inc()
+        task = self._opening
+        assert task is not None, action
         return task
 
-    async def _join_opening(self) -> None:
+    async def _join_opening(self, action: Action) -> None:
         """A frame's wait for the stream: until it is open (or the opening fails: raised), or until the
         opening starts retrying an outage (then the frame is buffered, see push_audio)."""
-        task = self._opening_task()
+        task = self._opening_for(action)
         outage = asyncio.get_running_loop().create_task(self._outage.wait())
         try:
             await asyncio.wait((task, outage), return_when=asyncio.FIRST_COMPLETED)
@@ -118,62 +132,49 @@ class Interaction:
             task.result()  # the opening's error (ProviderError, CallEnded) reaches every waiter
 
     async def _open(self) -> ProviderConnection:
-        """Open (or reopen) the provider stream, retrying for at most ``reconnect_window_s``: a failed open
-        (or a connection that closes during its replay) backs off with jitter, and the last attempt is made
-        at the window's end, so a provider that stays down fails the call about one window after the loss."""
+        """The opening: attempts, backoff sleeps and the replay, as the rules decide."""
+        rules = self.rules
         try:
-            started = time.monotonic()
-            deadline = started + self.cfg.reconnect_window_s
-            attempt = 0
             while True:
-                if self.state is ENDED:
-                    raise CallEnded(self.interaction_id)
-                attempt += 1
                 try:
                     conn = await self.provider.open(self.interaction_id, self.sample_rate)
                 except ProviderError as exc:
                     self.metrics.provider_open_failures.labels(provider=self.provider.name).inc()
-                    if attempt == 1 or exc.permanent:  # one line per outage, not one per attempt
-                        log.warning("provider_open_failed", interaction_id=self.interaction_id, attempt=attempt,
-                                    error=str(exc), permanent=exc.permanent)
-                    if exc.permanent:
-                        self.failure = exc
-                        raise
-                    self._outage.set()
-                    error = exc
+                    if rules.attempt == 1 or exc.permanent:  # one line per outage, not one per attempt
+                        log.warning("provider_open_failed", interaction_id=self.interaction_id,
+                                    attempt=rules.attempt, error=str(exc), permanent=exc.permanent)
+                    retry = rules.open_failed(exc, self._clock(), random.random())
                 else:
                     if await self._activate(conn):
-                        if attempt > 1:
-                            log.info("provider_reopened", interaction_id=self.interaction_id, attempts=attempt,
-                                     after_s=round(time.monotonic() - started, 3))
                         return conn
-                    error = ProviderError("provider stream kept closing while the pending audio was replayed")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.failure = ProviderError(
-                        f"provider unavailable for {self.cfg.reconnect_window_s:g} s ({attempt} attempts): {error}",
-                        status=error.status)
-                    raise self.failure
-                await asyncio.sleep(min(left, backoff_s(attempt, self.cfg.reconnect_base_s,
-                                                        self.cfg.reconnect_cap_s, random.random())))
+                    retry = rules.replay_failed(self._clock(), random.random())
+                if retry is None:
+                    assert rules.failure is not None
+                    raise rules.failure
+                self._outage.set()
+                await asyncio.sleep(retry.delay_s)
+                if not rules.retry():
+                    raise CallEnded(self.interaction_id)
         finally:
             self._opening = None
+            rules.cancelled()  # abandoned mid-way (the call ended under it); otherwise nothing to do
 
     async def _activate(self, conn: ProviderConnection) -> bool:
         """Send ``conn`` the audio no final covers yet, then make it current. The replay completes before
         any live frame can use the connection (``_conn`` is set last), so audio order is kept."""
-        self.connections_opened += 1
-        number = self.connections_opened
-        if self._connections_open:
+        rules = self.rules
+        replay = rules.connected()
+        number = replay.number
+        if replay.duplicate:
             self.metrics.duplicate_connections.inc()
             log.error("provider_duplicate_connection", interaction_id=self.interaction_id, connection=number)
-        self._connections_open += 1
         self.metrics.provider_opened.labels(provider=self.provider.name).inc()
         if number > 1:
             self.metrics.provider_reconnects.inc()
         tl = self.timeline
-        self._report_gap(GapCause.REPLAY_TRIM, tl.replay_gap())
-        start, audio = tl.unfinalized()
+        self._report_gap(GapCause.REPLAY_TRIM, replay.gap)
+        start = replay.base
+        audio = tl.since(start)
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._spawn(self._receive(conn, number, start, done))
         log.info("provider_connected", interaction_id=self.interaction_id, connection=number,
@@ -192,12 +193,14 @@ class Interaction:
             self.metrics.replayed_bytes.inc(sent - start)
         if done.done():
             return False
-        self._conn_base = start
-        self._conn_sent = sent
         self._conn_done = done
         self._conn = conn
         self._outage.clear()
-        self._last_sent = self._conn_ready_at = time.perf_counter()
+        now = self._clock()
+        attempts = rules.ready(sent, now)
+        if attempts > 1:
+            log.info("provider_reopened", interaction_id=self.interaction_id, attempts=attempts,
+                     after_s=round(now - (rules.window_end - self.cfg.reconnect_window_s), 3))
         return True
 
     # -- audio in --------------------------------------------------------------------------------
@@ -206,23 +209,26 @@ class Interaction:
         if not pcm:
             self._drop_empty()
             return
-        if self.state is not ACTIVE:
+        rules = self.rules
+        if rules.phase is not ACTIVE:
             self.metrics.audio_after_end.inc()
             sampled.warning("audio_after_end", interaction_id=self.interaction_id, bytes=len(pcm), state=self.state)
             raise CallEnded(self.interaction_id)
         end = self._append(pcm, received_at)
         conn = self._conn
         if conn is None:
-            if self.failure is not None:
-                raise self.failure  # gave up on this call's provider: fail fast, do not retry per frame
-            if not self._outage.is_set():
-                await self._join_opening()
+            action = rules.frame(self._clock())
+            if action is Action.FAIL:
+                assert rules.failure is not None
+                raise rules.failure  # gave up on this call's provider: fail fast, do not retry per frame
+            if action is Action.OPEN or action is Action.JOIN:
+                await self._join_opening(action)
             if self._conn is None:
                 # Outage: the frame stays in the bounded replay buffer and the reopening sends it. The bus
                 # keeps draining, so a provider restart does not back the caller up into "pipeline overloaded".
                 self.metrics.frames_waited.inc()
                 return
-            if end <= self._conn_sent:
+            if end <= rules.conn_sent:
                 self.metrics.frames_waited.inc()
                 return  # went out with the opening's replay of pending audio
             conn = self._conn
@@ -230,10 +236,10 @@ class Interaction:
             await conn.send_audio(pcm)
         except Exception:  # noqa: BLE001 - connection died under us: the frame stays in the replay buffer
             return
-        self._conn_sent = end
-        now = self._last_sent = time.perf_counter()
+        now = self._clock()
+        rules.sent(end, now)
         self.metrics.frames_out.inc()
-        if received_at >= self._conn_ready_at:
+        if received_at >= rules.ready_at:
             self.metrics.added_latency.observe(now - received_at)
         else:  # queued behind the opening: its wait is the provider handshake, counted apart
             self.metrics.frames_waited.inc()
@@ -261,15 +267,15 @@ class Interaction:
             self._drop_empty()
             return True
         conn = self._conn
-        if conn is None or self.state is not ACTIVE or not conn.writable():
+        if conn is None or self.rules.phase is not ACTIVE or not conn.writable():
             return False
         end = self._append(pcm, received_at)
         try:
             await conn.send_audio(pcm)
         except Exception:  # noqa: BLE001 - connection died: the frame stays in the replay buffer
             return True
-        self._conn_sent = end
-        now = self._last_sent = time.perf_counter()
+        now = self._clock()
+        self.rules.sent(end, now)
         self.metrics.frames_out.inc()
         self.metrics.added_latency.observe(now - received_at)
         return True
@@ -290,16 +296,17 @@ class Interaction:
                         count=conn.unparsable)
         if self._conn is conn:
             self._conn = None
-            if self.state is ACTIVE:
-                self._outage.set()  # _reopen below; frames meanwhile go to the replay buffer
-        self._connections_open -= 1
+        action = self.rules.closed(number)
+        if action is Action.REOPEN:
+            self._outage.set()  # frames meanwhile go to the replay buffer
         await conn.aclose()
         if not done.done():
             done.set_result(code)
-        if code != 1000 or self.state is ACTIVE:
+        active = self.rules.phase is Phase.ACTIVE
+        if code != 1000 or active:
             log.warning("provider_closed", interaction_id=self.interaction_id, connection=number, code=code,
                         reason=conn.close_reason, state=self.state)
-        if self.state is ACTIVE:
+        if action is Action.REOPEN and active:
             # Reopen now (not on the next frame): during a hold nothing else would, and the replay of
             # unfinalized audio should not wait for the caller to speak again.
             self._spawn(self._reopen())
@@ -310,23 +317,16 @@ class Interaction:
         except CallEnded:
             pass
         except ProviderError as exc:
-            if self.on_failure is not None and self.state is ACTIVE:
+            if self.on_failure is not None and self.rules.phase is Phase.ACTIVE:
                 self.on_failure(exc)  # tell the caller now, not on its next frame
 
     def _on_result(self, r: Result, number: int, base: int) -> None:
+        verdict, start_ms, end_ms = self.rules.result(base, r.start, r.end, r.is_final, bool(r.text))
+        if verdict is not ResultVerdict.PUBLISH:
+            if verdict is ResultVerdict.DUPLICATE_FINAL:
+                self.metrics.duplicate_finals_dropped.inc()
+            return  # a final over silence only moves the replay point: agents need not see it
         tl = self.timeline
-        start_ms = tl.to_stream_ms(base, r.start)
-        end_ms = tl.to_stream_ms(base, r.end)
-        if r.is_final:
-            if tl.is_stale(end_ms):
-                if r.text:
-                    self.metrics.duplicate_finals_dropped.inc()
-                return
-            tl.on_final(end_ms)
-            if not r.text:
-                return  # a final over silence: it moves the replay point, agents need not see it
-        elif not r.text or tl.is_stale(end_ms):
-            return
         offset_s = base / tl.bytes_per_ms / 1000.0
         self.seq += 1
         msg = feed.transcript_message(
@@ -340,8 +340,7 @@ class Interaction:
         (self.metrics.results_final if r.is_final else self.metrics.results_interim).inc()
         frame_at = tl.received_at(end_ms)
         if frame_at is not None:
-            (self.metrics.e2e_final if r.is_final else self.metrics.e2e_interim).observe(
-                time.perf_counter() - frame_at)
+            (self.metrics.e2e_final if r.is_final else self.metrics.e2e_interim).observe(self._clock() - frame_at)
 
     # -- gaps --------------------------------------------------------------------------------------
     def _report_gap(self, cause: GapCause, span: tuple[int, int] | None) -> None:
@@ -360,27 +359,25 @@ class Interaction:
                                        round(end_ms, 1), round(lost_ms, 1), time.time()))
 
     async def _keepalive_loop(self) -> None:
-        interval = self.cfg.keepalive_interval_s
-        while self.state is ACTIVE:
-            wait = self._last_sent + interval - time.perf_counter()
+        rules = self.rules
+        while rules.phase is Phase.ACTIVE:
+            action, wait = rules.keepalive(self._clock())
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
             conn = self._conn
-            if conn is not None:
+            if action is Action.KEEPALIVE and conn is not None:
                 try:
                     await conn.keep_alive()
                     self.metrics.provider_keepalives.inc()
                 except Exception:  # noqa: BLE001 - the receiver handles the close
                     pass
-            self._last_sent = time.perf_counter()
 
     # -- end -------------------------------------------------------------------------------------
     async def end(self, reason: str) -> None:
         """CloseStream, wait (bounded) for the final results, close. Never hangs, idempotent."""
-        if self.state is not ACTIVE:
+        if not self.rules.begin_end():
             return
-        self.state = ENDING
         lost: GapCause | None = None  # why the audio after the last final will never be transcribed
         try:
             async with asyncio.timeout(self.cfg.finalize_timeout_s):
@@ -404,11 +401,14 @@ class Interaction:
                  connections=self.connections_opened, results=self.seq)
 
     async def _finish_stream(self) -> None:
+        rules = self.rules
         while True:
-            if self._conn is None and self._opening is None and self.timeline.end == self.timeline.final_end:
+            step = rules.end_step()
+            if step is Action.DONE:
                 return  # nothing was sent that a final has not covered: no provider stream needed
-            if self.failure is not None and self._conn is None and self._opening is None:
-                raise self.failure
+            if step is Action.FAIL:
+                assert rules.failure is not None
+                raise rules.failure
             conn = await self.connection()
             done = self._conn_done
             assert done is not None
@@ -422,7 +422,7 @@ class Interaction:
             # Closed abnormally before the finals: loop, i.e. reopen, replay, CloseStream again.
 
     async def _teardown(self) -> None:
-        self.state = ENDED
+        self.rules.ended()
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.aclose()
