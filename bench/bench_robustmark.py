@@ -35,6 +35,10 @@ import soxr
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rtaa_cli import robustmark  # noqa: E402
+from rtaa_cli.audio import load_audio  # noqa: E402
+from rtaa_cli.emulator.audio import MULAW_TO_PCM16  # noqa: E402
+from rtaa_cli.soak.audioset import synthetic_pcm  # noqa: E402
+from rtaa_cli.watermark import Marker, call_id  # noqa: E402
 
 
 class DetectorOff:
@@ -48,10 +52,7 @@ class DetectorOff:
 
     def report(self, final: bool = True) -> None:
         return None
-from rtaa_cli.audio import load_audio  # noqa: E402
-from rtaa_cli.emulator.audio import MULAW_TO_PCM16  # noqa: E402
-from rtaa_cli.soak.audioset import synthetic_pcm  # noqa: E402
-from rtaa_cli.watermark import Marker, call_id  # noqa: E402
+
 
 FRAME = 288  # samples in a 36 ms frame at 8 kHz
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "audio")
