@@ -1,4 +1,4 @@
-"""The network fuzz at 10^5 messages (tests/test_pipeline_fuzz.py runs 10^4 in CI): a real `rtaa serve`
+"""The network fuzz at 10^5 messages (tests/pipeline/test_pipeline_fuzz.py runs 10^4 in CI): a real `rtaa serve`
 process, rtaa_cli.hostile's cases over ~7,000 connections while 3 legitimate calls stream through it.
 Prints what the fuzz got (unexpected outcomes, hangs, crashes, tracebacks, the legitimate calls' bytes and
 finals, log lines per connection) and the server's cost per hostile message against a baseline measured in
@@ -21,7 +21,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from fuzz_support import FuzzRun, fuzz_serve, metric  # noqa: E402
+from helpers.fuzz import FuzzRun, fuzz_serve, metric  # noqa: E402
 from rtaa_cli import hostile  # noqa: E402
 
 

@@ -5,7 +5,7 @@ or tolerated messages, then one poison message) and the close codes the ingest m
 (docs/serve.md "Caller input and close codes"). After the poison the case sends a **sentinel** (a
 binary frame, always 1003): a poison the ingest accepted is seen as the sentinel's close, never as a
 silent pass. The I/O shell :func:`attack` plays cases against a URL and returns an :class:`Outcome`.
-Used by tests/test_pipeline_fuzz.py (10^4 messages in CI) and bench/bench_fuzz.py (10^5).
+Used by tests/pipeline/test_pipeline_fuzz.py (10^4 messages in CI) and bench/bench_fuzz.py (10^5).
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import soxr
 from rtaa_cli import audio
 from rtaa_cli.audio import frame_bytes, frame_padding, frames, load_audio
 from rtaa_cli.errors import RtaaError
+from helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
 
 
 def test_call_fixture_is_8k_mono_16bit_and_loads_byte_for_byte() -> None:

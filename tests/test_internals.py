@@ -18,7 +18,7 @@ from rtaa_cli import internals
 from rtaa_cli.emulator import Emulator, EmulatorConfig
 from rtaa_cli.internals import SUPPORTED, UnsupportedLibrary, check_version
 from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
-from test_pipeline_support import run
+from helpers.pipeline import run
 
 
 def test_the_guard_names_the_supported_versions_when_another_is_installed() -> None:

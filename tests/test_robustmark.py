@@ -4,7 +4,6 @@
 it reports. The detection rates and the 10^6-frame null distribution are bench/bench_robustmark.py's."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ from rtaa_cli.audio import load_audio
 from rtaa_cli.emulator.audio import MULAW_TO_PCM16
 from rtaa_cli.soak.audioset import synthetic_pcm
 from rtaa_cli.watermark import Decoder, Marker, call_hex
+from helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "audio"
 
 
 def _speech() -> np.ndarray:

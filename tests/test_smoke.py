@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from rtaa_cli.emulator import EmulatorConfig, start_in_thread
-from test_soak_support import Flaws, Target, readline
+from helpers.soak import Flaws, Target, readline
 
 RTAA = [sys.executable, "-c", "from rtaa_cli.cli import main; main()"]
 ARGS = ["--audio", "synthetic", "--length", "4", "--wait-final", "4"]

@@ -4,15 +4,14 @@ per-stream counts, and the false-attribution rate on >= 10^6 frames of unmarked 
 from __future__ import annotations
 
 import glob
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rtaa_cli.audio import load_audio
 from rtaa_cli.watermark import PACKET_BITS, SYNC, Decoder, Marker, call_hex
+from helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "audio"
 FRAME = 288  # 36 ms at 8 kHz
 PER_FRAME = FRAME // PACKET_BITS
 

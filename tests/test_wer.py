@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -15,8 +14,8 @@ import websockets
 
 from rtaa_cli.emulator import Emulator, EmulatorConfig
 from rtaa_cli.wer import normalize_words, wer, word_errors
+from helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
 BOUND_S = 150.0  # safety net only: decoding the 27 s call takes ~20-40 s on a loaded 2-core machine
 
 

@@ -56,7 +56,7 @@ _BOOL_PARAMS = ("interim_results", "punctuate", "smart_format", "multichannel", 
                 "utterances", "filler_words", "no_delay", "topics", "intents", "sentiment", "measurements")
 # Parameters accepted (and validated) that change nothing in the emulator's messages; why, for each, is in
 # docs/emulator.md (Fidelity). Every other parameter a Deepgram SDK can send has an effect or a refusal
-# (tests/test_emulator_params_complete.py holds the SDK's parameters against this).
+# (tests/emulator/test_emulator_params_complete.py holds the SDK's parameters against this).
 NO_EFFECT_PARAMS = frozenset({"mip_opt_out", "no_delay", "paragraphs", "utterances", "utt_split", "callback_method",
                               "sentiment", "custom_topic", "custom_topic_mode", "custom_intent", "custom_intent_mode",
                               "measurements"})

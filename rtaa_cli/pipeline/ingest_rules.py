@@ -6,7 +6,7 @@ time from its clock, and carries out what comes back: a decision (forward the fr
 END for a call, begin or cancel a resume grace) or a :class:`StreamRuleError` whose ``kind``
 (:class:`Rule`) names the rule broken, with the close code and reason to send. Nothing here touches a
 socket, the bus, metrics, logs or a real clock, so every rule is tested by driving a
-:class:`IngestRules` directly (tests/test_ingest_rules.py).
+:class:`IngestRules` directly (tests/pipeline/test_ingest_rules.py).
 
 Per stream (:class:`StreamState`):
 

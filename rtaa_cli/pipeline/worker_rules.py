@@ -7,7 +7,7 @@ an open attempt failed, a connection opened or closed, a result arrived) with th
 carries out what comes back: an :class:`Action`, a :class:`Retry` delay, a :class:`Replay` to send, a
 :class:`ResultVerdict`. The provider's failure is a value (:attr:`CallRules.failure`), raised by the shell.
 Nothing here touches a socket, a task, a metric, a log or a real clock (the jitter is passed in too), so
-every decision is tested by driving a :class:`CallRules` directly (tests/test_worker_rules.py).
+every decision is tested by driving a :class:`CallRules` directly (tests/pipeline/test_worker_rules.py).
 
 Provider link (:class:`Link`), one per call; an opening is the whole CONNECTING -> (BACKOFF ->
 CONNECTING)* -> REPLAYING path, and exactly one is in flight at a time:
