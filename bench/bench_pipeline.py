@@ -23,6 +23,7 @@ rtaa / naive, measured in the same run.
     python bench/bench_pipeline.py --calls 200 --replay-limit-s 0  # rtaa without its replay buffer
     python bench/bench_pipeline.py --calls 200 --targets rtaa --profile /tmp/prof   # + py-spy stacks
     python bench/bench_pipeline.py --targets naive,rtaa@/tmp/before,rtaa   # + an older checkout, same run
+    python bench/bench_pipeline.py --targets naive,naive+uvloop,rtaa,rtaa+uvloop   # the event loop's share
 """
 from __future__ import annotations
 
@@ -323,10 +324,11 @@ def measure(target: str, calls: int, seconds: float, provider: str, replay_limit
             profile: str | None = None) -> dict:
     prov = _spawn("--role", provider)
     prov_url = prov.stdout.readline().strip()
-    role, _, tree = target.partition("@")
+    name, _, tree = target.partition("@")
+    role, _, loop = name.partition("+")
     extra = (["--replay-limit-s", str(replay_limit_s)] if replay_limit_s is not None else []) + \
         (["--tree", tree] if tree else []) if role == "rtaa" else []
-    tgt = _spawn("--role", role, "--emu", prov_url, *extra)
+    tgt = _spawn("--role", role, "--emu", prov_url, "--loop", loop or "asyncio", *extra)
     try:
         url = tgt.stdout.readline().strip()
         rep = _ask(tgt, "idle")
@@ -362,9 +364,19 @@ def measure(target: str, calls: int, seconds: float, provider: str, replay_limit
 
 
 def _label(target: str) -> str:
-    """'rtaa@/tmp/before' -> 'rtaa@before' (10 characters at most, for the table)."""
+    """'rtaa@/tmp/before' -> 'rtaa@before', 'rtaa+uvloop' -> 'rtaa+uvloo' (10 characters at most, for the table)."""
     role, _, tree = target.partition("@")
-    return (role + "@" + os.path.basename(tree.rstrip("/")))[:10] if tree else role
+    return (role + "@" + os.path.basename(tree.rstrip("/")))[:10] if tree else role[:10]
+
+
+def _run(main, loop: str):
+    """asyncio.run on the standard loop or uvloop (here, not rtaa_cli.eventloop: --tree checkouts may predate it)."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -380,7 +392,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each call (>= 24 s fills the buffer)")
     ap.add_argument("--provider", choices=("sink", "emulator"), default="sink")
     ap.add_argument("--targets", default="naive,rtaa",
-                    help="comma-separated, run in this order per N; rtaa@PATH = rtaa from another checkout")
+                    help="comma-separated, run in this order per N; rtaa@PATH = rtaa from another checkout; "
+                         "TARGET+uvloop = that target on uvloop (else the standard asyncio loop)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help=argparse.SUPPRESS)
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--replay-limit-s", type=float, help="rtaa's replay buffer (default: WorkerConfig's)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the target over the window: DIR/TARGET-N.txt (raw stacks)")
@@ -390,9 +404,9 @@ def main() -> None:
     if a.role == "sink":
         return asyncio.run(role_sink())
     if a.role == "rtaa":
-        return asyncio.run(role_rtaa(a.emu, a.replay_limit_s, a.tree))
+        return _run(role_rtaa(a.emu, a.replay_limit_s, a.tree), a.loop)
     if a.role == "naive":
-        return asyncio.run(role_naive(a.emu))
+        return _run(role_naive(a.emu), a.loop)
     if a.role == "callers":
         return asyncio.run(role_callers(a.url, a.calls[0], a.seconds))
     targets = a.targets.split(",")
@@ -416,7 +430,7 @@ def main() -> None:
                   f"{r['cpu_pct_per_call']:>10.3f} | {r['mb_per_call']:>7.3f} | {r['after_mb_per_call']:>6.3f} | "
                   f"{r['trimmed_mb_per_call']:>7.3f} | {r['n']:>6} | {int(r['provider_connections']):>5} | "
                   f"{c['late_p99_ms']:>7.1f} / {c['max_late_ms']:>6.1f} ms" + (f"  FAILED CALLS {c['failed']}" if c["failed"] else ""))
-        for name in [t for t in reps if t.startswith("rtaa")] if "naive" in reps else ():
+        for name in [t for t in reps if t.startswith("rtaa")] if "naive" in reps else ():  # vs asyncio's naive
             nv, rt = reps["naive"], reps[name]
             print(f"{n:>5} | {'/naive':<10} | {_ratio(rt['p50_ms'], nv['p50_ms']):>7} | {_ratio(rt['p99_ms'], nv['p99_ms']):>7} | "
                   f"{'':>7} | {_ratio(rt['cpu_pct_per_call'], nv['cpu_pct_per_call']):>10} | "

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import orjson
 
+from rtaa_cli import eventloop
 from rtaa_cli.errors import RtaaError
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def _child_main(argv: list[str]) -> int:
         print("error: usage: python -m rtaa_cli.embedded PROVIDER SAMPLE_RATE", file=sys.stderr, flush=True)
         return 2
     try:
-        return asyncio.run(_serve(argv[0], int(argv[1])))
+        return eventloop.run(_serve(argv[0], int(argv[1])))  # auto: uvloop where installed
     except RtaaError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

@@ -11,6 +11,8 @@ from typing import Optional
 import orjson
 import typer
 
+from rtaa_cli import eventloop
+from rtaa_cli.eventloop import running_loop_name
 from rtaa_cli.errors import RtaaError
 
 
@@ -49,7 +51,8 @@ async def _serve(config, as_json: bool, live: bool) -> dict:
         async with Emulator(config) as emu:
             info = {"url": emu.url, "listen": f"{emu.url}/v1/listen", "http": emu.http_url,
                     "stats": f"{emu.http_url}/stats", "metrics": f"{emu.http_url}/metrics",
-                    "control": f"{emu.http_url}/control/faults", "engine": config.engine}
+                    "control": f"{emu.http_url}/control/faults", "engine": config.engine,
+                    "loop": running_loop_name()}
             if as_json:
                 sys.stdout.write(orjson.dumps({"event": "listening", **info}).decode() + "\n")
                 sys.stdout.flush()
@@ -102,6 +105,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine output: a JSON 'listening' line, JSON logs, JSON totals."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-connection log lines."),
         live: bool = typer.Option(True, help="Live totals table (on a terminal)."),
+        loop: str = typer.Option("auto", help="Event loop: auto (uvloop where installed, else asyncio's) | uvloop | asyncio."),
         print_env: Optional[str] = typer.Option(
             None, "--print-env", metavar="node|python",
             help="Print shell lines that point a Node or Python process whose Deepgram URL is hardcoded "
@@ -141,6 +145,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(env_lines(print_env, emulator_ws_url(host, port)))
             return
 
+        eventloop.loop_factory(loop)  # a bad or missing --loop: one line before anything listens
         if engine not in ENGINES:
             raise RtaaError(f"--engine: unknown engine {engine!r}; use one of: {', '.join(ENGINES)}")
         config = EmulatorConfig(
@@ -161,7 +166,7 @@ def register(app: typer.Typer) -> None:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
             logger.propagate = False
-        totals = asyncio.run(_serve(config, as_json, live and sys.stdout.isatty() and not os.environ.get("CI")))
+        totals = eventloop.run(_serve(config, as_json, live and sys.stdout.isatty() and not os.environ.get("CI")), loop)
         if as_json:
             sys.stdout.write(orjson.dumps({"event": "stopped", "totals": totals}).decode() + "\n")
         else:

@@ -11,7 +11,8 @@ from typing import Optional
 import orjson
 import typer
 
-from rtaa_cli import logs
+from rtaa_cli import eventloop, logs
+from rtaa_cli.eventloop import running_loop_name
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.pipeline.config import BusConfig, IngestConfig, PipelineConfig, ProviderConfig, WorkerConfig
 from rtaa_cli.pipeline.providers import PROVIDERS
@@ -124,7 +125,7 @@ async def run_server(cfg: PipelineConfig, as_json: bool) -> None:
         raise RtaaError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     role = cfg.bus.role
     info: dict[str, object] = {"role": role, "health": server.http_url + "/health",
-                               "metrics": server.http_url + "/metrics", "pid": os.getpid()}
+                               "metrics": server.http_url + "/metrics", "pid": os.getpid(), "loop": running_loop_name()}
     if role != "worker":
         info.update(ingest=server.ingest_url, transcripts=server.transcripts_url)
     if role != "ingest":
@@ -192,6 +193,7 @@ def register(app: typer.Typer) -> None:
         jsonl: Optional[Path] = typer.Option(None, help="Also append every feed message to this JSONL file."),
         log_level: str = typer.Option("info", help="debug | info | warning | error (JSON lines on stderr)."),
         as_json: bool = typer.Option(False, "--json", help="Print the endpoints as one JSON line on start."),
+        loop: str = typer.Option("auto", help="Event loop: auto (uvloop where installed, else asyncio's) | uvloop | asyncio."),
         bus: str = typer.Option("memory", help="memory (one process) | redis://HOST:PORT/DB (scale-out, docs/scale-out.md)."),
         bus_prefix: str = typer.Option("rtaa", help="Prefix of every Redis key (one per deployment)."),
         role: str = typer.Option("all", help="all | ingest | worker (ingest/worker need --bus redis://...)."),
@@ -240,8 +242,10 @@ def register(app: typer.Typer) -> None:
         from rtaa_cli.pipeline.auth import make_check
         from rtaa_cli.pipeline.providers import make_provider
 
+        eventloop.loop_factory(loop)  # a bad or missing --loop: one line before anything listens
+
         make_check(auth, basic_user, basic_password, cfg.ingest.jwt_public_key)  # fail fast (bad key file), one line
         if provider == "deepgram" and role != "ingest":
             make_provider(cfg.provider)  # missing key -> one line before anything listens
         logs.setup(sys.stderr, log_level)
-        asyncio.run(run_server(cfg, as_json))
+        eventloop.run(run_server(cfg, as_json), loop)

@@ -18,6 +18,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from rtaa_cli import logs, web
+from rtaa_cli.eventloop import running_loop_name
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.auth import ANONYMOUS, AuthFailed, Principal, make_check
 from rtaa_cli.pipeline.config import PipelineConfig
@@ -226,6 +227,7 @@ class PipelineServer:
             "provider": self.provider.name if self.provider is not None else None,
             "role": self.cfg.bus.role,
             "bus": "redis" if self.cfg.bus.is_redis else "memory",
+            "loop": running_loop_name(),
             "calls_active": len(self.worker.interactions) if self.worker is not None else 0,
             "streams": len(self.ingest.connections) if self.ingest is not None else 0,
         }
