@@ -18,6 +18,7 @@ timestamps results; JSON is parsed after the run) so that one core can pace hund
     python bench/bench_emulator.py --steps 100,500 --seconds 20 --nice -10
     python bench/bench_emulator.py --steps 500 --watermark   # the audio marked as rtaa's callers mark it
     python bench/bench_emulator.py --steps 500 --compare-robust   # + a run without the robust mark's detector
+    python bench/bench_emulator.py --steps 250,500 --compare-loop   # + the emulator on uvloop, same run
 """
 from __future__ import annotations
 
@@ -99,10 +100,11 @@ def _pick_cpus() -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------ servers
 
-def _run_emulator(port_queue, cpu: int, nice: int) -> None:
+def _run_emulator(port_queue, cpu: int, nice: int, loop: str = "asyncio") -> None:
     _pin(cpu, nice)
     _raise_nofile()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from rtaa_cli import eventloop
     from rtaa_cli.emulator import Emulator, EmulatorConfig
 
     async def main() -> None:
@@ -110,7 +112,12 @@ def _run_emulator(port_queue, cpu: int, nice: int) -> None:
             port_queue.put(emu.port)
             await asyncio.Event().wait()
 
-    asyncio.run(main())
+    eventloop.run(main(), loop)
+
+
+def _run_emulator_uvloop(port_queue, cpu: int, nice: int) -> None:
+    """The emulator on uvloop (--compare-loop: what the event loop costs, same run; the other runs: asyncio's)."""
+    _run_emulator(port_queue, cpu, nice, "uvloop")
 
 
 def _run_emulator_no_robust(port_queue, cpu: int, nice: int) -> None:
@@ -369,6 +376,8 @@ def main() -> None:
                     help="send audio marked as rtaa's callers mark it (the emulator's decoder stays locked)")
     ap.add_argument("--compare-robust", action="store_true",
                     help="also run each step without the robust mark's detector (its CPU cost, same run)")
+    ap.add_argument("--compare-loop", action="store_true",
+                    help="also run each step with the emulator on uvloop (rtaa fake-deepgram --loop auto's choice)")
     args = ap.parse_args()
     if args.watermark:
         os.environ["RTAA_BENCH_WATERMARK"] = "1"  # read by the spawned driver processes
@@ -396,6 +405,11 @@ def main() -> None:
             print(f"{n:>5} | without the robust detector: emu CPU% {off['cpu_pct']:.1f}, late p99 {off['p99']:.1f}, "
                   f"CPU ratio vs base {off['cpu_pct'] / base['cpu_pct']:.2f}; with it / without: "
                   f"{emu['cpu_pct'] / off['cpu_pct']:.2f}", flush=True)
+        if args.compare_loop:
+            uv = _measure(_run_emulator_uvloop, n, warmup_s, measure_s, args.nice)
+            print(f"{n:>5} | on uvloop: emu CPU% {uv['cpu_pct']:.1f}, late p99 {uv['p99']:.1f}, within 50 ms "
+                  f"{100 * uv['within_50ms']:.1f}%, CPU ratio vs base {uv['cpu_pct'] / base['cpu_pct']:.2f}; "
+                  f"uvloop / asyncio: {uv['cpu_pct'] / emu['cpu_pct']:.2f}", flush=True)
         print(f"{n:>5} | {emu['cpu_pct']:>8.1f} | {emu['wait_ms_s']:>8.1f} | {emu['p50']:>8.1f} | {emu['p99']:>8.1f} | "
               f"{100 * emu['within_50ms']:>6.1f}% | {emu['results']:>7} | {base['cpu_pct']:>9.1f} | "
               f"{base['p99']:>8.1f} | {ratio:>9.2f} | {emu['driver_cpu_pct']:>8.1f} | {emu['send_lag_p99']:>11.1f} | "

@@ -223,7 +223,7 @@ def _child_main(argv: list[str]) -> int:
         print("error: usage: python -m rtaa_cli.embedded PROVIDER SAMPLE_RATE", file=sys.stderr, flush=True)
         return 2
     try:
-        return eventloop.run(_serve(argv[0], int(argv[1])))  # auto: uvloop where installed
+        return eventloop.run(_serve(argv[0], int(argv[1])), "asyncio")  # as rtaa serve's default
     except RtaaError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

@@ -1,10 +1,11 @@
 """Which asyncio event loop a long-running command runs on: ``--loop auto|uvloop|asyncio``.
 
-uvloop (libuv under asyncio's API) makes the per-frame socket work of ``rtaa serve`` and ``rtaa
-fake-deepgram`` cheaper (BENCHMARKS.md, "Event loop"); it is a dependency on the platforms it has wheels
-for, and ``auto`` (the default) uses it where it imports and falls back to the standard loop elsewhere.
-``asyncio`` forces the standard loop (to compare, or to rule the loop out when debugging); ``uvloop``
-fails in one line where it is not installed instead of silently running on the other loop.
+uvloop (libuv under asyncio's API) is a dependency on the platforms it has wheels for. Measured
+(BENCHMARKS.md, "Event loop"): it makes ``rtaa fake-deepgram`` ~10 % cheaper per stream, so the
+emulator's default is ``auto`` (uvloop where it imports, the standard loop elsewhere); it makes ``rtaa
+serve`` no cheaper (its hot path already bypasses most of the loop: rtaa_cli/internals.py), so serve's
+default is ``asyncio``. ``uvloop`` fails in one line where it is not installed instead of silently
+running on the other loop.
 """
 from __future__ import annotations
 

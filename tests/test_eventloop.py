@@ -88,6 +88,17 @@ def test_a_bad_loop_name_is_one_line_and_exit_2() -> None:
     assert_one_line_error(proc, 2, "--loop must be auto, uvloop or asyncio", "'trio'")
 
 
+def test_the_defaults_are_asyncio_for_serve_and_uvloop_for_the_emulator() -> None:
+    """As measured (BENCHMARKS.md "Event loop"): uvloop makes the emulator cheaper, the pipeline not."""
+    for cmd, expected in ((cli("serve", "--port", "0", "--json"), "asyncio"),
+                          (cli("fake-deepgram", "--port", "0", "--json", "--quiet", "--no-live"), "uvloop")):
+        proc, info = started(cmd)
+        try:
+            assert info["loop"] == expected, cmd
+        finally:
+            stop(proc)
+
+
 def test_run_returns_the_result_and_the_loop_name_is_the_running_loops() -> None:
     async def which() -> str:
         return eventloop.running_loop_name()

@@ -193,7 +193,8 @@ def register(app: typer.Typer) -> None:
         jsonl: Optional[Path] = typer.Option(None, help="Also append every feed message to this JSONL file."),
         log_level: str = typer.Option("info", help="debug | info | warning | error (JSON lines on stderr)."),
         as_json: bool = typer.Option(False, "--json", help="Print the endpoints as one JSON line on start."),
-        loop: str = typer.Option("auto", help="Event loop: auto (uvloop where installed, else asyncio's) | uvloop | asyncio."),
+        loop: str = typer.Option(
+            "asyncio", help="Event loop: asyncio (measured cheaper for this pipeline than uvloop: BENCHMARKS.md) | uvloop | auto (uvloop where installed)."),
         bus: str = typer.Option("memory", help="memory (one process) | redis://HOST:PORT/DB (scale-out, docs/scale-out.md)."),
         bus_prefix: str = typer.Option("rtaa", help="Prefix of every Redis key (one per deployment)."),
         role: str = typer.Option("all", help="all | ingest | worker (ingest/worker need --bus redis://...)."),
