@@ -371,9 +371,12 @@ async def _paced_stream(emu, audio: bytes, query: str = LISTEN + "&interim_resul
         if delay > 0:
             await asyncio.sleep(delay)  # pacing
         chunk = audio[off:off + FRAME_BYTES]
+        # Stamped before the send: on a busy machine this thread can lose the CPU between the write and a
+        # stamp taken after it, and the result (the emulator runs in another thread) would seem early.
+        sent_at = time.time()
         await ws.send(chunk)
         sent += len(chunk)
-        log.record(sent / 2 / RATE * 1000.0, time.time())
+        log.record(sent / 2 / RATE * 1000.0, sent_at)
     await ws.send('{"type":"CloseStream"}')
     await asyncio.wait_for(task, BOUND)
     return log, received
