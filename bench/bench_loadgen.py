@@ -143,7 +143,7 @@ def _child(mode: str, n: int, call_s: float, url: str, spread_s: float) -> None:
             record(h, late)
             raise StopUser()
 
-    from rtaa_cli.soak.runner import tune_gc
+    from rtaa_cli.soak.session import tune_gc
 
     tune_gc()  # as rtaa soak does, for both generators
     env = Environment(user_classes=[RtaaUser if mode == "rtaa" else NaiveUser], catch_exceptions=True)

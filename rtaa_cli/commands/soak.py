@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
           rtaa soak --worker --master-host 10.0.0.5    (on each load host)
         """
         if worker:
-            from rtaa_cli.soak.runner import worker_main  # imports Locust (gevent patching): only here
+            from rtaa_cli.soak.session import worker_main  # imports Locust (gevent patching): only here
 
             worker_main(master_host, master_port)
             return
@@ -118,12 +118,13 @@ def register(app: typer.Typer) -> None:
             raise RtaaError("--transcripts/--metrics/--provider-stats/--provider-control need --target")
         from rtaa_cli.soak import runner  # imports Locust (gevent patching): only when a soak runs
         from rtaa_cli.soak.summary import print_summary
+        from rtaa_cli.soak.target import Target
 
         tgt = None
         if target:
-            tgt = runner.Target(url=target, transcripts_url=transcripts, metrics_url=metrics,
-                                provider_stats_url=provider_stats, provider_control_url=provider_control,
-                                exclusive_provider=provider_control is not None, description="--target")
+            tgt = Target(url=target, transcripts_url=transcripts, metrics_url=metrics,
+                         provider_stats_url=provider_stats, provider_control_url=provider_control,
+                         exclusive_provider=provider_control is not None, description="--target")
         opts = runner.SoakOptions(
             scenario=sc, target=tgt, thresholds=overrides, json_path=json_path, junit_path=junit, html_path=html,
             csv_prefix=csv_prefix,

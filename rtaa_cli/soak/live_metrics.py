@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak.stats import ProviderCounts, SoakStats
 
 LATENCY_EDGES_MS = (100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
@@ -58,10 +59,14 @@ class SoakCollector:
                          lat, LATENESS_EDGES_MS, lat.count, lat.total_ms)
 
 
-def serve(collector: SoakCollector, host: str, port: int) -> tuple[str, Callable[[], None]]:
+def serve(stats: SoakStats, provider: Callable[[], ProviderCounts | None], users: Callable[[], int], *,
+          scenario: str, target: str, host: str, port: int) -> tuple[str, Callable[[], None]]:
     """Serve ``/metrics`` (port 0: any free one); returns its URL and a function that stops it."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    registry.register(SoakCollector(stats, provider, users, scenario, target))  # type: ignore[arg-type]
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise RtaaError(f"--metrics-port {port}: cannot listen on {host}: {exc.strerror or exc}") from None
     bound = server.server_port
     return f"http://{host}:{bound}/metrics", server.shutdown

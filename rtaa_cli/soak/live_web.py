@@ -19,6 +19,7 @@ from typing import Any, Callable
 import orjson
 
 from rtaa_cli import web
+from rtaa_cli.errors import RtaaError
 from rtaa_cli.soak.stats import ProviderCounts, SoakStats
 
 PUSH_EVERY_S = 1.0
@@ -151,4 +152,7 @@ def start(stats: SoakStats, provider: Callable[[], ProviderCounts | None], users
     """Serve the live page (port 0: any free one); returns its URL and the LiveWeb to finish and stop."""
     live = LiveWeb(lambda: snapshot(stats, provider(), users(), scenario=scenario, target=target,
                                     duration_s=duration_s, now=time.time()))
-    return live.serve(host, port), live
+    try:
+        return live.serve(host, port), live
+    except OSError as exc:
+        raise RtaaError(f"--web-port {port}: cannot listen on {host}: {exc.strerror or exc}") from None

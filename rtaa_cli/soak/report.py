@@ -1,23 +1,70 @@
-"""Soak/smoke reports: JSON (the summary document), JUnit XML (one testcase per threshold) and a
-single-file HTML page (rtaa_cli/soak/htmlreport.py: plotly charts, plotly.js inline, opens offline).
+"""Soak/smoke reports: the soak's report document (the statistics' summary and verdict, plus the run's
+scenario and facts), and its forms: JSON, JUnit XML (one testcase per threshold), a single-file HTML page
+(rtaa_cli/soak/htmlreport.py: plotly charts, plotly.js inline, opens offline) and the timeline CSV.
 
-Pure functions of the summary dict (plus a few histograms), so tests check them without a run.
+Pure functions of the statistics and the summary dict (plus a few histograms), so tests check them
+without a run.
 """
 from __future__ import annotations
 
 import os
+import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import orjson
 
 from rtaa_cli.errors import RtaaError
+from rtaa_cli.soak.csvexport import write_timeline_csv
 from rtaa_cli.soak.htmlreport import html_report
-from rtaa_cli.soak.stats import Histogram
+from rtaa_cli.soak.scenario import Scenario, stage_boundaries
+from rtaa_cli.soak.stats import Histogram, PacingLimits, SoakStats, Threshold, watermark_note
 from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, status_of
 
-__all__ = ["check_report_paths", "histogram_bins", "html_report", "junit_xml", "write_json", "write_reports"]
+__all__ = ["RunFacts", "check_report_paths", "histogram_bins", "html_report", "junit_xml", "soak_document",
+           "write_json", "write_reports"]
+
+
+# ------------------------------------------------------------------------------ the document
+
+@dataclass
+class RunFacts:
+    """What the report's ``run`` section says of the run besides its statistics."""
+
+    target: str  # the ingest URL
+    description: str
+    processes: int
+    call_prefix: str
+    t0: float  # wall time the run started
+    notes: list[str] = field(default_factory=list)
+    stopped_early: str | None = None
+    watch_after_s: float | None = None  # None: no post-run watch (no provider /stats)
+    metrics_url: str | None = None  # --metrics-port's URL
+    watermark: bool = True  # the callers marked their audio
+
+
+def soak_document(stats: SoakStats, sc: Scenario, thresholds: dict[str, Threshold], off: Iterable[str],
+                  facts: RunFacts, clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """The soak's report: the statistics' summary and verdict (rtaa_cli/soak/stats.py), the scenario, the
+    run's facts (``clock`` ends its elapsed time) and the latency histograms the HTML report plots."""
+    note = watermark_note(stats.provider, facts.watermark, bool(stats.send_windows))
+    if note:
+        facts.notes.append(note)
+    doc = stats.summary(thresholds, PacingLimits(sc.max_lateness_p99_ms), off)
+    doc["scenario"] = {"name": sc.name, "path": sc.path, "description": sc.description}
+    doc["run"] = {"target": facts.target, "description": facts.description, "users": sc.users,
+                  "spawn_rate": sc.spawn_rate, "duration_s": sc.duration_s, "processes": facts.processes,
+                  "stages": [{"end_s": end, "users": users} for end, (_, users) in
+                             zip(stage_boundaries(sc.stages), sc.stages)],
+                  "call_prefix": facts.call_prefix, "started": datetime.fromtimestamp(facts.t0, timezone.utc).isoformat(),
+                  "elapsed_s": round(clock() - facts.t0, 3), "notes": facts.notes, "stopped_early": facts.stopped_early,
+                  "watch_after_s": facts.watch_after_s, "metrics_url": facts.metrics_url}
+    doc["latency_histograms"] = {"final": histogram_bins(stats.final), "first_partial": histogram_bins(stats.first_partial)}
+    return doc
+
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -123,15 +170,16 @@ def check_report_paths(*paths: str | None) -> None:
 
 
 def write_reports(doc: dict[str, Any], json_path: str | None, junit_path: str | None, html_path: str | None,
-                  suite: str) -> None:
-    """Write whichever of the three reports were asked for. One that cannot be written does not stop
-    the others: its error goes into ``doc["report_errors"]`` (printed with the summary)."""
+                  suite: str, timeline_csv: str | None = None) -> None:
+    """Write whichever of the reports were asked for. One that cannot be written does not stop the
+    others: its error goes into ``doc["report_errors"]`` (printed with the summary)."""
     hists = doc.get("latency_histograms") or {}
     writers = [
         (json_path, lambda path: write_json(path, doc)),
         (junit_path, lambda path: Path(path).write_text(junit_xml(doc, suite), encoding="utf-8")),
         (html_path, lambda path: Path(path).write_text(
             html_report(doc, {k.replace("_", " "): v for k, v in hists.items()}), encoding="utf-8")),
+        (timeline_csv, lambda path: write_timeline_csv(path, doc["timeline"])),
     ]
     errors = []
     for path, write in writers:
