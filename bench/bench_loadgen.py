@@ -2,9 +2,9 @@
 
 Two load generators, measured in the same run against the same trivial sink (another process):
 
-* ``rtaa``: the soak's caller (rtaa_cli.soak.sync_caller: StreamEncoder + the drift-free Pacer +
-  websockets' sync client under gevent, media frames sent by the process's one frame scheduler),
-  exactly what ``rtaa soak`` runs;
+* ``rtaa``: the soak's caller (rtaa_cli.call.gevent_driver: the caller core's script and recorder, the
+  drift-free Pacer, websockets' sync client under gevent, media frames sent by the process's one frame
+  scheduler, each call's result made the soak's CallRecord), exactly what ``rtaa soak`` runs;
 * ``naive``: the locustfile everyone writes first -- ``ws.send(frame); time.sleep(frame_s)`` --
   measured against the same ideal schedule (frame k due at t0 + k * frame_s).
 
@@ -87,7 +87,8 @@ def _child(mode: str, n: int, call_s: float, url: str, spread_s: float) -> None:
     from rtaa_cli.protocols.exotel import StreamEncoder
     from rtaa_cli.pacing import LatenessHistogram
     from rtaa_cli.soak.audioset import call_frames
-    from rtaa_cli.soak.sync_caller import CallSpec, run_call
+    from rtaa_cli.call.gevent_driver import CallSpec, run_call
+    from rtaa_cli.soak.stats import CallRecord
     from websockets.sync.client import connect
 
     frames = call_frames("synthetic", 8000, 36, call_s)
@@ -113,8 +114,9 @@ def _child(mode: str, n: int, call_s: float, url: str, spread_s: float) -> None:
 
         @task
         def call(self) -> None:
-            rec = run_call(CallSpec(url=url, call_sid=f"B{id(self)}", frames=frames, transcripts_url=None,
-                                    start_at=t_start + (hash(self) % 1000) / 1000 * spread_s, wait_final_s=0))
+            rec = CallRecord.from_result(run_call(CallSpec(
+                url=url, call_sid=f"B{id(self)}", frames=frames, transcripts_url=None,
+                start_at=t_start + (hash(self) % 1000) / 1000 * spread_s, wait_final_s=0)))
             record(rec.lateness, rec.drift_ms, rec.failure is None)
             raise StopUser()
 

@@ -21,7 +21,8 @@ import orjson
 
 from rtaa_cli import robustmark, verdict
 
-from rtaa_cli.caller import CallOptions, CallScript, run_call
+from rtaa_cli.call.asyncio_driver import run_call
+from rtaa_cli.call.script import CallOptions, CallScript
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.audioset import call_frames

@@ -7,6 +7,8 @@ import asyncio
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from rtaa_cli.feeds.url import redact_url
+
 
 def ws_error_reason(exc: BaseException) -> str:
     if isinstance(exc, InvalidStatus):
@@ -24,3 +26,17 @@ def ws_error_reason(exc: BaseException) -> str:
         return exc.strerror[0].lower() + exc.strerror[1:]
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:160]
+
+
+def describe_connect_error(url: str, exc: BaseException) -> str:
+    """One readable line for a failed WebSocket handshake: the URL (credentials redacted) and the reason."""
+    reason = ws_error_reason(exc)
+    if isinstance(exc, InvalidStatus):
+        reason = f"server rejected the WebSocket handshake with {reason}"
+    elif isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        reason = "timed out opening the WebSocket"
+    elif isinstance(exc, OSError) and not isinstance(exc, ConnectionRefusedError):
+        reason = f"cannot connect ({reason})"
+    elif not isinstance(exc, (InvalidURI, ConnectionRefusedError)):
+        reason = f"cannot open the WebSocket ({type(exc).__name__}: {reason})"
+    return f"{redact_url(url)}: {reason}"

@@ -9,7 +9,11 @@ import orjson
 import pytest
 
 from rtaa_cli.audio import frame_padding, load_audio
-from rtaa_cli.caller import CallOptions, CallRecorder, CallScript, Step, feed_url_for, latency_summary, redact_url, run_call
+from rtaa_cli.call.asyncio_driver import run_call
+from rtaa_cli.call.recorder import CallRecorder
+from rtaa_cli.call.script import CallOptions, CallScript, Step
+from rtaa_cli.feeds.url import feed_url_for, redact_url
+from rtaa_cli.latency import latency_summary
 from rtaa_cli.protocols.exotel import Connected, Dtmf, Media, Start, Stop, build_clear, build_mark, build_media
 from helpers.recording_server import RecordingServer
 from helpers.paths import FIXTURES

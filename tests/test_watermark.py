@@ -165,7 +165,7 @@ def test_the_replay_and_smoke_caller_script_marks_its_media_when_asked(watermark
 
     import orjson
 
-    from rtaa_cli.caller import CallOptions, CallScript
+    from rtaa_cli.call.script import CallOptions, CallScript
 
     pcm = _speech(3.0)
     script = CallScript.from_pcm(pcm, CallOptions(call_sid="CAscript", stream_sid="ST1", watermark=watermark,
@@ -183,10 +183,11 @@ def test_the_replay_and_smoke_caller_script_marks_its_media_when_asked(watermark
 def test_the_soak_caller_marks_each_frame_of_the_shared_audio_per_call() -> None:
     import base64
 
-    from rtaa_cli.soak.sync_caller import MarkedB64
+    from rtaa_cli.call.script import CallOptions, CallScript
 
     frames = _frames(_speech(2.0))
-    a, b = MarkedB64(frames, "CAsoakA"), MarkedB64(frames, "CAsoakB")
+    a, b = (CallScript(frames, CallOptions(call_sid=sid, stream_sid="ST1", watermark=True)).payloads(shared=True)
+            for sid in ("CAsoakA", "CAsoakB"))
     for sid, marked in (("CAsoakA", a), ("CAsoakB", b)):
         dec = Decoder()
         for k in range(len(marked)):

@@ -17,13 +17,16 @@ from rich.text import Text
 
 from rtaa_cli import robustmark
 from rtaa_cli.audio import DEFAULT_FRAME_MS, frame_bytes, load_audio
-from rtaa_cli.caller import CallOptions, CallResult, CallScript, Transcript, redact_url, run_call
+from rtaa_cli.call.asyncio_driver import run_call
+from rtaa_cli.call.recorder import CallResult
+from rtaa_cli.call.script import CallOptions, CallScript
+from rtaa_cli.feeds.recorder import Transcript
 from rtaa_cli.latency import latency_summary
 from rtaa_cli.protocols.closecodes import describe
 from rtaa_cli.embedded import PROVIDERS, EmbeddedTarget, embedded_pipeline
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.feeds.parse import FieldMapping
-from rtaa_cli.feeds.url import check_feed_url, parse_feed_map
+from rtaa_cli.feeds.url import check_feed_url, parse_feed_map, redact_url
 from rtaa_cli.protocols.exotel import SAMPLE_RATES
 from rtaa_cli.wer import wer
 

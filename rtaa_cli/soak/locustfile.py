@@ -6,7 +6,8 @@ pytest.
 
 Configuration arrives as one plain dict (:func:`configure`): set directly by the in-process runner,
 or sent by the master to every worker as the ``rtaa_config`` message before spawning. Each finished
-call goes back as an ``rtaa_call`` message (the call's :class:`~rtaa_cli.soak.stats.CallRecord`),
+call goes back as an ``rtaa_call`` message (the call's :class:`~rtaa_cli.soak.stats.CallRecord`, built
+from the caller core's result),
 each call start as ``rtaa_started``, and the master's ``rtaa_drain`` gets each worker's counts back as
 ``rtaa_drained`` (the end of the run waits for every worker's): Locust's own messaging, so ``--processes N`` and workers on
 other hosts aggregate at the master exactly like a single process.
@@ -26,12 +27,12 @@ from locust import User, task
 from locust.exception import StopUser
 
 from rtaa_cli import robustmark
+from rtaa_cli.call.gevent_driver import CallSpec, new_call_sid, run_call
 from rtaa_cli.errors import RtaaError
 from rtaa_cli.feeds.url import parse_feed_map
 from rtaa_cli.soak.audioset import call_frames
 from rtaa_cli.soak.scenario import Scenario, SmoothWeighted, resolve_audio
 from rtaa_cli.soak.stats import CallRecord
-from rtaa_cli.soak.sync_caller import CallSpec, new_call_sid, run_call
 
 MSG_CONFIG = "rtaa_config"
 MSG_CALL = "rtaa_call"
@@ -122,7 +123,7 @@ class RtaaCaller(User):
         _counts["started"] += 1
         runner.send_message(MSG_STARTED, 1)
         try:
-            record = run_call(spec)
+            record = CallRecord.from_result(run_call(spec))
         except Exception as exc:  # noqa: BLE001 - a generator bug must be counted, not lose the call
             record = CallRecord(call_sid=spec.call_sid, kind=kind, started_at=time.time(), ended_at=time.time(),
                                 failure=f"load generator error: {type(exc).__name__}: {exc}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rtaa_cli import textmark, verdict
 from rtaa_cli.emulator.messages import INTERNAL_FAULT
@@ -24,6 +24,9 @@ from rtaa_cli.protocols.deepgram import NET0001
 from rtaa_cli.soak.callsample import CallSampler
 from rtaa_cli.soak.memory import TargetMemory
 from rtaa_cli.watermark import PACKET_BITS, CallSeen, call_hex
+
+if TYPE_CHECKING:
+    from rtaa_cli.call.recorder import CallResult
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -208,6 +211,30 @@ class CallRecord:
         d["first_partial"] = [list(x) for x in self.first_partial]
         d["final"] = [list(x) for x in self.final]
         return d
+
+    @classmethod
+    def from_result(cls, r: CallResult) -> CallRecord:
+        """The soak's record of a call the caller core played (rtaa_cli/call/recorder.py).
+
+        ``audio_ms_sent`` is the audio's length once the call's media is complete (every frame sent,
+        or the bot hung up, ``server_hangup``); a call cut short mid-media reports 0 (its audio is
+        counted in bytes)."""
+        s = r.latency
+        complete = r.frames_sent >= r.frames_total or r.server_hangup
+        return cls(
+            call_sid=r.call_sid, kind=r.kind, started_at=r.started_at, ended_at=r.ended_at, connected=r.connected,
+            failure=r.failure, streams=r.streams, closes=[c.code for c in r.closes],
+            close_reasons=[c.reason for c in r.closes], expected_closes=list(r.expected_closes),
+            frames_sent=r.frames_sent, audio_bytes_sent=r.bytes_sent,
+            audio_ms_sent=r.audio_ms_sent if complete else 0.0,
+            final_audio_end_ms=s.final_audio_end_ms, transcripts_observed=r.transcripts_observed,
+            results=s.results, finals=s.finals, feed_messages=r.feed_messages, feed_unrecognised=r.feed_unrecognised,
+            first_partial=s.first_partial, final=s.final,
+            lateness=r.pacer.lateness if r.pacer is not None else LatenessHistogram(),
+            drift_ms=r.pacer.drift_s * 1000.0 if r.pacer is not None else 0.0,
+            errors=list(r.errors), media_gaps=list(r.media_gaps), server_hangup=r.server_hangup,
+            marked_results=r.marked_results, repeated_finals=r.repeated_finals, gaps=r.gaps, gap_ms=r.gap_ms,
+            mark_connections=dict(r.mark_connections))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CallRecord":

@@ -6,13 +6,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from rtaa_cli.caller import CallOptions, CallRecorder, CallScript
+from rtaa_cli.call.recorder import CallRecorder
+from rtaa_cli.call.script import CallOptions, CallScript
 from rtaa_cli.commands.replay import transcripts_line
 from rtaa_cli.feeds.parse import FeedError, FieldMapping, parse_message
 from rtaa_cli.feeds.recorder import FeedRecorder
 from rtaa_cli.latency import SendLog, latency_summary
 from rtaa_cli.soak.stats import CallRecord, SoakStats
-from rtaa_cli.soak.sync_caller import record_feed
 
 T0 = 1000.0
 FRAME_MS = 100.0  # 1600-byte frames at 8 kHz: 100 ms of audio each, sent every 100 ms from T0
@@ -74,12 +74,17 @@ def _replay_path() -> CallRecorder:
     return recorder
 
 
-def _soak_path() -> SoakStats:
-    recorder = FeedRecorder("CA1", _send_log(30), keep_transcripts=False)
-    for raw, at in STREAM:
-        recorder.message(raw, at)
-    rec = CallRecord(call_sid="CA1", audio_bytes_sent=30 * 1600, audio_ms_sent=3000.0, frames_sent=30)
-    record_feed(rec, recorder)
+def _soak_path(stream: list[tuple[bytes, float]] = STREAM) -> SoakStats:
+    """The soak's way: the gevent driver's recorder (no transcripts kept) and the record made of its result."""
+    script = CallScript([bytes(1600)] * 30, CallOptions(call_sid="CA1", stream_sid="ST1"))
+    recorder = CallRecorder(script, keep_transcripts=False)
+    for k in range(1, 31):
+        recorder.media_sent(1600, T0 + k * FRAME_MS / 1000.0)
+    for raw, at in stream:
+        recorder.feed_message(raw, at)
+    recorder.finish()
+    rec = CallRecord.from_result(recorder.result)
+    assert (rec.audio_bytes_sent, rec.audio_ms_sent, rec.frames_sent) == (30 * 1600, 3000.0, 30)
     stats = SoakStats(t0=T0, duration_s=10)
     stats.add(CallRecord.from_dict(orjson.loads(orjson.dumps(rec.to_dict()))))  # as sent worker -> master
     return stats
@@ -154,13 +159,7 @@ def test_gap_messages_are_counted_in_replay_soak_and_smoke_never_as_transcripts(
     r = replay.result
     assert (r.gaps, r.gap_ms, r.feed_unrecognised, len(r.finals())) == (1, 1024.0, 0, 2)
     assert "the pipeline reported 1 gap(s), 1024 ms of audio not transcribed" in transcripts_line(r)
-    recorder = FeedRecorder("CA1", _send_log(30), keep_transcripts=False)
-    for raw, at in stream:
-        recorder.message(raw, at)
-    rec = CallRecord(call_sid="CA1", audio_bytes_sent=30 * 1600, audio_ms_sent=3000.0, frames_sent=30)
-    record_feed(rec, recorder)
-    stats = SoakStats(t0=T0, duration_s=10)
-    stats.add(CallRecord.from_dict(orjson.loads(orjson.dumps(rec.to_dict()))))  # as sent worker -> master
+    stats = _soak_path(stream)
     assert (stats.gaps, stats.gap_ms, stats.gap_calls, stats.feed_unrecognised) == (1, 1024.0, 1, 0)
 
 

@@ -13,7 +13,8 @@ import pytest
 import redis
 from websockets.asyncio.server import serve
 
-from rtaa_cli.caller import CallOptions, CallScript, run_call
+from rtaa_cli.call.asyncio_driver import run_call
+from rtaa_cli.call.script import CallOptions, CallScript
 from rtaa_cli.feeds.parse import FieldMapping
 from rtaa_cli.feeds.recorder import FeedRecorder
 from rtaa_cli.feeds.redis_feed import SyncRedisFeed, entry_message, parse_redis_url
@@ -177,9 +178,11 @@ class socket_closed_port:
 # ------------------------------------------------------------------------------- replay's asyncio tap
 
 
-def test_run_call_reads_a_foreign_redis_feed(rds) -> None:
-    """An Exotel target that writes each media frame's 'transcript' to a Redis stream per call in its
-    own schema; run_call (replay/smoke) with --transcripts redis://... and a mapping sees them all."""
+@pytest.mark.parametrize("kind", ["stream", "list"])
+def test_run_call_reads_a_foreign_redis_feed(rds, kind: str) -> None:
+    """An Exotel target that writes each media frame's 'transcript' to a Redis stream (or list) per call
+    in its own schema; run_call (replay/smoke) with --transcripts redis://... and a mapping sees them all.
+    The tap gets the URL with its {call_sid}: a per-call list is only valid that way."""
     client, prefix = rds
 
     async def main() -> tuple:
@@ -195,11 +198,17 @@ def test_run_call_reads_a_foreign_redis_feed(rds) -> None:
                     sid = msg["start"]["call_sid"]
                 elif msg["event"] == "media":
                     seq += 1
-                    await pub.xadd(f"{prefix}call:{sid}", {"seq": seq, "type": "final", "text": f"frame {seq}",
-                                                         "confidence": 1.0, "timestamp_ms": int(time.time() * 1000)})
+                    await publish(sid, {"seq": seq, "type": "final", "text": f"frame {seq}", "confidence": 1.0,
+                                        "timestamp_ms": int(time.time() * 1000)})
                 elif msg["event"] == "stop":
-                    await pub.xadd(f"{prefix}call:{sid}", {"seq": seq + 1, "type": "end", "text": ""})
+                    await publish(sid, {"seq": seq + 1, "type": "end", "text": ""})
                     await ws.close()
+
+        async def publish(sid: str, entry: dict) -> None:
+            if kind == "stream":
+                await pub.xadd(f"{prefix}call:{sid}", entry)
+            else:
+                await pub.rpush(f"{prefix}call:{sid}", orjson.dumps(entry))
 
         async with serve(handler, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
@@ -207,7 +216,7 @@ def test_run_call_reads_a_foreign_redis_feed(rds) -> None:
                                                                          frame_ms=100))
             mapping = FieldMapping.parse("text=text,is_final=type==final,seq=seq,ended=type==end")
             result = await run_call(f"ws://127.0.0.1:{port}", script, speed=0, wait_final_s=DEADLINE_S,
-                                    transcripts_url=f"{_base()}?stream={prefix}call:{{call_sid}}", mapping=mapping)
+                                    transcripts_url=f"{_base()}?{kind}={prefix}call:{{call_sid}}", mapping=mapping)
         await pub.aclose()
         return result
 

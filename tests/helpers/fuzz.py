@@ -15,7 +15,9 @@ import orjson
 
 from rtaa_cli import hostile
 from rtaa_cli.audio import frames, load_audio
-from rtaa_cli.caller import CallOptions, CallResult, CallScript, run_call
+from rtaa_cli.call.asyncio_driver import run_call
+from rtaa_cli.call.recorder import CallResult
+from rtaa_cli.call.script import CallOptions, CallScript
 from rtaa_cli.emulator import Emulator, EmulatorConfig
 from helpers.pipeline import http_get
 from helpers.paths import CALL_WAV

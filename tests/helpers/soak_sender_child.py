@@ -1,5 +1,5 @@
 """Run by tests/soak/test_soak_sender.py in its own process (gevent-patched, as under Locust): plays
-calls through rtaa_cli.soak.sync_caller against a websockets sync server on 127.0.0.1 in the same
+calls through rtaa_cli.call.gevent_driver against a websockets sync server on 127.0.0.1 in the same
 process and prints one JSON line of what the server received and the calls recorded.
 
     python tests/helpers/soak_sender_child.py paced|stall|close
@@ -16,8 +16,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
 from rtaa_cli.protocols.exotel import Media, Start, StreamEncoder, parse_event
-from rtaa_cli.soak import sync_caller
-from rtaa_cli.soak.sync_caller import CallSpec, run_call
+from rtaa_cli.call import gevent_driver
+from rtaa_cli.call.gevent_driver import CallSpec, run_call
+from rtaa_cli.soak.stats import CallRecord
 from rtaa_cli.watermark import Marker
 
 case = sys.argv[1]
@@ -47,7 +48,7 @@ def handler(ws) -> None:
 
 
 counts = {"send": 0, "flush": 0}
-_send, _flush, _open = sync_caller._Stream.send, sync_caller._Stream.flush, sync_caller._Stream.open
+_send, _flush, _open = gevent_driver.Stream.send, gevent_driver.Stream.flush, gevent_driver.Stream.open
 
 
 def counted_send(self, text):  # the call greenlet's blocking path: begin/stop and handed-back frames
@@ -62,11 +63,11 @@ def counted_flush(self, tail):
 
 def open_slow_if_asked(self):  # "slow" calls: every frame goes back to the call greenlet (as over TLS)
     _open(self)
-    if self.spec.call_sid.startswith("SLOW"):
+    if self.enc.call_sid.startswith("SLOW"):
         self.fast = False
 
 
-sync_caller._Stream.send, sync_caller._Stream.flush, sync_caller._Stream.open = counted_send, counted_flush, open_slow_if_asked
+gevent_driver.Stream.send, gevent_driver.Stream.flush, gevent_driver.Stream.open = counted_send, counted_flush, open_slow_if_asked
 
 server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None, max_queue=1 if case == "stall" else 16)
 threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -85,7 +86,7 @@ else:
              for sid in ("CFAST1", "CFAST2", "SLOW1")]
 
 records = [None] * len(specs)
-threads = [threading.Thread(target=lambda i=i: records.__setitem__(i, run_call(specs[i]))) for i in range(len(specs))]
+threads = [threading.Thread(target=lambda i=i: records.__setitem__(i, CallRecord.from_result(run_call(specs[i])))) for i in range(len(specs))]
 for t in threads:
     t.start()
 for t in threads:
@@ -105,7 +106,8 @@ for spec, rec in zip(specs, records):
         enc.sequence_number = start.sequence_number
         identical = media_texts == [enc.media(pcm) for pcm in expected[: len(media_texts)]]
     out["calls"].append({
-        "call_sid": spec.call_sid, "failure": rec.failure, "frames_sent": rec.frames_sent,
+        "call_sid": spec.call_sid, "failure": rec.failure, "frames_sent": rec.frames_sent, "streams": rec.streams,
+        "closes": rec.closes,
         "audio_bytes_sent": rec.audio_bytes_sent, "lateness_count": rec.lateness.count,
         "late_max_ms": rec.lateness.max_ms, "drift_ms": rec.drift_ms,
         "received_media": len(media_texts), "identical": identical, "watermark": spec.watermark,

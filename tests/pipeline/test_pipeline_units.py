@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 from rtaa_cli.audio import load_audio
-from rtaa_cli.caller import CallOptions, CallScript, run_call
+from rtaa_cli.call.asyncio_driver import run_call
+from rtaa_cli.call.script import CallOptions, CallScript
 from rtaa_cli.embedded import embedded_pipeline
 from rtaa_cli.pipeline.ratelimit import TokenBucket
 from rtaa_cli.pipeline.timeline import CallTimeline

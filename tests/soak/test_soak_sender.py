@@ -1,4 +1,4 @@
-"""The soak caller's frame scheduler (rtaa_cli.soak.frame_scheduler) end to end, in a gevent-patched
+"""The soak caller's frame scheduler (rtaa_cli.call.frame_scheduler) end to end, in a gevent-patched
 subprocess (tests/helpers/soak_sender_child.py; Locust's patching must stay out of pytest) against a real
 websockets server on 127.0.0.1:
 
@@ -7,7 +7,7 @@ websockets server on 127.0.0.1:
   stream the scheduler may not write to (as over TLS) hands every frame back and still does;
 * a server that stops reading until the caller's socket buffer is full: partial writes are
   finished under websockets' lock, nothing is lost or interleaved;
-* a server that closes mid-call (1011) is reported as before.
+* a server that closes mid-call (1011) fails the call with its code and reason.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def test_paced_calls_send_the_codecs_bytes_on_schedule(results) -> None:
     assert [c["call_sid"] for c in r["calls"]] == ["CFAST1", "CFAST2", "SLOW1"]
     for call in r["calls"]:
         assert call["failure"] is None
+        assert call["streams"] == 1 and call["closes"] == [1000]  # one stream opened, closed normally
         assert call["frames_sent"] == call["received_media"] == call["lateness_count"] == 30
         assert call["audio_bytes_sent"] == 30 * 576
         assert call["identical"] is True and call["payload_ok"] is True
@@ -65,7 +66,7 @@ def test_a_stalled_server_gets_every_frame_once_and_in_order(results) -> None:
 
 def test_a_server_close_mid_call_is_reported_with_its_code(results) -> None:
     (call,) = results["close"]["calls"]
-    assert call["failure"] == "closed by server mid-call: 1011 provider failed"
+    assert call["failure"] == "closed by server mid-call: 1011 provider failed" and call["closes"] == [1011]
     assert call["frames_sent"] == call["received_media"] == 5
     assert call["identical"] is True
 
@@ -75,7 +76,7 @@ def test_text_frame_is_a_masked_final_text_frame_websockets_parses(n: int) -> No
     from websockets.frames import Frame, Opcode
     from websockets.streams import StreamReader
 
-    from rtaa_cli.soak.frame_scheduler import text_frame
+    from rtaa_cli.internals import text_frame
 
     payload = bytes(i % 251 for i in range(n))
     wires = [text_frame(payload) for _ in range(3)]
@@ -95,12 +96,12 @@ def test_text_frame_is_a_masked_final_text_frame_websockets_parses(n: int) -> No
 
 def test_the_frame_scheduler_does_not_import_the_caller_that_imports_it() -> None:
     """No import cycle, not even for type checkers: the scheduler knows a call's stream by a protocol
-    (FrameSink), not by importing sync_caller (which imports the scheduler)."""
+    (FrameSink), not by importing the gevent driver (which imports the scheduler)."""
     import ast
 
-    import rtaa_cli.soak.frame_scheduler as scheduler_mod
+    import rtaa_cli.call.frame_scheduler as scheduler_mod
 
     tree = ast.parse(Path(scheduler_mod.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert "rtaa_cli.soak.sync_caller" not in imported
+    assert "rtaa_cli.call.gevent_driver" not in imported and "rtaa_cli.soak.stats" not in imported

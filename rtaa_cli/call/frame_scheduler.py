@@ -8,14 +8,14 @@ pops whichever frame is due next, builds it from base64 encoded once per process
 (:func:`rtaa_cli.protocols.exotel.b64_payloads`), frames it (:func:`text_frame`, masked as a client must)
 and writes it with one non-blocking ``os.write``.
 
-The schedule stays drift-free and lateness is measured as before: frame ``k`` of a run is due at
+The schedule is drift-free and lateness is measured as for one call alone: frame ``k`` of a run is due at
 ``pacer.due(k * frame_s + gap)`` and ``pacer.sent`` is recorded just before its write.
 
 The scheduler never blocks. A frame it cannot write whole right now goes back to the call's own
 greenlet, which finishes it through the blocking path and resubmits the rest of the run:
 
 * the connection is not OPEN any more (the call greenlet's ``ws.send`` raises ``ConnectionClosed``,
-  recorded as today);
+  recorded by the driver);
 * websockets itself is writing (its lock is held: a pong or a close reply stuck on a full socket
   buffer), or the socket buffer is full (``EAGAIN``): written by ``ws.send`` under that lock;
 * a partial write: the tail is flushed under that lock, so frames never interleave;
@@ -30,20 +30,21 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 # raw frames written to websockets' socket: the one guarded module of library internals
-from rtaa_cli.internals import text_frame, write_nowait  # noqa: F401  (text_frame: re-exported for tests)
+from rtaa_cli.internals import text_frame, write_nowait
 
 if TYPE_CHECKING:
-    from rtaa_cli.protocols.exotel import StreamEncoder
-    from rtaa_cli.latency import SendLog
+    from rtaa_cli.call.recorder import CallRecorder
+    from rtaa_cli.call.script import Payloads
     from rtaa_cli.pacing import Pacer
-    from rtaa_cli.soak.stats import CallRecord
+    from rtaa_cli.protocols.exotel import StreamEncoder
 
 _YIELD_EVERY = 64  # sends per batch before letting other greenlets (readers, handshakes) run
 
 
 class FrameSink(Protocol):
-    """What the scheduler needs of a call's stream (:class:`rtaa_cli.soak.sync_caller._Stream`): its
-    encoder, its websockets sync connection and whether that may be written to directly."""
+    """What the scheduler needs of a call's stream (the gevent driver's ``Stream``, which imports this
+    module, so the scheduler knows it only by this protocol): its encoder, its websockets sync
+    connection and whether that may be written to directly."""
 
     enc: StreamEncoder
     ws: Any
@@ -53,14 +54,14 @@ class FrameSink(Protocol):
 class MediaRun:
     """Frames ``k .. end-1`` of one stream, due at ``pacer.due(k * frame_s + gap)``."""
 
-    __slots__ = ("stream", "pacer", "send_log", "rec", "frames", "b64", "k", "end", "gap", "frame_s",
-                 "ms_per_byte", "done", "pending", "error", "cancelled")
+    __slots__ = ("stream", "pacer", "recorder", "frames", "b64", "k", "end", "gap", "frame_s",
+                 "done", "pending", "error", "cancelled")
 
-    def __init__(self, stream: FrameSink, pacer: Pacer, send_log: SendLog, rec: CallRecord, frames: Sequence[bytes],
-                 b64: Sequence[str], k: int, end: int, gap: float, frame_s: float, ms_per_byte: float) -> None:
-        self.stream, self.pacer, self.send_log, self.rec = stream, pacer, send_log, rec
+    def __init__(self, stream: FrameSink, pacer: Pacer, recorder: CallRecorder, frames: Sequence[bytes],
+                 b64: Payloads, k: int, end: int, gap: float, frame_s: float) -> None:
+        self.stream, self.pacer, self.recorder = stream, pacer, recorder
         self.frames, self.b64 = frames, b64
-        self.k, self.end, self.gap, self.frame_s, self.ms_per_byte = k, end, gap, frame_s, ms_per_byte
+        self.k, self.end, self.gap, self.frame_s = k, end, gap, frame_s
         self.done = threading.Event()
         # (text, unsent tail or None) of frame k, handed back to the call greenlet
         self.pending: tuple[str, bytes | None] | None = None
@@ -71,11 +72,8 @@ class MediaRun:
         return self.pacer.due(self.k * self.frame_s + self.gap)
 
     def sent(self, nbytes: int) -> None:
-        """Bookkeeping for frame k, written whole: the one latency definition's send log."""
-        rec = self.rec
-        rec.frames_sent += 1
-        rec.audio_bytes_sent += nbytes
-        self.send_log.record(rec.audio_bytes_sent * self.ms_per_byte, time.time())
+        """Frame k was written whole: into the call's record (and the latency definition's send log)."""
+        self.recorder.media_sent(nbytes, time.time())
         self.k += 1
 
 
