@@ -24,6 +24,7 @@ with the interaction id when known; no bad input affects another call):
 | Redis bus restarted without the call | close 1011 "pipeline lost this call (bus restarted), reconnect" |
 | provider down for good | close 1011 "transcription provider unavailable" |
 | a newer stream of the same call, same principal | older stream closed 1001 "superseded by a newer stream for this call" |
+| a newer stream of the same call at another ingest (Redis bus) | the same close; this ingest publishes nothing more of the call |
 | a start for a live call (or one in its resume grace) owned by another principal | close 1008 "call owned by another principal" |
 | a new call beyond ``max_calls_per_principal`` live calls of its principal | close 1013 "too many calls for this principal" |
 | server shutdown | close 1001 "server shutting down" |
@@ -274,6 +275,21 @@ class Ingest:
             await self._overloaded(s, exc)
             return
         log.info("stream_started", interaction_id=iid, stream_sid=ev.stream_sid, sample_rate=ev.sample_rate)
+
+    def superseded_elsewhere(self, iid: str) -> None:
+        """A newer stream of call ``iid`` began at another ingest (Redis bus): close this one's stream of it
+        as superseded and cancel its resume grace; the bus publishes nothing more of the call from here."""
+        timer = self._grace.pop(iid, None)
+        if timer is not None:
+            timer.cancel()
+        older = cast(StreamConn | None, self.rules.superseded_elsewhere(iid))
+        if older is None and timer is None:
+            return  # the call had ended here already (its END published)
+        self.metrics.streams_superseded.inc()
+        log.info("stream_superseded", interaction_id=iid, old_stream_sid=older.stream_sid if older else None,
+                 by="another ingest", in_grace=timer is not None)
+        if older is not None:
+            asyncio.get_running_loop().create_task(self._close(older, Close.GOING_AWAY, SUPERSEDED_REASON))
 
     async def _overloaded(self, s: StreamConn, exc: busmod.BusOverloaded) -> None:
         self.metrics.bus_overloaded.inc()

@@ -22,7 +22,8 @@ too long, the rate is not served, the call is live (or in its grace) and owned b
 a new call would exceed the principal's or the server's call cap, or the call's audio already has
 another rate. A start for a call with a current stream supersedes that stream (newest wins: it is
 closed 1001 and its frames are discarded from now on); a start within a call's resume grace continues
-the call. Every stream in a state but ``AWAITING_START`` is also held to the audio budget and the hold
+the call. The same holds when the newer stream arrived at another ingest process
+(:meth:`IngestRules.superseded_elsewhere`, told by the Redis bus). Every stream in a state but ``AWAITING_START`` is also held to the audio budget and the hold
 limit; every message to the message rate; a stream that is closing drains its frames silently.
 """
 from __future__ import annotations
@@ -310,6 +311,17 @@ class IngestRules:
         if self.current.get(iid) is s:
             del self.current[iid]
         return iid
+
+    def superseded_elsewhere(self, iid: str) -> Stream | None:
+        """A newer stream of call ``iid`` began at another ingest process (scale-out): this one feeds the
+        call no more. Returns its current stream, to close 1001 ``SUPERSEDED_REASON`` (its frames are
+        discarded from now on), or None; a resume grace of the call ends without an END."""
+        self.grace.pop(iid, None)
+        s = self.current.pop(iid, None)
+        if s is None or s.state is not STREAMING:
+            return None
+        s.state = SUPERSEDED
+        return s
 
     def start_expired(self, s: Stream) -> None:
         """The start timeout ran out: raises if ``s`` has not started (and is not already closing)."""

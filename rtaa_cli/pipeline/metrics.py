@@ -57,6 +57,10 @@ class PipelineMetrics:
             "rtaa_bus_fenced_operations",
             "Provider operations or feed writes refused because this worker no longer held the call's lease",
             registry=r)
+        self.bus_superseded_entries = Counter(
+            "rtaa_bus_superseded_entries",
+            "Call stream entries a worker skipped: sent by an ingest after another ingest's newer stream of the call began",
+            registry=r)
         self.bus_duplicates_dropped = Counter(
             "rtaa_bus_duplicate_results_dropped", "Feed results with an already delivered seq, dropped by the ingest",
             registry=r)

@@ -6,12 +6,21 @@ a transcript nor move the checkpoint, whatever its clock says.
 """
 from __future__ import annotations
 
-# KEYS: stream, registry, announce. ARGV: maxlen, iid, now_ms, field, value, ...
+# KEYS: stream, registry, announce, src, feed. ARGV: maxlen, iid, now_ms, origin, feed_maxlen, field, value, ...
 # A START appends like any entry; a call not yet in the registry is registered and announced to workers.
+# ``src`` names the ingest (origin) whose stream is the call's newest: when a START comes from another
+# ingest than the previous one, a ``_superseded`` notice on the feed tells that ingest to let go of the
+# call (its caller is closed 1001, it publishes nothing more; workers ignore what it sent meanwhile).
 START = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 6))
 if redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[2]) == 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'i', ARGV[2])
+end
+local prev = redis.call('GET', KEYS[4])
+redis.call('SET', KEYS[4], ARGV[4])
+if prev and prev ~= ARGV[4] then
+  local notice = cjson.encode({type = '_superseded', interaction_id = ARGV[2], origin = prev, by = ARGV[4], at = id})
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'm', notice)
 end
 return id
 """
@@ -45,13 +54,13 @@ if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[4], 'MINID', ARGV[4]) end
 return id
 """
 
-# KEYS: stream, lease, fence, ckpt, registry. ARGV: value, end_id, iid.
+# KEYS: stream, lease, fence, ckpt, registry, src. ARGV: value, end_id, iid.
 # The call ended and nothing follows its END: delete every key of it. -> 1 deleted, 0 more entries, -1 not ours
 CLEANUP = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if last[1] and last[1][1] ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6])
 redis.call('ZREM', KEYS[5], ARGV[3])
 return 1
 """

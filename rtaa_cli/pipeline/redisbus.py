@@ -7,14 +7,19 @@ docs/scale-out.md:
 - ``P:c:{iid}:lease``  ``worker_id:token`` of the one worker that owns the call (``SET NX PX``, renewed);
 - ``P:c:{iid}:fence``  the call's fencing-token counter (INCR on every acquisition);
 - ``P:c:{iid}:ckpt``   where a successor resumes: after which entry, how many bytes of the next are
-                       covered by finals, the stream audio position, result ``seq``, stream sid, rate;
+                       covered by finals, the stream audio position, result ``seq``, stream sid, rate,
+                       the origin in effect there;
+- ``P:c:{iid}:src``    the origin (ingest process) of the call's newest stream, set by each START;
 - ``P:calls``          registry of live calls (ZSET), ``P:announce`` new calls (stream, consumer group
                        ``workers``: each announcement goes to one worker), ``P:feed`` every feed message
                        (stream, ``MAXLEN ~ feed_maxlen``, read by every ingest), ``P:wake:<worker>``.
 
 Ingest side: :class:`RedisPublisher` per call (``XADD``; a START is a script that also registers and
-announces the call). Worker side: one blocking ``XREAD`` over all owned calls' streams on its own
-connection, another blocking ``XREADGROUP`` for announcements on a third; writes go through a pool.
+announces the call). Every entry names its ingest process (``o``, the bus's ``origin``): a START from
+another ingest than the call's previous one supersedes that ingest (a ``_superseded`` notice on the feed
+makes it let go of the call), and workers skip the entries it sent after that START. Worker side: one
+blocking ``XREAD`` over all owned calls' streams on its own connection, another blocking ``XREADGROUP``
+for announcements on a third; writes go through a pool.
 Each owned call gets an in-memory :class:`CallChannel` and the ordinary worker consumer, so
 worker.py does not know which bus it runs on. Ownership, fencing and takeover: see :mod:`.fencing`,
 :mod:`.entrylog` and docs/scale-out.md.
@@ -54,7 +59,7 @@ class RedisPublisher(busmod.FailureNotice):
     """The ingest's handle on one call (what :class:`busmod.Publisher` asks for)."""
 
     __slots__ = ("interaction_id", "sample_rate", "closed", "failure", "_fail_callbacks", "_bus", "_key", "_n",
-                 "pending_end", "ended_seen", "error")
+                 "pending_end", "ended_seen", "error", "starts_in_flight", "start_id", "superseded_at")
 
     def __init__(self, bus: "RedisBus", iid: str) -> None:
         self.interaction_id = iid
@@ -68,6 +73,9 @@ class RedisPublisher(busmod.FailureNotice):
         self.pending_end = False  # END published, its call_ended not seen yet
         self.ended_seen = False  # call_ended seen before any END (the call failed)
         self.error: busmod.BusOverloaded | None = None  # an earlier item failed: raised on the next publish
+        self.starts_in_flight = 0  # STARTs sent, not answered yet
+        self.start_id = (0, 0)  # stream entry id of this ingest's latest START of the call
+        self.superseded_at: tuple[int, int] | None = None  # a notice to decide once the STARTs are answered
 
     async def publish(self, item: busmod.Item) -> None:
         """Queue the item for the next pipelined batch and return: the caller's next frame is read without
@@ -86,15 +94,18 @@ class RedisPublisher(busmod.FailureNotice):
         # registration, so no entry can land in a stream no worker will ever be told about.
         if kind is busmod.AUDIO:
             wall = time.time() - (time.perf_counter() - item[2])  # workers convert to their own clock
-            bus.send(None, self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n}, self._sent_audio)
+            bus.send(None, self._key, {"k": 1, "p": item[1], "t": f"{wall:.6f}", "n": self._n, "o": bus.origin},
+                     self._sent_audio)
         elif kind is busmod.START:
             self.pending_end = self.ended_seen = False
-            bus.send(bus.start_script, [self._key, bus.registry, bus.announce],
-                     [bus.maxlen, self.interaction_id, int(time.time() * 1000),
-                      "k", 0, "p", item[1], "r", item[2], "n", self._n], self._sent_start)
+            self.starts_in_flight += 1
+            bus.send(bus.start_script, [self._key, bus.registry, bus.announce, bus.key(self.interaction_id, "src"),
+                                        bus.feed],
+                     [bus.maxlen, self.interaction_id, int(time.time() * 1000), bus.origin, bus.feed_maxlen,
+                      "k", 0, "p", item[1], "r", item[2], "n", self._n, "o", bus.origin], self._sent_start)
         else:
             self.pending_end = True
-            bus.send(None, self._key, {"k": 2, "p": item[1], "n": self._n}, self._sent_end)
+            bus.send(None, self._key, {"k": 2, "p": item[1], "n": self._n, "o": bus.origin}, self._sent_end)
         if len(bus._sends) > bus.max_pending:
             await bus.room(self.interaction_id)
 
@@ -111,7 +122,27 @@ class RedisPublisher(busmod.FailureNotice):
             self.error = busmod.BusLost(self.interaction_id)
 
     def _sent_start(self, result: Any) -> None:
-        self._failed(result)
+        self.starts_in_flight -= 1
+        if not self._failed(result) and isinstance(result, bytes):
+            self.start_id = max(self.start_id, parse_id(result.decode()))
+        at = self.superseded_at
+        if at is not None and not self.starts_in_flight:
+            self.superseded_at = None
+            self.superseded(at)
+
+    def superseded(self, at: tuple[int, int]) -> None:
+        """Another ingest's START of this call, stream entry ``at``, made it the call's newest source. It
+        supersedes this ingest's streams only if it came after this ingest's latest START (a notice can be
+        older than a START this ingest sent since): then the caller is closed and nothing more published."""
+        if self.closed:
+            return
+        if self.starts_in_flight:
+            self.superseded_at = max(at, self.superseded_at or at)  # decided when their answers are in
+            return
+        if at < self.start_id:
+            return
+        self._bus.superseded_elsewhere(self.interaction_id)
+        self._bus.forget_publisher(self)
 
     def _sent_end(self, result: Any) -> None:
         # The call is over for this ingest if its call_ended came already, the bus has no such call, or
@@ -136,7 +167,8 @@ class Owned:
     """A call this worker holds the lease of."""
 
     __slots__ = ("iid", "value", "valid_until", "key", "key_b", "lease_key", "ckpt_key", "log", "expect_n",
-                 "skip_id", "skip", "resume", "channel", "task", "lost", "closing", "last_entry_at", "idle_ended")
+                 "skip_id", "skip", "resume", "channel", "task", "lost", "closing", "last_entry_at", "idle_ended",
+                 "superseded_logged")
 
     def __init__(self, bus: "RedisBus", iid: str, value: str, valid_until: float) -> None:
         self.iid = iid
@@ -157,6 +189,7 @@ class Owned:
         self.closing = False  # cleanup of the call's keys in flight: read nothing, send nothing
         self.last_entry_at = time.monotonic()
         self.idle_ended = False
+        self.superseded_logged = False  # entries of a superseded ingest skipped (logged once per call)
 
 
 class RedisBus:
@@ -176,6 +209,9 @@ class RedisBus:
         self.has_ingest = has_ingest
         self.has_worker = has_worker
         self.worker_id = uuid.uuid4().hex[:12]
+        self.origin = uuid.uuid4().hex[:12]  # ingest side: this process, on every entry it writes (``o``)
+        # Ingest side: another ingest took one of this process's calls over (its newer stream arrived there).
+        self.superseded_elsewhere: Callable[[str], None] = lambda iid: None
         self.registry = f"{prefix}:calls"
         self.announce = f"{prefix}:announce"
         self.feed = f"{prefix}:feed"
@@ -444,7 +480,7 @@ class RedisBus:
         if msg["is_final"] and inter is not None:
             ck = o.log.acked(inter.timeline.final_end)
             fields += ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
-                       "rate", inter.sample_rate, "live", 1]
+                       "o", ck.origin, "rate", inter.sample_rate, "live", 1]
             minid = ck.first or _next_id(ck.after)
         self._write(o, orjson.dumps(msg), fields, minid)
 
@@ -457,7 +493,7 @@ class RedisBus:
         ck = o.log.acked(0)
         self._write(o, orjson.dumps(feed.call_started_message(iid, stream_sid, time.time())),
                     ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
-                     "seq", 0, "sid", stream_sid, "rate", inter.sample_rate, "live", 1], "")
+                     "o", ck.origin, "seq", 0, "sid", stream_sid, "rate", inter.sample_rate, "live", 1], "")
 
     def _call_ended(self, iid: str, reason: str) -> None:
         o = self.owned.get(iid)
@@ -467,7 +503,7 @@ class RedisBus:
         ck = o.log.ended()
         self._write(o, orjson.dumps(feed.call_ended_message(iid, reason, time.time())),
                     ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
-                     "seq", 0, "live", 0], "")
+                     "o", ck.origin, "seq", 0, "live", 0], "")
 
     def _report_failure(self, o: Owned, reason: str) -> None:
         if self.holds(o.iid):  # a fenced call is dropped and resumed elsewhere, not failed
@@ -565,6 +601,10 @@ class RedisBus:
             if pub is not None:
                 pub.fail(msg["reason"])
             return
+        if kind == "_superseded":
+            if pub is not None and msg["origin"] == self.origin:
+                pub.superseded(parse_id(msg["at"]))
+            return
         if kind == feed.Kind.TRANSCRIPT:
             if msg["seq"] <= self._seen.get(iid, 0):
                 self.metrics.bus_duplicates_dropped.inc()
@@ -599,7 +639,7 @@ class RedisBus:
             raise
         if ck:
             n = int(ck.get("n", -1))
-            o.log = EntryLog(int(ck["pos"]), ck["after"], n - 1 if n >= 0 else -1)
+            o.log = EntryLog(int(ck["pos"]), ck["after"], n - 1 if n >= 0 else -1, ck.get("o", "").encode())
             o.expect_n = n
             if ck.get("live") == "1":
                 o.skip_id, o.skip = ck.get("first", ""), int(ck.get("skip", 0))
@@ -657,8 +697,8 @@ class RedisBus:
             if result < 0:
                 log.warning("lease_lost", interaction_id=o.iid, at="cleanup")
 
-        self._queue_op(self._cleanup, [o.key, o.lease_key, self.key(o.iid, "fence"), o.ckpt_key, self.registry],
-                       [o.value, end_id, o.iid], done)
+        self._queue_op(self._cleanup, [o.key, o.lease_key, self.key(o.iid, "fence"), o.ckpt_key, self.registry,
+                                       self.key(o.iid, "src")], [o.value, end_id, o.iid], done)
 
     def _forget(self, o: Owned) -> None:
         o.lost = True
@@ -723,6 +763,10 @@ class RedisBus:
 
     def _feed(self, o: Owned, entry_id: str, f: dict[bytes, bytes]) -> None:
         kind = int(f[b"k"])
+        origin = f.get(b"o", b"")
+        if not o.log.counts(kind, origin):
+            self._superseded_entry(o, entry_id, origin)
+            return
         n = int(f.get(b"n", -1))
         if o.expect_n >= 0 and kind != busmod.START and n > o.expect_n:
             lost = n - o.expect_n
@@ -746,9 +790,19 @@ class RedisBus:
         else:
             item = (busmod.END, f[b"p"].decode())
             nbytes = 0
-        o.log.add(entry_id, kind, nbytes, n)
+        o.log.add(entry_id, kind, nbytes, n, origin)
         ch = self._channel_for(o)
         ch.queue.put_nowait(item)
+
+    def _superseded_entry(self, o: Owned, entry_id: str, origin: bytes) -> None:
+        """An entry a superseded ingest wrote after the newer ingest's START (before it read the notice):
+        never sent to the provider; read past, counted, logged once per call."""
+        o.log.skip(entry_id)
+        self.metrics.bus_superseded_entries.inc()
+        if not o.superseded_logged:
+            o.superseded_logged = True
+            log.warning("bus_superseded_entries_skipped", interaction_id=o.iid, origin=origin.decode(),
+                        current=o.log.origin.decode())
 
     async def _announce_loop(self) -> None:
         async def read(r: Any) -> Any:

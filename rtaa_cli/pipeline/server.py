@@ -96,6 +96,8 @@ class PipelineServer:
             hub = self.hub = TranscriptHub(self.metrics, self.cfg.subscriber_queue, self._jsonl, self.ingest.owner_of,
                                            self.cfg.feed_wait_s)
             self.metrics.queue_depth.labels(queue="transcripts").set_function(hub.depth)
+            if redis_bus:  # a newer stream of one of its calls at another ingest supersedes this one's
+                self.bus.superseded_elsewhere = self.ingest.superseded_elsewhere  # type: ignore[attr-defined]
         if self.has_worker:
             assert self.provider is not None
             if redis_bus:  # results travel through Redis to every ingest's feeds; provider use is fenced
