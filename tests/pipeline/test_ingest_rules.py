@@ -3,10 +3,10 @@ errors out, time passed in by the test (no sockets, no event loop, no real clock
 real sockets: tests/pipeline/test_pipeline_ingest.py, test_pipeline_access.py, test_pipeline_limits.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import pytest
 
+from helpers.ingest import Ingest
 from rtaa_cli.protocols.closecodes import Close
 from rtaa_cli.pipeline.config import IngestConfig
 from rtaa_cli.pipeline.ingest_rules import (AWAITING_START, DISCARD, DROPPED_REASON, FORWARD, GARBAGE_ONLY_LIMIT,
@@ -14,37 +14,6 @@ from rtaa_cli.pipeline.ingest_rules import (AWAITING_START, DISCARD, DROPPED_REA
                                             IngestRules, Rule, Stream, StreamRuleError)
 
 FRAME = 576  # 36 ms at 8 kHz, 16-bit
-
-
-@dataclass
-class Call:
-    """A live call as the bus shows it."""
-
-    sample_rate: int | None = None
-
-
-@dataclass
-class StartEv:
-    call_sid: str
-    stream_sid: str = "ST1"
-    sample_rate: int = 8000
-    custom_parameters: dict[str, str] = field(default_factory=dict)
-
-
-class Ingest:
-    """The shell's part, reduced to what the rules need: a call appears on the bus at its first start."""
-
-    def __init__(self, **cfg: object) -> None:
-        self.calls: dict[str, Call] = {}
-        self.rules = IngestRules(IngestConfig(**cfg), self.calls)  # type: ignore[arg-type]
-
-    def stream(self, owner: str = "anonymous", now: float = 0.0) -> Stream:
-        return Stream(owner, self.rules.message_bucket(now))
-
-    def start(self, s: Stream, call: str, now: float = 0.0, **ev: object):
-        started = self.rules.start(s, StartEv(call, **ev), now)  # type: ignore[arg-type]
-        self.calls.setdefault(started.interaction_id, Call())
-        return started
 
 
 def refused(fn, *args, **kwargs) -> StreamRuleError:

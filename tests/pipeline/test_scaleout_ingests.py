@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import orjson
 import redis
 
-from redis_support import call_keys, delete, new_prefix, redis_url
+from helpers.redisdb import call_keys, delete, new_prefix, redis_url
 from rtaa_cli.emulator import Emulator, EmulatorConfig
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline.config import BusConfig, IngestConfig, PipelineConfig, ProviderConfig
@@ -24,8 +24,8 @@ from rtaa_cli.pipeline.providers.deepgram import DeepgramProvider
 from rtaa_cli.pipeline.redisbus import RedisBus, RedisPublisher
 from rtaa_cli.pipeline.server import PipelineServer
 from rtaa_cli.protocols.closecodes import Close
-from test_ingest_rules import Call, StartEv
-from test_pipeline_support import FRAME, Caller, Feed, assert_tiles, frames_of, run, speech_like, until
+from helpers.ingest import Call, StartEv
+from helpers.pipeline import FRAME, Caller, Feed, assert_tiles, frames_of, run, speech_like, until
 
 IID = "CA-xingest"
 
