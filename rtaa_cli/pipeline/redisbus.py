@@ -40,7 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 from rtaa_cli import logs
 from rtaa_cli.pipeline import bus as busmod
 from rtaa_cli.pipeline import redis_scripts as lua
-from rtaa_cli.pipeline.entrylog import EntryLog, parse_id
+from rtaa_cli.pipeline.entrylog import Checkpoint, EntryLog, parse_id
 from rtaa_cli.pipeline.fencing import FencedProvider, LeaseClock
 from rtaa_cli.pipeline.metrics import PipelineMetrics
 from rtaa_cli.pipeline.providers.base import Provider
@@ -53,6 +53,11 @@ READ_COUNT = 200  # entries per stream per XREAD
 BLOCK_MS = 1000  # blocking reads return at least this often (stop is noticed promptly)
 READ_COALESCE_S = 0.004  # worker: added latency traded for far fewer XREADs (docs/scale-out.md, bench)
 _ERRORS = (RedisError, OSError)
+
+
+def _ckpt_fields(ck: Checkpoint) -> list[Any]:
+    """The checkpoint's fields as the ckpt hash stores them (read back by the successor's resume)."""
+    return ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n, "o", ck.origin]
 
 
 class RedisPublisher(busmod.FailureNotice):
@@ -479,8 +484,7 @@ class RedisBus:
         inter = self.interaction_of(o.iid)
         if msg["is_final"] and inter is not None:
             ck = o.log.acked(inter.timeline.final_end)
-            fields += ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
-                       "o", ck.origin, "rate", inter.sample_rate, "live", 1]
+            fields += [*_ckpt_fields(ck), "rate", inter.sample_rate, "live", 1]
             minid = ck.first or _next_id(ck.after)
         self._write(o, orjson.dumps(msg), fields, minid)
 
@@ -492,8 +496,7 @@ class RedisBus:
             return
         ck = o.log.acked(0)
         self._write(o, orjson.dumps(feed.call_started_message(iid, stream_sid, time.time())),
-                    ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
-                     "o", ck.origin, "seq", 0, "sid", stream_sid, "rate", inter.sample_rate, "live", 1], "")
+                    [*_ckpt_fields(ck), "seq", 0, "sid", stream_sid, "rate", inter.sample_rate, "live", 1], "")
 
     def _call_ended(self, iid: str, reason: str) -> None:
         o = self.owned.get(iid)
@@ -502,8 +505,7 @@ class RedisBus:
             return
         ck = o.log.ended()
         self._write(o, orjson.dumps(feed.call_ended_message(iid, reason, time.time())),
-                    ["after", ck.after, "first", ck.first, "skip", ck.skip, "pos", ck.position, "n", ck.n,
-                     "o", ck.origin, "seq", 0, "live", 0], "")
+                    [*_ckpt_fields(ck), "seq", 0, "live", 0], "")
 
     def _report_failure(self, o: Owned, reason: str) -> None:
         if self.holds(o.iid):  # a fenced call is dropped and resumed elsewhere, not failed
