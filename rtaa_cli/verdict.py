@@ -35,6 +35,15 @@ def row(name: str, value: Any, limit: Any, kind: str, passed: bool | None, *, re
     return out
 
 
+def format_value(v: Any) -> str:
+    """A measured figure as every report prints it: "n/a" when not measured, floats to 4 significant digits."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
 def status_of(r: dict[str, Any]) -> str:
     """A row's status (rows written before ``status`` existed carry only ``passed``)."""
     if "status" in r:

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from rtaa_cli.soak.scenario import planned_users
 from rtaa_cli.soak.stats import METRICS
-from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, PASS, status_of
+from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, PASS, format_value, status_of
 
 TEMPLATE = "plotly_white"
 CONFIG = {"responsive": True, "displaylogo": False, "scrollZoom": False}
@@ -35,14 +35,6 @@ def _count_axis(fig: go.Figure, series: list[list[Any]]) -> None:
     """Counts are whole: below 10 a tick per unit (no 0.5 events)."""
     top = max((v for ys in series for v in ys if v is not None), default=0)
     fig.update_yaxes(rangemode="tozero", **({"dtick": 1} if top <= 10 else {}))
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _layout(fig: go.Figure, title: str, y_title: str, height: int = 340, x_title: str = _X) -> go.Figure:
@@ -189,17 +181,17 @@ def call_events(call: dict[str, Any]) -> list[tuple[float | None, str, str]]:
     """The call's timeline as (seconds into the run, who, what), in time order."""
     ev: list[tuple[float | None, str, str]] = [
         (call.get("started_s"), "caller", f"call started ({call.get('kind')}); {call.get('frames_sent')} frames, "
-                                          f"{_fmt((call.get('audio_ms_sent') or 0) / 1000)} s of audio sent in all")]
+                                          f"{format_value((call.get('audio_ms_sent') or 0) / 1000)} s of audio sent in all")]
     for a, b in call.get("media_gaps") or []:
         ev.append((a, "caller", "hold: media stops"))
-        ev.append((b, "caller", f"hold ends ({_fmt((b or 0) - (a or 0))} s)"))
+        ev.append((b, "caller", f"hold ends ({format_value((b or 0) - (a or 0))} s)"))
     for c in call.get("provider_connections") or []:
         ev.append((c.get("opened_s"), "provider", f"connection #{c.get('id')} opened"
                    + (" (a duplicate: another was open)" if c.get("duplicate") else "")))
         what = f"connection #{c.get('id')} {_close_text(c.get('close_code'), c.get('close_reason'))}"
         if c.get("cause_1011"):
             what += f" [1011 cause: {c['cause_1011']}]"
-        what += (f"; received {_fmt(c.get('audio_seconds'))} s of audio, {c.get('keepalives', 0)} KeepAlives, "
+        what += (f"; received {format_value(c.get('audio_seconds'))} s of audio, {c.get('keepalives', 0)} KeepAlives, "
                  f"sent {c.get('results_sent', 'n/a')} results")
         ev.append((c.get("closed_s"), "provider", what if c.get("closed_s") is not None else
                    f"connection #{c.get('id')} still open at the snapshot"))
@@ -238,7 +230,7 @@ def call_figure(call: dict[str, Any]) -> go.Figure:
             (f" ({c['cause_1011']})" if c.get("cause_1011") else "")
         lanes.append((f"provider #{c.get('id')}", a, b, color, label,
                       f"#{c.get('id')}: {a:.2f}-{b:.2f} s, {_close_text(code, c.get('close_reason'))}, "
-                      f"{_fmt(c.get('audio_seconds'))} s of audio received"))
+                      f"{format_value(c.get('audio_seconds'))} s of audio received"))
     for lane, a, b, color, label, hover in lanes:
         fig.add_trace(go.Bar(y=[lane], x=[max(b - a, 0.01)], base=[a], orientation="h", marker_color=color,
                              text=[label], textposition="inside", insidetextanchor="start",
@@ -340,8 +332,8 @@ def _thresholds_table(doc: dict[str, Any]) -> str:
         label = status.upper() if status in (FAIL, NOT_MEASURED) else status
         why = " ".join(x for x in (row.get("reason"), row.get("detail")) if x)
         desc = (METRICS.get(row["name"]) or ("", None, ""))[2]
-        out.append(f"<tr><td><code>{e(row['name'])}</code></td><td>{e(desc)}</td><td>{e(op)} {e(_fmt(row.get('limit')))}"
-                   f"</td><td>{e(_fmt(row.get('value')))}</td><td class='{css}'>{e(label)}"
+        out.append(f"<tr><td><code>{e(row['name'])}</code></td><td>{e(desc)}</td><td>{e(op)} {e(format_value(row.get('limit')))}"
+                   f"</td><td>{e(format_value(row.get('value')))}</td><td class='{css}'>{e(label)}"
                    f"{'<br><span class=note>' + e(why) + '</span>' if why else ''}</td></tr>")
     out.append("</table></div>")
     return "".join(out)
@@ -353,24 +345,24 @@ def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
     c1011 = doc.get("closes_1011", {})
     pacing = doc.get("pacing", {}).get("lateness_ms", {})
     rows = [("calls started / completed / failed",
-             f"{_fmt(calls.get('started'))} / {_fmt(calls.get('completed'))} / {_fmt(calls.get('failed'))}"),
-            ("duplicate provider connections", _fmt(doc.get("duplicates"))),
+             f"{format_value(calls.get('started'))} / {format_value(calls.get('completed'))} / {format_value(calls.get('failed'))}"),
+            ("duplicate provider connections", format_value(doc.get("duplicates"))),
             ("1011 closes provider / caller (rate)",
-             f"{_fmt(c1011.get('provider'))} / {_fmt(c1011.get('caller'))} ({_fmt(c1011.get('rate'))})"),
-            ("delivery rate", _fmt(doc.get("delivery_rate"))),
-            ("audio loss", _fmt(doc.get("audio", {}).get("loss"))),
+             f"{format_value(c1011.get('provider'))} / {format_value(c1011.get('caller'))} ({format_value(c1011.get('rate'))})"),
+            ("delivery rate", format_value(doc.get("delivery_rate"))),
+            ("audio loss", format_value(doc.get("audio", {}).get("loss"))),
             ("pacing lateness p50 / p99 / max ms",
-             f"{_fmt(pacing.get('p50'))} / {_fmt(pacing.get('p99'))} / {_fmt(pacing.get('max'))}")]
+             f"{format_value(pacing.get('p50'))} / {format_value(pacing.get('p99'))} / {format_value(pacing.get('max'))}")]
     prov = doc.get("provider") or {}
     if "unattributed_connections" in prov:
         rows += [("provider: calls reached / calls with audio", f"{prov['calls_reached']} / {prov['calls_with_audio']}"),
-                 ("provider: connections / unattributed", f"{_fmt(prov.get('connections'))} / "
-                                                          f"{_fmt(prov['unattributed_connections'])}"),
+                 ("provider: connections / unattributed", f"{format_value(prov.get('connections'))} / "
+                                                          f"{format_value(prov['unattributed_connections'])}"),
                  ("provider: attributed by tag / by watermark / by robust mark",
-                  f"{_fmt(prov.get('attributed_by_tag'))} / {_fmt(prov.get('attributed_by_watermark'))}"
-                  f" / {_fmt(prov.get('attributed_by_robust_mark'))}"),
+                  f"{format_value(prov.get('attributed_by_tag'))} / {format_value(prov.get('attributed_by_watermark'))}"
+                  f" / {format_value(prov.get('attributed_by_robust_mark'))}"),
                  ("provider: open at end / opened after end", f"{prov['open_at_end']} / {prov['opened_after_end']}"),
-                 ("provider: reconnects / 429 refusals", f"{prov['reconnects']} / {_fmt(prov['rejected_429'])}"),
+                 ("provider: reconnects / 429 refusals", f"{prov['reconnects']} / {format_value(prov['rejected_429'])}"),
                  ("provider: KeepAlives (per connection)", f"{prov['keepalives']} ({prov['keepalives_per_connection']})"),
                  ("provider: 1011 by cause",
                   ", ".join(f"{k} {v}" for k, v in prov["closes_1011_by_cause"].items()) or "none")]
@@ -378,12 +370,12 @@ def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if mem:
         rss = mem["rss_mb"]
         rows.append(("target RSS first / last / max MB; steady growth MB/h (second half)",
-                     f"{_fmt(rss['first'])} / {_fmt(rss['last'])} / {_fmt(rss['max'])}; {_fmt(mem['growth_mb_per_h'])}"
-                     f" ({_fmt(mem.get('second_half_growth_mb_per_h'))})"))
+                     f"{format_value(rss['first'])} / {format_value(rss['last'])} / {format_value(rss['max'])}; {format_value(mem['growth_mb_per_h'])}"
+                     f" ({format_value(mem.get('second_half_growth_mb_per_h'))})"))
     for kind in ("first_partial", "final"):
         s = lat.get(kind, {})
         rows.append((f"{kind.replace('_', ' ')} latency p50 / p90 / p95 / p99 / max ms (n)",
-                     " / ".join(_fmt(s.get(k)) for k in ("p50", "p90", "p95", "p99", "max")) + f" ({_fmt(s.get('count'))})"))
+                     " / ".join(format_value(s.get(k)) for k in ("p50", "p90", "p95", "p99", "max")) + f" ({format_value(s.get('count'))})"))
     return rows
 
 
@@ -443,8 +435,8 @@ def html_report(doc: dict[str, Any], hists: dict[str, dict[str, list[float]]] | 
              f"<title>rtaa soak {e(name)}: {e(verdict)}</title><style>{_CSS}</style>",
              f"<script>{get_plotlyjs()}</script></head><body>",
              f"<h1>rtaa soak: {e(name)} <span class='badge {e(verdict)}' id='verdict'>{e(verdict.upper())}</span></h1>"]
-    parts.append(f"<p>Target <code>{e(str(run.get('target', '')))}</code>, {e(_fmt(run.get('users')))} users, "
-                 f"{e(_fmt(run.get('duration_s')))} s planned, {e(_fmt(run.get('elapsed_s')))} s elapsed, "
+    parts.append(f"<p>Target <code>{e(str(run.get('target', '')))}</code>, {e(format_value(run.get('users')))} users, "
+                 f"{e(format_value(run.get('duration_s')))} s planned, {e(format_value(run.get('elapsed_s')))} s elapsed, "
                  f"started {e(str(run.get('started', '')))}.</p>")
     parts.append("<h2>Verdict</h2>")
     if doc.get("invalid_reasons"):

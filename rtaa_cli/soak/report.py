@@ -22,7 +22,7 @@ from rtaa_cli.soak.csvexport import write_timeline_csv
 from rtaa_cli.soak.htmlreport import html_report
 from rtaa_cli.soak.scenario import Scenario, stage_boundaries
 from rtaa_cli.soak.stats import Histogram, PacingLimits, SoakStats, Threshold, watermark_note
-from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, status_of
+from rtaa_cli.verdict import FAIL, NOT_MEASURED, OFF, OPS, format_value, status_of
 
 __all__ = ["RunFacts", "check_report_paths", "histogram_bins", "html_report", "junit_xml", "soak_document",
            "write_json", "write_reports"]
@@ -108,8 +108,8 @@ def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
         props = ET.SubElement(case, "properties")  # value and limit on every case, passing ones too
         for key in ("value", "limit"):
             ET.SubElement(props, "property", name=key, value="" if row.get(key) is None else str(row[key]))
-        ET.SubElement(case, "system-out").text = (f"{row['name']} = {_fmt(row.get('value'))} "
-                                                  f"(limit {op} {_fmt(row.get('limit'))}): {status}")
+        ET.SubElement(case, "system-out").text = (f"{row['name']} = {format_value(row.get('value'))} "
+                                                  f"(limit {op} {format_value(row.get('limit'))}): {status}")
         if status == FAIL:
             failures += 1
             f = ET.SubElement(case, "failure", message=f"{row['name']} = {row['value']} (limit {op} {row['limit']})")
@@ -144,14 +144,6 @@ def junit_xml(doc: dict[str, Any], suite_name: str) -> str:
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def check_report_paths(*paths: str | None) -> None:
